@@ -1,0 +1,285 @@
+"""Typed run configuration: composed by Hydra from conf/, validated once, passed down as frozen dataclasses.
+
+Bad values raise one ``ConfigError`` naming the key and how to fix it, before any process starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and a valid alternative."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    source: str = "embedded_mnist"
+    bias_ratio: float = 0.99
+    group_by: str = "digit_alignment"
+    color_std: float = 0.05
+    imbalance: float = 10.0
+    test_per_class: int = 100
+    val_per_class: int = 20
+    transfer_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    name: str = "iid"
+    by: str = "label"
+    alpha: float = 0.5
+    min_partition_size: int = 10
+    self_balancing: bool = False
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    objective: str = "erm"
+    arch: str = "cnn"
+    epochs: int = 3
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    name: str = "mean"
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    objective: str = "kd"
+    arch: str = "cnn"
+    epochs: int = 5
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = 10
+    num_rounds: int = 3
+    client_cpus: float = 1.0
+    round_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    """What a client needs to rebuild its shard and train its teacher; travels in every request."""
+
+    seed: int
+    num_clients: int
+    dataset: DatasetConfig
+    partition: PartitionConfig
+    teacher: TeacherConfig
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ClientJob:
+        raw = yaml.safe_load(text)
+        return cls(
+            seed=int(raw["seed"]),
+            num_clients=int(raw["num_clients"]),
+            dataset=DatasetConfig(**raw["dataset"]),
+            partition=PartitionConfig(**raw["partition"]),
+            teacher=TeacherConfig(**raw["teacher"]),
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int
+    name: str
+    runs_dir: str
+    dataset: DatasetConfig
+    partition: PartitionConfig
+    teacher: TeacherConfig
+    aggregator: AggregatorConfig
+    student: StudentConfig
+    federation: FederationConfig
+
+    def client_job(self) -> ClientJob:
+        return ClientJob(
+            seed=self.seed,
+            num_clients=self.federation.num_clients,
+            dataset=self.dataset,
+            partition=self.partition,
+            teacher=self.teacher,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {
+    "dataset": DatasetConfig,
+    "partition": PartitionConfig,
+    "teacher": TeacherConfig,
+    "aggregator": AggregatorConfig,
+    "student": StudentConfig,
+    "federation": FederationConfig,
+}
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compose conf/ with Hydra overrides (as on the command line) into a plain resolved dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"cannot compose the config from conf/ with overrides {list(overrides)}: {err}") from err
+
+
+def _fail(key: str, value: object, why: str) -> None:
+    raise ConfigError(f"invalid config: {key} = {value!r}: {why}")
+
+
+def _section(name: str, raw: Any, cls: type) -> Any:
+    if not isinstance(raw, dict):
+        _fail(name, raw, "must be a mapping; pick one of the files in conf/" + name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            _fail(f"{name}.{key}", raw[key], f"unknown key; known keys of {name}: {sorted(known)}")
+    try:
+        return cls(**raw)
+    except TypeError as err:
+        raise ConfigError(f"invalid config: section {name}: {err}") from err
+
+
+def _check_choice(key: str, value: str, choices: list[str] | tuple[str, ...] | dict) -> None:
+    if value not in choices:
+        _fail(key, value, f"unknown name; choose one of {sorted(choices)} (e.g. {key}={sorted(choices)[0]})")
+
+
+def _check_positive(key: str, value: float, integer: bool = False) -> None:
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        _fail(key, value, "must be a whole number")
+    if not value > 0:
+        _fail(key, value, "must be > 0")
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    """Check every key of a composed config and return the typed ``RunConfig``.
+
+    Registries are imported here so that a name is valid exactly when a builder is registered for it.
+    """
+    from fedkd.aggregation import AGGREGATORS
+    from fedkd.data.benchmarks import BENCHMARKS
+    from fedkd.data.partition import PARTITIONERS
+    from fedkd.data.sources import SOURCES
+    from fedkd.distill import STUDENT_OBJECTIVES
+    from fedkd.models import MODELS
+    from fedkd.teachers import TEACHER_OBJECTIVES
+
+    top_known = {"seed", "name", "runs_dir", *_SECTIONS}
+    for key in raw:
+        if key not in top_known:
+            _fail(key, raw[key], f"unknown top-level key; known: {sorted(top_known)}")
+    for key in top_known:
+        if key not in raw:
+            _fail(key, None, "missing")
+    sections = {name: _section(name, raw[name], cls) for name, cls in _SECTIONS.items()}
+    ds: DatasetConfig = sections["dataset"]
+    part: PartitionConfig = sections["partition"]
+    teacher: TeacherConfig = sections["teacher"]
+    student: StudentConfig = sections["student"]
+    fed: FederationConfig = sections["federation"]
+
+    if isinstance(raw["seed"], bool) or not isinstance(raw["seed"], int) or raw["seed"] < 0:
+        _fail("seed", raw["seed"], "must be a non-negative whole number")
+    _check_choice("dataset.name", ds.name, BENCHMARKS)
+    _check_choice("dataset.source", ds.source, SOURCES)
+    if not 0.0 < ds.bias_ratio < 1.0:
+        _fail("dataset.bias_ratio", ds.bias_ratio, "must lie strictly between 0 and 1 (e.g. 0.99)")
+    _check_choice("dataset.group_by", ds.group_by, ("digit_colour", "digit_alignment"))
+    if ds.color_std < 0:
+        _fail("dataset.color_std", ds.color_std, "must be >= 0")
+    if not ds.imbalance >= 1.0:
+        _fail("dataset.imbalance", ds.imbalance, "must be >= 1 (1 = balanced, 10 or 100 = long-tailed)")
+    _check_positive("dataset.test_per_class", ds.test_per_class, integer=True)
+    _check_positive("dataset.val_per_class", ds.val_per_class, integer=True)
+    if not 0.0 < ds.transfer_fraction < 1.0:
+        _fail("dataset.transfer_fraction", ds.transfer_fraction, "must lie strictly between 0 and 1")
+
+    _check_choice("partition.name", part.name, PARTITIONERS)
+    _check_choice("partition.by", part.by, ("label", "group"))
+    _check_positive("partition.alpha", part.alpha)
+    if part.min_partition_size < 0:
+        _fail("partition.min_partition_size", part.min_partition_size, "must be >= 0")
+
+    for name, model in (("teacher", teacher), ("student", student)):
+        _check_choice(f"{name}.arch", model.arch, MODELS)
+        _check_positive(f"{name}.epochs", model.epochs, integer=True)
+        _check_positive(f"{name}.lr", model.lr)
+        _check_positive(f"{name}.batch_size", model.batch_size, integer=True)
+        if not 0.0 <= model.momentum < 1.0:
+            _fail(f"{name}.momentum", model.momentum, "must lie in [0, 1)")
+        if model.weight_decay < 0:
+            _fail(f"{name}.weight_decay", model.weight_decay, "must be >= 0")
+    _check_choice("teacher.objective", teacher.objective, TEACHER_OBJECTIVES)
+    _check_choice("aggregator.name", sections["aggregator"].name, AGGREGATORS)
+    _check_choice("student.objective", student.objective, STUDENT_OBJECTIVES)
+    _check_positive("student.temperature", student.temperature)
+
+    _check_positive("federation.num_clients", fed.num_clients, integer=True)
+    _check_positive("federation.num_rounds", fed.num_rounds, integer=True)
+    _check_positive("federation.client_cpus", fed.client_cpus)
+    _check_positive("federation.round_timeout", fed.round_timeout)
+
+    return RunConfig(
+        seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), **sections
+    )
+
+
+def check_against_data(cfg: RunConfig) -> None:
+    """Checks that need the data: enough pool examples for the clients, a partition that can be drawn."""
+    from fedkd.data import build_benchmark, federated_data
+    from fedkd.data.partition import PartitionError
+
+    pool_size = len(build_benchmark(cfg.dataset, cfg.seed)["pool"])
+    if cfg.federation.num_clients > pool_size:
+        _fail(
+            "federation.num_clients",
+            cfg.federation.num_clients,
+            f"more clients than the {pool_size} examples of the {cfg.dataset.name} client pool",
+        )
+    try:
+        federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed)
+    except PartitionError as err:
+        _fail(
+            "partition",
+            cfg.partition.name,
+            f"{err}; try fewer clients (federation.num_clients), a larger partition.alpha "
+            "or a smaller partition.min_partition_size",
+        )
+
+
+def load_run_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Compose, validate and check a run's config: everything that can be wrong is caught here."""
+    cfg = validate(compose(overrides))
+    check_against_data(cfg)
+    return cfg

@@ -1,0 +1,41 @@
+"""Data: sources, benchmark builders with (x, y, g) splits, and client partitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from fedkd.config import DatasetConfig, PartitionConfig
+from fedkd.data.benchmarks import BENCHMARKS, Benchmark, Split
+from fedkd.data.partition import partition_pool
+
+__all__ = ["BENCHMARKS", "Benchmark", "FederatedData", "Split", "build_benchmark", "federated_data"]
+
+
+@lru_cache(maxsize=4)
+def build_benchmark(cfg: DatasetConfig, seed: int) -> Benchmark:
+    """Build (once per process) the benchmark named by ``cfg.name``."""
+    return BENCHMARKS[cfg.name](cfg, seed)
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """A benchmark plus the pool indices of every client."""
+
+    benchmark: Benchmark
+    partitions: tuple[np.ndarray, ...]
+
+    def shard(self, partition_id: int) -> Split:
+        """Client ``partition_id``'s slice of the pool."""
+        return self.benchmark["pool"].subset(self.partitions[partition_id])
+
+
+@lru_cache(maxsize=4)
+def federated_data(dataset: DatasetConfig, partition: PartitionConfig, num_clients: int, seed: int) -> FederatedData:
+    """The benchmark and its client partitions; deterministic in (config, seed), so equal on every node."""
+    bench = build_benchmark(dataset, seed)
+    pool = bench["pool"]
+    parts = partition_pool(pool.y, pool.g, partition, num_clients, seed)
+    return FederatedData(benchmark=bench, partitions=tuple(parts))

@@ -1,0 +1,55 @@
+"""Partition the client pool across clients with flwr-datasets partitioners (IID, Dirichlet)."""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+
+from fedkd.config import PartitionConfig
+
+
+def _iid(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
+    return IidPartitioner(num_partitions=num_clients)
+
+
+def _dirichlet(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
+    return DirichletPartitioner(
+        num_partitions=num_clients,
+        partition_by=cfg.by,
+        alpha=cfg.alpha,
+        min_partition_size=cfg.min_partition_size,
+        self_balancing=cfg.self_balancing,
+        shuffle=True,
+        seed=seed,
+    )
+
+
+PARTITIONERS = {"iid": _iid, "dirichlet": _dirichlet}
+
+
+class PartitionError(ValueError):
+    """The pool cannot be split as configured (too few examples, Dirichlet retries exhausted, ...)."""
+
+
+def partition_pool(
+    labels: np.ndarray, groups: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: int
+) -> list[np.ndarray]:
+    """Pool indices of every client, disjoint and covering the pool, identical for the same seed.
+
+    The pool is shuffled with the seed first (flwr-datasets' IID partitioner takes contiguous shards).
+    """
+    if num_clients > len(labels):
+        raise PartitionError(f"{num_clients} clients but only {len(labels)} examples in the client pool")
+    order = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(len(labels))
+    table = Dataset.from_dict(
+        {"index": order.tolist(), "label": labels[order].tolist(), "group": groups[order].tolist()}
+    )
+    partitioner = PARTITIONERS[cfg.name](cfg, num_clients, seed)
+    partitioner.dataset = table
+    try:
+        parts = [np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64))
+                 for i in range(num_clients)]
+    except ValueError as err:
+        raise PartitionError(f"{cfg.name} partitioning failed: {err}") from err
+    return parts

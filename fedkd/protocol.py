@@ -1,0 +1,143 @@
+"""The wire contract between the ServerApp and the ClientApps: message types, record keys, payload shapes
+and dtypes. Both sides encode and decode only through this module.
+
+server -> client ``train.teacher``      config["job"] (YAML of ClientJob), config["round"]
+client -> server                        metrics: TeacherReport fields
+server -> client ``query.softlabels``   config["job"], config["round"], indices["indices"] int64 [n]
+client -> server                        softlabels["logits"] float32 [n, C], metrics["partition_id"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedkd.config import ClientJob
+
+TRAIN_TEACHER = "train.teacher"
+QUERY_SOFTLABELS = "query.softlabels"
+
+CONFIG = "config"
+METRICS = "metrics"
+INDICES = "indices"
+SOFTLABELS = "softlabels"
+LOGITS = "logits"
+
+INDEX_DTYPE = np.int64
+LOGIT_DTYPE = np.float32
+
+
+class ProtocolError(ValueError):
+    """A message does not follow the contract; the text names the record and key."""
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    job: ClientJob
+    round: int
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    job: ClientJob
+    round: int
+    indices: np.ndarray
+
+
+@dataclass(frozen=True)
+class TeacherReport:
+    """What a client says about its teacher after training (all scalars or lists of numbers)."""
+
+    partition_id: int
+    num_examples: int
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float
+    test_worst_group_accuracy: float
+    class_counts: list[int]
+    group_counts: list[int]
+
+
+@dataclass(frozen=True)
+class SoftLabelReply:
+    partition_id: int
+    logits: np.ndarray
+
+
+def _record(content: RecordDict, key: str, kind: type) -> object:
+    if key not in content:
+        raise ProtocolError(f"message lacks the {kind.__name__} {key!r} (has {sorted(content.keys())})")
+    record = content[key]
+    if not isinstance(record, kind):
+        raise ProtocolError(f"record {key!r} is a {type(record).__name__}, expected {kind.__name__}")
+    return record
+
+
+def _job_config(job: ClientJob, server_round: int) -> ConfigRecord:
+    return ConfigRecord({"job": job.to_yaml(), "round": server_round})
+
+
+def _parse_job(content: RecordDict) -> tuple[ClientJob, int]:
+    config = _record(content, CONFIG, ConfigRecord)
+    try:
+        return ClientJob.from_yaml(str(config["job"])), int(config["round"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ProtocolError(f"config record does not hold a valid job and round: {err}") from err
+
+
+def train_request(job: ClientJob, server_round: int) -> RecordDict:
+    return RecordDict({CONFIG: _job_config(job, server_round)})
+
+
+def parse_train_request(content: RecordDict) -> TrainRequest:
+    job, server_round = _parse_job(content)
+    return TrainRequest(job=job, round=server_round)
+
+
+def train_reply(report: TeacherReport) -> RecordDict:
+    return RecordDict({METRICS: MetricRecord(dataclasses.asdict(report))})
+
+
+def parse_train_reply(content: RecordDict) -> TeacherReport:
+    metrics = _record(content, METRICS, MetricRecord)
+    try:
+        return TeacherReport(**{f.name: metrics[f.name] for f in dataclasses.fields(TeacherReport)})
+    except KeyError as err:
+        raise ProtocolError(f"train reply metrics lack {err}") from err
+
+
+def query_request(job: ClientJob, server_round: int, indices: np.ndarray) -> RecordDict:
+    array = Array(np.ascontiguousarray(indices, dtype=INDEX_DTYPE))
+    return RecordDict({CONFIG: _job_config(job, server_round), INDICES: ArrayRecord({INDICES: array})})
+
+
+def parse_query_request(content: RecordDict) -> QueryRequest:
+    job, server_round = _parse_job(content)
+    indices = _record(content, INDICES, ArrayRecord)[INDICES].numpy()
+    if indices.dtype != INDEX_DTYPE or indices.ndim != 1:
+        raise ProtocolError(f"indices must be a 1-d {INDEX_DTYPE.__name__} array, got {indices.dtype} {indices.shape}")
+    return QueryRequest(job=job, round=server_round, indices=indices)
+
+
+def query_reply(partition_id: int, logits: np.ndarray) -> RecordDict:
+    array = Array(np.ascontiguousarray(logits, dtype=LOGIT_DTYPE))
+    return RecordDict(
+        {
+            SOFTLABELS: ArrayRecord({LOGITS: array}),
+            METRICS: MetricRecord({"partition_id": partition_id, "num_queried": int(logits.shape[0])}),
+        }
+    )
+
+
+def parse_query_reply(content: RecordDict, num_queried: int, num_classes: int) -> SoftLabelReply:
+    logits = _record(content, SOFTLABELS, ArrayRecord)[LOGITS].numpy()
+    if logits.shape != (num_queried, num_classes) or logits.dtype != LOGIT_DTYPE:
+        raise ProtocolError(
+            f"soft labels must be {LOGIT_DTYPE.__name__} [{num_queried}, {num_classes}], "
+            f"got {logits.dtype} {list(logits.shape)}"
+        )
+    metrics = _record(content, METRICS, MetricRecord)
+    return SoftLabelReply(partition_id=int(metrics["partition_id"]), logits=logits)

@@ -1,0 +1,82 @@
+"""The run directory: resolved config, per-round metrics, final predictions, student weights, summary.
+
+A run never overwrites an existing directory: a name that is taken gets a numeric suffix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from fedkd.config import RunConfig
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "predictions.csv"
+STUDENT_FILE = "student.pt"
+SUMMARY_FILE = "summary.json"
+
+
+class RunDirectory:
+    """One run's folder under ``runs/<date>/<time>_<name>/``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, name: str, now: datetime | None = None) -> RunDirectory:
+        now = now or datetime.now()
+        parent = Path(runs_dir) / now.strftime("%Y-%m-%d")
+        parent.mkdir(parents=True, exist_ok=True)
+        stem = f"{now.strftime('%H-%M-%S')}_{name}"
+        for attempt in range(1000):
+            path = parent / (stem if attempt == 0 else f"{stem}-{attempt}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise FileExistsError(f"no free run directory name for {parent / stem}")
+
+    def write_config(self, cfg: RunConfig) -> None:
+        (self.path / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.path / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_predictions(self, split: str, y: np.ndarray, g: np.ndarray, pred: np.ndarray) -> None:
+        with open(self.path / PREDICTIONS_FILE, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["split", "index", "y", "g", "pred"])
+            for i, row in enumerate(zip(y.tolist(), g.tolist(), pred.tolist(), strict=True)):
+                writer.writerow([split, i, *row])
+
+    def save_student(self, state_dict: dict) -> None:
+        torch.save(state_dict, self.path / STUDENT_FILE)
+
+    def write_summary(self, summary: dict) -> None:
+        (self.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All round records of a run, in order."""
+    with open(Path(run_dir) / METRICS_FILE) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_predictions(run_dir: str | Path, split: str = "test") -> dict[str, np.ndarray]:
+    """Columns index, y, g, pred of one split of predictions.csv."""
+    with open(Path(run_dir) / PREDICTIONS_FILE, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split]
+    return {k: np.array([int(r[k]) for r in rows]) for k in ("index", "y", "g", "pred")}
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())

@@ -1,0 +1,51 @@
+"""Plain supervised loops shared by teachers and students: SGD over minibatches, batched inference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def run_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    num_examples: int,
+    batch_loss: Callable[[np.ndarray], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    generator: np.random.Generator,
+) -> float:
+    """Shuffle, batch and step; ``batch_loss(indices)`` returns the loss of one minibatch.
+
+    Returns the mean minibatch loss of the last epoch.
+    """
+    model.train()
+    last = 0.0
+    for _ in range(epochs):
+        order = generator.permutation(num_examples)
+        losses = []
+        for start in range(0, num_examples, batch_size):
+            loss = batch_loss(order[start : start + batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        last = float(np.mean(losses))
+    return last
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` on inputs ``x`` (numpy, [N, ...]) in eval mode."""
+    model.eval()
+    outputs = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(outputs) if outputs else torch.empty(0)

@@ -1,0 +1,47 @@
+"""Flower ServerApp: compose and validate the config, make the run directory, run the round loop."""
+
+from __future__ import annotations
+
+import shlex
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+
+from fedkd.config import RunConfig, load_run_config
+from fedkd.display import RunDisplay, summary_table
+from fedkd.results import RunDirectory
+from server.strategy import FederatedDistillation
+
+app = ServerApp()
+
+
+def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory | None = None,
+                   console: Console | None = None) -> dict:
+    """Run a whole federated distillation on ``grid``; returns the summary (also in run_dir/summary.json)."""
+    console = console or Console()
+    if run_dir is None:
+        run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
+        run_dir.write_config(cfg)
+    with RunDisplay(cfg.federation.num_rounds, console) as display:
+        summary = FederatedDistillation(cfg, run_dir, display).run(grid)
+    console.print(summary_table(summary))
+    return summary
+
+
+def server_app_for(cfg: RunConfig, run_dir: RunDirectory) -> ServerApp:
+    """A ServerApp bound to an already validated config (the ``fedkd`` command's simulation path)."""
+    bound = ServerApp()
+
+    @bound.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, cfg, run_dir)
+
+    return bound
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run .``: the same defaults as ``fedkd``; Hydra overrides come in run config ``overrides``."""
+    overrides = shlex.split(str(context.run_config.get("overrides", "")))
+    run_federation(grid, load_run_config(overrides))

@@ -1,0 +1,150 @@
+"""The round loop of federated distillation. It talks to clients only through ``grid.send_and_receive``,
+so the same loop runs on Flower's engines and on the in-process grid of the tests and benchmarks."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedkd import protocol
+from fedkd.aggregation import AGGREGATORS, AggregationInputs
+from fedkd.config import RunConfig
+from fedkd.data import federated_data
+from fedkd.display import RunDisplay
+from fedkd.distill import STUDENT_OBJECTIVES, distill_student
+from fedkd.metrics import group_report
+from fedkd.models import build_model
+from fedkd.results import RunDirectory
+from fedkd.training import predict_logits, sgd
+
+NODE_WAIT_SECONDS = 120.0
+
+
+class FederationError(RuntimeError):
+    """Clients did not answer as the round needs (missing nodes, error replies, malformed content)."""
+
+
+class FederatedDistillation:
+    """Train teachers on the clients, aggregate their soft labels on the transfer pool, distill one student."""
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDirectory, display: RunDisplay) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.display = display
+        self.job = cfg.client_job()
+        self.data = federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed).benchmark
+        self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed)
+        self.optimizer = sgd(self.student, cfg.student.lr, cfg.student.momentum, cfg.student.weight_decay)
+        self.aggregator = AGGREGATORS[cfg.aggregator.name](cfg.aggregator)
+        self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student)
+        self.generator = np.random.default_rng([cfg.seed, 1])
+
+    def run(self, grid: Grid) -> dict:
+        start = time.perf_counter()
+        nodes = self._wait_for_nodes(grid)
+        transfer = self.data["transfer"]
+        indices = np.arange(len(transfer), dtype=np.int64)
+        for server_round in range(1, self.cfg.federation.num_rounds + 1):
+            round_start = time.perf_counter()
+            replies = self._ask(grid, nodes, protocol.TRAIN_TEACHER, protocol.train_request(self.job, server_round),
+                                server_round, "training teachers")
+            reports = sorted((protocol.parse_train_reply(r.content) for r in replies), key=lambda t: t.partition_id)
+
+            replies = self._ask(grid, nodes, protocol.QUERY_SOFTLABELS,
+                                protocol.query_request(self.job, server_round, indices),
+                                server_round, "querying soft labels")
+            answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes)
+                              for r in replies), key=lambda a: a.partition_id)
+            teacher_logits = torch.from_numpy(np.stack([a.logits for a in answers]))
+
+            self.display.phase(server_round, "aggregating and distilling")
+            aggregate = self.aggregator(AggregationInputs(teacher_logits, self.cfg.student.temperature))
+            torch.manual_seed(self.cfg.seed * 7919 + server_round)
+            loss = distill_student(self.student, self.optimizer, self.objective, transfer.x[indices],
+                                   aggregate.targets, aggregate.example_weights, self.generator)
+
+            self.display.phase(server_round, "evaluating")
+            test_report, _ = self._evaluate()
+            record = {
+                "round": server_round,
+                "test": test_report,
+                "distill_loss": loss,
+                "aggregator": self.cfg.aggregator.name,
+                "aggregator_stats": aggregate.stats,
+                **_teacher_summary(reports),
+                "teachers": [vars(t) for t in reports],
+                "wall_seconds": time.perf_counter() - round_start,
+            }
+            self.run_dir.append_metrics(record)
+            self.display.round_done(record)
+        return self._finish(record, time.perf_counter() - start)
+
+    def _evaluate(self) -> tuple[dict, np.ndarray]:
+        test = self.data["test"]
+        pred = predict_logits(self.student, test.x).argmax(1).numpy()
+        return group_report(pred, test.y, test.g, self.data.group_names), pred
+
+    def _finish(self, last: dict, wall_seconds: float) -> dict:
+        test_report, pred = self._evaluate()
+        test = self.data["test"]
+        self.run_dir.write_predictions("test", test.y, test.g, pred)
+        self.run_dir.save_student(self.student.state_dict())
+        summary = {
+            "run_dir": str(self.run_dir.path),
+            "dataset": self.cfg.dataset.name,
+            "dataset_description": self.data.description,
+            "aggregator": self.cfg.aggregator.name,
+            "student_objective": self.cfg.student.objective,
+            "teacher_objective": self.cfg.teacher.objective,
+            "num_clients": self.cfg.federation.num_clients,
+            "num_rounds": self.cfg.federation.num_rounds,
+            "seed": self.cfg.seed,
+            "test": test_report,
+            "teachers": {
+                "mean_accuracy": last["teacher_mean_accuracy"],
+                "mean_worst_group_accuracy": last["teacher_mean_worst_group_accuracy"],
+                "best_worst_group_accuracy": max(t["test_worst_group_accuracy"] for t in last["teachers"]),
+                "worst_worst_group_accuracy": min(t["test_worst_group_accuracy"] for t in last["teachers"]),
+            },
+            "wall_seconds": wall_seconds,
+        }
+        self.run_dir.write_summary(summary)
+        return summary
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        wanted = self.cfg.federation.num_clients
+        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        while len(nodes := sorted(grid.get_node_ids())) < wanted:
+            if time.monotonic() > deadline:
+                raise FederationError(f"only {len(nodes)} of {wanted} clients connected within {NODE_WAIT_SECONDS}s")
+            self.display.phase(1, f"waiting for clients ({len(nodes)}/{wanted})")
+            time.sleep(1.0)
+        return nodes[:wanted]
+
+    def _ask(self, grid: Grid, nodes: list[int], message_type: str, content, server_round: int,
+             phase: str) -> list[Message]:
+        self.display.phase(server_round, phase, 0, len(nodes))
+        messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
+                    for node in nodes]
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
+        self.display.phase(server_round, phase, len(replies), len(nodes))
+        failed = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
+        if failed:
+            raise FederationError(f"{message_type} failed on {len(failed)} client(s): " + "; ".join(failed))
+        if len(replies) != len(nodes):
+            answered = {r.metadata.src_node_id for r in replies}
+            missing = [n for n in nodes if n not in answered]
+            raise FederationError(f"{message_type}: no reply within {self.cfg.federation.round_timeout}s "
+                                  f"from node(s) {missing}")
+        return replies
+
+
+def _teacher_summary(reports: list[protocol.TeacherReport]) -> dict:
+    return {
+        "teacher_mean_accuracy": float(np.mean([t.test_accuracy for t in reports])),
+        "teacher_mean_worst_group_accuracy": float(np.mean([t.test_worst_group_accuracy for t in reports])),
+    }

@@ -1,0 +1,19 @@
+"""Shared fixtures: configs composed from the real conf/ tree with test-sized overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedkd.config import RunConfig, load_run_config
+
+FAST = [
+    "federation.num_clients=3",
+    "federation.num_rounds=2",
+    "teacher.epochs=1",
+    "student.epochs=1",
+]
+
+
+@pytest.fixture
+def fast_config(tmp_path) -> RunConfig:
+    return load_run_config([*FAST, f"runs_dir={tmp_path}"])

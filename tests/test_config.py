@@ -1,0 +1,59 @@
+"""Bad input gets one clear error naming the key, before any process starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedkd.config import ClientJob, ConfigError, load_run_config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["dataset=imagenet"], "dataset"),
+        (["dataset.name=imagenet"], "dataset.name"),
+        (["aggregator=median"], "aggregator"),
+        (["aggregator.name=median"], "aggregator.name"),
+        (["dataset.bias_ratio=1.0"], "dataset.bias_ratio"),
+        (["dataset.bias_ratio=0"], "dataset.bias_ratio"),
+        (["dataset.bias_ratio=1.5"], "dataset.bias_ratio"),
+        (["federation.num_clients=100000"], "federation.num_clients"),
+        (["federation.num_clients=0"], "federation.num_clients"),
+        (["federation.num_clients=-2"], "federation.num_clients"),
+        (["federation.num_rounds=0"], "federation.num_rounds"),
+        (["federation.num_rounds=-1"], "federation.num_rounds"),
+        (["student.temperature=0"], "student.temperature"),
+        (["student.temperature=-1.5"], "student.temperature"),
+        (["teacher.arch=resnet9000"], "teacher.arch"),
+        (["+dataset.bias_ratoi=0.9"], "dataset.bias_ratoi"),
+    ],
+)
+def test_bad_values_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(overrides)
+    assert key in str(info.value)
+
+
+def test_defaults_are_valid_and_round_trip_to_clients():
+    cfg = load_run_config([])
+    assert cfg.dataset.name == "cmnist" and cfg.federation.num_clients == 10
+    job = cfg.client_job()
+    assert ClientJob.from_yaml(job.to_yaml()) == job
+
+
+def test_cli_rejects_bad_input_before_starting_anything(tmp_path):
+    """The `fedkd` command exits 2 with the key in the message, quickly, and creates no run directory."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedkd", "federation.num_rounds=0", f"runs_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "federation.num_rounds" in proc.stdout + proc.stderr
+    assert "ray" not in (proc.stdout + proc.stderr).lower()
+    assert list(tmp_path.iterdir()) == []
+    assert time.perf_counter() - start < 60
