@@ -30,7 +30,7 @@ def simulate(cfg: RunConfig, console: Console | None = None) -> dict:
     run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
     run_dir.write_config(cfg)
     console.print(f"fedkd: run directory {run_dir.path}")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
         server_app=server_app_for(cfg, run_dir),
         client_app=client_app,

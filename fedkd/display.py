@@ -39,10 +39,10 @@ class RunDisplay:
         test = record["test"]
         self.progress.advance(self.task)
         self.progress.console.print(
-            f"round {record['round']}: accuracy {test['accuracy']:.3f}  "
-            f"worst-group {test['worst_group_accuracy']:.3f} ({test['worst_group']})  "
-            f"teachers {record['teacher_mean_accuracy']:.3f}/{record['teacher_mean_worst_group_accuracy']:.3f}  "
-            f"distill loss {record['distill_loss']:.4f}  {record['wall_seconds']:.1f}s"
+            f"round {record['round']} | student acc {test['accuracy']:.3f} wga {test['worst_group_accuracy']:.3f} | "
+            f"teachers acc {record['teacher_mean_accuracy']:.3f} wga {record['teacher_mean_worst_group_accuracy']:.3f}"
+            f" | {record['wall_seconds']:.1f} s",
+            highlight=False,
         )
 
 
@@ -51,7 +51,7 @@ def summary_table(summary: dict) -> Table:
     test, teachers = summary["test"], summary["teachers"]
     table = Table(title=f"fedkd · {summary['dataset']} · aggregator {summary['aggregator']}", show_lines=False)
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")
     table.add_row("student accuracy", f"{test['accuracy']:.4f}")
     table.add_row("student worst-group accuracy", f"{test['worst_group_accuracy']:.4f} ({test['worst_group']})")
     table.add_row("student mean-group accuracy", f"{test['mean_group_accuracy']:.4f}")

