@@ -30,6 +30,9 @@ from fedkd.config import ClientJob, ConfigError, load_run_config
         (["student.temperature=-1.5"], "student.temperature"),
         (["teacher.arch=resnet9000"], "teacher.arch"),
         (["+dataset.bias_ratoi=0.9"], "dataset.bias_ratoi"),
+        (["teacher.lr=fast"], "teacher.lr"),
+        (["federation.num_rounds=2.5"], "federation.num_rounds"),
+        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha"),
     ],
 )
 def test_bad_values_name_their_key(overrides, key):

@@ -61,6 +61,6 @@ def test_kd_loss_weighted_mean_and_zero_at_target():
 
 def test_mean_aggregator_averages_tempered_probabilities():
     logits = torch.tensor([[[0.0, 0.0]], [[0.0, 2.0 * math.log(3)]]])  # M=2, n=1, C=2
-    out = MeanAggregator(AggregatorConfig())(AggregationInputs(logits, temperature=2.0))
+    out = MeanAggregator(AggregatorConfig(name="mean"))(AggregationInputs(logits, temperature=2.0))
     np.testing.assert_allclose(out.targets.numpy(), [[(0.5 + 0.25) / 2, (0.5 + 0.75) / 2]], rtol=1e-6)
     assert out.example_weights is None
