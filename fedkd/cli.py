@@ -62,7 +62,8 @@ def _main(composed: DictConfig) -> None:
         sys.exit(1)
     console.print(
         f"fedkd: done in {time.perf_counter() - start:.1f} s wall: accuracy {summary['test']['accuracy']:.4f}, "
-        f"worst-group accuracy {summary['test']['worst_group_accuracy']:.4f}; results in {summary['run_dir']}"
+        f"worst-group accuracy {summary['test']['worst_group_accuracy']:.4f}; results in {summary['run_dir']}",
+        soft_wrap=True,
     )
 
 

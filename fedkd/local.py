@@ -29,7 +29,10 @@ def train_local_teacher(
     """Train (continue training) the teacher of ``partition_id`` for one round; evaluate it on its shard and
     on the test split (an evaluation-only view every node can build)."""
     if not 0 <= partition_id < job.num_clients:
-        raise ValueError(f"partition id {partition_id} outside 0..{job.num_clients - 1}")
+        raise ValueError(
+            f"this node's partition-id {partition_id} is outside 0..{job.num_clients - 1}: a federation of "
+            f"federation.num_clients={job.num_clients} needs node config partition-id in that range"
+        )
     data = federated_data(job.dataset, job.partition, job.num_clients, job.seed)
     bench, shard = data.benchmark, data.shard(partition_id)
     model = _teacher(job, partition_id, state)

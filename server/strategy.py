@@ -120,7 +120,11 @@ class FederatedDistillation:
         deadline = time.monotonic() + NODE_WAIT_SECONDS
         while len(nodes := sorted(grid.get_node_ids())) < wanted:
             if time.monotonic() > deadline:
-                raise FederationError(f"only {len(nodes)} of {wanted} clients connected within {NODE_WAIT_SECONDS}s")
+                raise FederationError(
+                    f"only {len(nodes)} of {wanted} clients (federation.num_clients) connected within "
+                    f"{NODE_WAIT_SECONDS:.0f} s; with `flwr run`, size the simulation first "
+                    f"(`flwr federation simulation-config --num-supernodes {wanted}`) or use `make flwr-run`"
+                )
             self.display.phase(1, f"waiting for clients ({len(nodes)}/{wanted})")
             time.sleep(1.0)
         return nodes[:wanted]
