@@ -5,22 +5,14 @@ plus one YAML file in conf/aggregator/."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from fedkd.config import AggregatorConfig
+from fedkd.registry import Registry
 
-AGGREGATORS: dict[str, type[Aggregator]] = {}
-
-
-def register_aggregator(name: str) -> Callable:
-    def wrap(cls: type) -> type:
-        AGGREGATORS[name] = cls
-        return cls
-
-    return wrap
+AGGREGATORS = Registry("aggregator")
 
 
 @dataclass(frozen=True)
@@ -49,7 +41,7 @@ class Aggregator(ABC):
         """Aggregate one round's soft labels."""
 
 
-@register_aggregator("mean")
+@AGGREGATORS.register("mean")
 class MeanAggregator(Aggregator):
     """AVER (FedDF, Lin et al. 2020; FedMD): q(x) = (1/M) Σ_m softmax(z_m(x) / τ).  METHODS.md, "mean"."""
 

@@ -46,8 +46,9 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
-    """Values come from conf/teacher/*.yaml (the single source of defaults)."""
+class TrainingConfig:
+    """What teachers and students share: objective, architecture and the SGD schedule. Values come from
+    conf/teacher/*.yaml and conf/student/*.yaml (the single source of defaults)."""
 
     objective: str
     arch: str
@@ -56,6 +57,11 @@ class TeacherConfig:
     momentum: float
     weight_decay: float
     batch_size: int
+
+
+@dataclass(frozen=True)
+class TeacherConfig(TrainingConfig):
+    """A client's local training (epochs per round; the teacher keeps training across rounds)."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +70,9 @@ class AggregatorConfig:
 
 
 @dataclass(frozen=True)
-class StudentConfig:
-    """Values come from conf/student/*.yaml."""
+class StudentConfig(TrainingConfig):
+    """The server's distillation (epochs over the transfer pool per round) at temperature τ."""
 
-    objective: str
-    arch: str
-    epochs: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    batch_size: int
     temperature: float
 
 

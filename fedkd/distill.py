@@ -6,7 +6,6 @@ A new objective is one class registered here plus one YAML file in conf/student/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,17 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd.config import StudentConfig
+from fedkd.registry import Registry
 from fedkd.training import run_epochs
 
-STUDENT_OBJECTIVES: dict[str, type[StudentObjective]] = {}
-
-
-def register_student(name: str) -> Callable:
-    def wrap(cls: type) -> type:
-        STUDENT_OBJECTIVES[name] = cls
-        return cls
-
-    return wrap
+STUDENT_OBJECTIVES = Registry("student objective")
 
 
 def kd_loss(
@@ -58,7 +50,7 @@ class StudentObjective(ABC):
         """Scalar loss of one minibatch of transfer points."""
 
 
-@register_student("kd")
+@STUDENT_OBJECTIVES.register("kd")
 class KD(StudentObjective):
     """Plain distillation: mean ℓ_KD over the pool (weighted when the aggregator gives per-example weights)."""
 

@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {}
+from fedkd.registry import Registry
 
-
-def register_model(name: str) -> Callable:
-    def wrap(builder: Callable) -> Callable:
-        MODELS[name] = builder
-        return builder
-
-    return wrap
+MODELS = Registry("model")
 
 
 class FeatureClassifier(nn.Module):
@@ -34,7 +26,7 @@ class FeatureClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-@register_model("cnn")
+@MODELS.register("cnn")
 def small_cnn(input_shape: tuple[int, int, int], num_classes: int, width: int = 16) -> FeatureClassifier:
     """Two conv blocks and a hidden layer: the teacher/student for 28x28 inputs."""
     channels, height, width_px = input_shape
@@ -52,7 +44,7 @@ def small_cnn(input_shape: tuple[int, int, int], num_classes: int, width: int = 
     return FeatureClassifier(body, 64, num_classes)
 
 
-@register_model("mlp")
+@MODELS.register("mlp")
 def mlp(input_shape: tuple[int, int, int], num_classes: int, hidden: int = 128) -> FeatureClassifier:
     """One hidden layer on flattened pixels."""
     channels, height, width_px = input_shape
@@ -62,8 +54,6 @@ def mlp(input_shape: tuple[int, int, int], num_classes: int, hidden: int = 128) 
 
 def build_model(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
     """A freshly initialised model; the seed fixes its initial weights."""
-    if arch not in MODELS:
-        raise KeyError(f"unknown model {arch!r}; known: {sorted(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS[arch](input_shape, num_classes)

@@ -4,7 +4,6 @@ file in conf/teacher/."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -13,17 +12,10 @@ from torch import nn
 
 from fedkd.config import TeacherConfig
 from fedkd.data import Split
+from fedkd.registry import Registry
 from fedkd.training import run_epochs, sgd
 
-TEACHER_OBJECTIVES: dict[str, type[TeacherObjective]] = {}
-
-
-def register_teacher(name: str) -> Callable:
-    def wrap(cls: type) -> type:
-        TEACHER_OBJECTIVES[name] = cls
-        return cls
-
-    return wrap
+TEACHER_OBJECTIVES = Registry("teacher objective")
 
 
 class TeacherObjective(ABC):
@@ -37,7 +29,7 @@ class TeacherObjective(ABC):
         """Scalar loss of one minibatch."""
 
 
-@register_teacher("erm")
+@TEACHER_OBJECTIVES.register("erm")
 class ERM(TeacherObjective):
     """Empirical risk minimisation: mean cross-entropy."""
 

@@ -60,3 +60,12 @@ def test_cli_rejects_bad_input_before_starting_anything(tmp_path):
     assert "ray" not in (proc.stdout + proc.stderr).lower()
     assert list(tmp_path.iterdir()) == []
     assert time.perf_counter() - start < 60
+
+
+def test_registry_refuses_duplicates_and_names_the_known_entries():
+    from fedkd.aggregation import AGGREGATORS
+
+    with pytest.raises(KeyError, match="registered twice"):
+        AGGREGATORS.register("mean")(object)
+    with pytest.raises(KeyError, match=r"unknown aggregator 'median'; known: \['mean'\]"):
+        AGGREGATORS["median"]

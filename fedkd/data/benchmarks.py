@@ -16,8 +16,10 @@ import numpy as np
 
 from fedkd.config import DatasetConfig
 from fedkd.data.sources import ImageSource, load_source
+from fedkd.registry import Registry
 
 SPLITS = ("pool", "transfer", "val", "test")
+BENCHMARKS = Registry("dataset")
 
 # Ten RGB foreground means, one per digit, for the Nam et al. (2020, "Learning from Failure") construction.
 # LfF ships its means as a binary tensor; these are ten well separated colours in the same spirit.
@@ -173,6 +175,7 @@ def _coloured_benchmark(
     )
 
 
+@BENCHMARKS.register("cmnist")
 def build_cmnist(cfg: DatasetConfig, seed: int) -> Benchmark:
     """Colored MNIST, 10 classes, per-digit foreground colours (Nam et al. 2020; AGRE-KD Table 1).
 
@@ -194,6 +197,7 @@ def build_cmnist(cfg: DatasetConfig, seed: int) -> Benchmark:
     return _coloured_benchmark("cmnist", cfg, seed, source, lambda d: d.copy(), 10, groups, names)
 
 
+@BENCHMARKS.register("cmnist2")
 def build_cmnist2(cfg: DatasetConfig, seed: int) -> Benchmark:
     """Binary Colored MNIST (IRM-style label digit < 5 vs >= 5): colour agrees with the label with probability
     ``bias_ratio`` in pool/transfer and is independent of it in val/test; 4 groups = label x colour."""
@@ -210,6 +214,7 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> np.ndarr
     return np.floor(n_max * (1.0 / imbalance) ** (c / (num_classes - 1))).astype(np.int64)
 
 
+@BENCHMARKS.register("mnist_lt")
 def build_mnist_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
     """MNIST-LT: pool and transfer follow the exponential long-tail profile (class 0 the head), val and test
     are balanced; groups are the classes."""
@@ -231,8 +236,3 @@ def build_mnist_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
     )
 
 
-BENCHMARKS: dict[str, Callable[[DatasetConfig, int], Benchmark]] = {
-    "cmnist": build_cmnist,
-    "cmnist2": build_cmnist2,
-    "mnist_lt": build_mnist_lt,
-}

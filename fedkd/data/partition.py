@@ -7,6 +7,7 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
 from fedkd.config import PartitionConfig
+from fedkd.registry import Registry
 
 
 def _iid(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
@@ -25,7 +26,9 @@ def _dirichlet(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner
     )
 
 
-PARTITIONERS = {"iid": _iid, "dirichlet": _dirichlet}
+PARTITIONERS = Registry("partitioner")
+PARTITIONERS.register("iid")(_iid)
+PARTITIONERS.register("dirichlet")(_dirichlet)
 
 
 class PartitionError(ValueError):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedkd.registry import Registry
+
 
 @dataclass(frozen=True)
 class ImageSource:
@@ -43,11 +45,10 @@ def embedded_mnist() -> ImageSource:
     return ImageSource(images=images, labels=table[:, -1].astype(np.int64))
 
 
-SOURCES = {"embedded_mnist": embedded_mnist}
+SOURCES = Registry("image source")
+SOURCES.register("embedded_mnist")(embedded_mnist)
 
 
 def load_source(name: str) -> ImageSource:
     """Load a registered source by name."""
-    if name not in SOURCES:
-        raise KeyError(f"unknown image source {name!r}; known: {sorted(SOURCES)}")
     return SOURCES[name]()
