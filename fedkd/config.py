@@ -24,7 +24,7 @@ class DatasetConfig:
     """One class for all benchmarks; a field a benchmark's YAML does not set keeps this default and is unused."""
 
     name: str
-    source: str = "embedded_mnist"
+    source: str = "mnist5k"
     bias_ratio: float = 0.99
     group_by: str = "digit_alignment"
     color_std: float = 0.05

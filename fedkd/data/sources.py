@@ -46,7 +46,7 @@ def embedded_mnist() -> ImageSource:
 
 
 SOURCES = Registry("image source")
-SOURCES.register("embedded_mnist")(embedded_mnist)
+SOURCES.register("mnist5k")(embedded_mnist)
 
 
 def load_source(name: str) -> ImageSource:
