@@ -8,7 +8,7 @@ from flwr.clientapp import ClientApp
 from fedkd import protocol
 from fedkd.local import query_local_teacher, train_local_teacher
 
-TEACHER_STATE = "teacher"
+STATE_PREFIX = "fedkd."
 
 app = ClientApp()
 
@@ -21,16 +21,22 @@ def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _teacher_state(context: Context) -> dict | None:
-    record = context.state.get(TEACHER_STATE)
-    return None if record is None else record.to_torch_state_dict()
+def _load_state(context: Context) -> dict:
+    """The client's models and objective state, one ArrayRecord each under ``fedkd.<name>``."""
+    return {key[len(STATE_PREFIX):]: record.to_torch_state_dict()
+            for key, record in context.state.items() if key.startswith(STATE_PREFIX)}
+
+
+def _save_state(context: Context, state: dict) -> None:
+    for name, tensors in state.items():
+        context.state[STATE_PREFIX + name] = ArrayRecord(tensors)
 
 
 @app.train("teacher")
 def train_teacher(msg: Message, context: Context) -> Message:
     request = protocol.parse_train_request(msg.content)
-    state, report = train_local_teacher(request.job, partition_id(context), request.round, _teacher_state(context))
-    context.state[TEACHER_STATE] = ArrayRecord(state)
+    state, report = train_local_teacher(request.job, partition_id(context), request.round, _load_state(context))
+    _save_state(context, state)
     return Message(protocol.train_reply(report), reply_to=msg)
 
 
@@ -38,5 +44,5 @@ def train_teacher(msg: Message, context: Context) -> Message:
 def query_softlabels(msg: Message, context: Context) -> Message:
     request = protocol.parse_query_request(msg.content)
     pid = partition_id(context)
-    logits = query_local_teacher(request.job, pid, _teacher_state(context), request.indices)
-    return Message(protocol.query_reply(pid, logits), reply_to=msg)
+    logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base)
+    return Message(protocol.query_reply(pid, logits, base), reply_to=msg)

@@ -61,12 +61,34 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig(TrainingConfig):
-    """A client's local training (epochs per round; the teacher keeps training across rounds)."""
+    """A client's local training (epochs per round; the teacher keeps training across rounds). The fields with
+    defaults belong to one objective each and are set in its YAML file."""
+
+    la_tau: float = 1.0  # balanced: strength of the logit adjustment
+    dro_eta: float = 0.01  # group_dro: step size of the group weights
+    dfr_holdout: float = 0.2  # dfr: fraction of the shard held out for last-layer retraining
+    dfr_subsets: int = 5  # dfr: group-balanced subsets whose refitted heads are averaged
+    dfr_steps: int = 200  # dfr: full-batch steps per subset
+    dfr_lr: float = 0.01
+    dfr_l2: float = 0.001
 
 
 @dataclass(frozen=True)
 class AggregatorConfig:
+    """``name`` picks the aggregator; the other fields belong to one aggregator each (set in its YAML)."""
+
     name: str
+    era_temperature: float = 0.1  # entropy_reduction: sharpening temperature T < 1 (DS-FL)
+    biased: str = "random_client"  # agre: random_client | fixed_client | mean_bases
+    biased_client: int = 0  # agre: the client whose ERM base is biased, with biased=fixed_client
+    gradient: str = "last_layer"  # agre: last_layer (closed form) | per_sample (torch.func)
+    param_set: str = "head"  # agre, per_sample: head | all
+    normalize: bool = True  # agre: cosine of gradients (the paper) or raw inner product (its ablation)
+    granularity: str = "example"  # agre: example (the paper) | batch
+    degenerate: str = "uniform"  # agre: all weights of a point vanish -> uniform | floor
+    floor_eps: float = 0.01  # agre, degenerate=floor: the smallest weight
+    prior_correction: bool = False  # agre: shift logits by log pi_global - log pi_client before weighting
+    with_support: bool = False  # agre: multiply the weights by the support weights
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,7 @@ class ClientJob:
     dataset: DatasetConfig
     partition: PartitionConfig
     teacher: TeacherConfig
+    erm_base: bool = False  # keep an ERM base beside the teacher (the biased model AGRE-KD asks for)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=True)
@@ -108,6 +131,7 @@ class ClientJob:
             dataset=DatasetConfig(**raw["dataset"]),
             partition=PartitionConfig(**raw["partition"]),
             teacher=TeacherConfig(**raw["teacher"]),
+            erm_base=bool(raw["erm_base"]),
         )
 
 
@@ -123,13 +147,14 @@ class RunConfig:
     student: StudentConfig
     federation: FederationConfig
 
-    def client_job(self) -> ClientJob:
+    def client_job(self, erm_base: bool = False) -> ClientJob:
         return ClientJob(
             seed=self.seed,
             num_clients=self.federation.num_clients,
             dataset=self.dataset,
             partition=self.partition,
             teacher=self.teacher,
+            erm_base=erm_base,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,7 +283,26 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         if model.weight_decay < 0:
             _fail(f"{name}.weight_decay", model.weight_decay, "must be >= 0")
     _check_choice("teacher.objective", teacher.objective, TEACHER_OBJECTIVES)
-    _check_choice("aggregator.name", sections["aggregator"].name, AGGREGATORS)
+    _check_positive("teacher.la_tau", teacher.la_tau)
+    _check_positive("teacher.dro_eta", teacher.dro_eta)
+    if not 0.0 < teacher.dfr_holdout < 1.0:
+        _fail("teacher.dfr_holdout", teacher.dfr_holdout, "must lie strictly between 0 and 1")
+    for key in ("dfr_subsets", "dfr_steps"):
+        _check_positive(f"teacher.{key}", getattr(teacher, key), integer=True)
+    _check_positive("teacher.dfr_lr", teacher.dfr_lr)
+    if teacher.dfr_l2 < 0:
+        _fail("teacher.dfr_l2", teacher.dfr_l2, "must be >= 0")
+    agg: AggregatorConfig = sections["aggregator"]
+    _check_choice("aggregator.name", agg.name, AGGREGATORS)
+    _check_positive("aggregator.era_temperature", agg.era_temperature)
+    _check_choice("aggregator.biased", agg.biased, ("random_client", "fixed_client", "mean_bases"))
+    _check_choice("aggregator.gradient", agg.gradient, ("last_layer", "per_sample"))
+    _check_choice("aggregator.param_set", agg.param_set, ("head", "all"))
+    _check_choice("aggregator.granularity", agg.granularity, ("example", "batch"))
+    _check_choice("aggregator.degenerate", agg.degenerate, ("uniform", "floor"))
+    _check_positive("aggregator.floor_eps", agg.floor_eps)
+    if agg.biased == "fixed_client" and not 0 <= agg.biased_client < fed.num_clients:
+        _fail("aggregator.biased_client", agg.biased_client, f"must name a client, 0..{fed.num_clients - 1}")
     _check_choice("student.objective", student.objective, STUDENT_OBJECTIVES)
     _check_positive("student.temperature", student.temperature)
 

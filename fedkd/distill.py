@@ -6,6 +6,7 @@ A new objective is one class registered here plus one YAML file in conf/student/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ from torch import nn
 from fedkd.config import StudentConfig
 from fedkd.registry import Registry
 from fedkd.training import run_epochs
+
+if TYPE_CHECKING:
+    from fedkd.aggregation import Aggregator
 
 STUDENT_OBJECTIVES = Registry("student objective")
 
@@ -65,16 +69,18 @@ def distill_student(
     optimizer: torch.optim.Optimizer,
     objective: StudentObjective,
     x: np.ndarray,
-    targets: torch.Tensor,
-    weights: torch.Tensor | None,
+    aggregator: Aggregator,
     generator: np.random.Generator,
 ) -> float:
-    """``cfg.epochs`` epochs of the student objective on transfer inputs ``x`` with aggregated ``targets``."""
+    """``cfg.epochs`` epochs of the student objective on transfer inputs ``x``; the aggregator gives the targets
+    of every minibatch (it may look at the current student, as AGRE-KD does)."""
     inputs = torch.from_numpy(x)
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
-        w = None if weights is None else weights[idx]
-        return objective.loss(model(inputs[idx]), targets[idx], w)
+        xb = inputs[idx]
+        logits = model(xb)
+        targets, weights = aggregator.targets(idx, model, xb, logits)
+        return objective.loss(logits, targets, weights)
 
     cfg = objective.cfg
     return run_epochs(model, optimizer, len(x), batch_loss, cfg.epochs, cfg.batch_size, generator)

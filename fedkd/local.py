@@ -1,33 +1,49 @@
-"""A client's science: rebuild its shard, train its teacher, answer soft-label queries (no Flower here)."""
+"""A client's science: rebuild its shard, train its teacher (and ERM base), answer soft-label queries.
+No Flower here: the ClientApp stores the returned state dicts in the node's state between messages."""
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from fedkd.config import ClientJob
-from fedkd.data import federated_data
+from fedkd.data import Benchmark, federated_data
 from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
 from fedkd.protocol import TeacherReport
-from fedkd.teachers import train_teacher
+from fedkd.teachers import TeacherModels, train_teacher
 from fedkd.training import predict_logits
 
+LocalState = dict[str, dict[str, torch.Tensor]]  # "teacher", "base" (state dicts), "extra" (objective state)
 
-def _teacher(job: ClientJob, partition_id: int, state: dict | None) -> torch.nn.Module:
-    bench = federated_data(job.dataset, job.partition, job.num_clients, job.seed).benchmark
-    model = build_model(job.teacher.arch, bench.input_shape, bench.num_classes, seed=job.seed * 1000 + partition_id)
-    if state is not None:
-        model.load_state_dict(state)
-    return model
+
+def _new_model(job: ClientJob, bench: Benchmark, partition_id: int) -> torch.nn.Module:
+    return build_model(job.teacher.arch, bench.input_shape, bench.num_classes, seed=job.seed * 1000 + partition_id)
+
+
+def _restore(job: ClientJob, bench: Benchmark, partition_id: int, state: LocalState | None) -> TeacherModels:
+    state = state or {}
+    models = TeacherModels(teacher=_new_model(job, bench, partition_id), base=None, extra=dict(state.get("extra", {})))
+    if "teacher" in state:
+        models.teacher.load_state_dict(state["teacher"])
+    if "base" in state:
+        models.base = _new_model(job, bench, partition_id)
+        models.base.load_state_dict(state["base"])
+    return models
+
+
+def _state(models: TeacherModels) -> LocalState:
+    state = {"teacher": models.teacher.state_dict(), "extra": dict(models.extra)}
+    if models.base is not None:
+        state["base"] = models.base.state_dict()
+    return state
+
 
 def train_local_teacher(
-    job: ClientJob, partition_id: int, server_round: int, state: dict | None
-) -> tuple[OrderedDict, TeacherReport]:
-    """Train (continue training) the teacher of ``partition_id`` for one round; evaluate it on its shard and
-    on the test split (an evaluation-only view every node can build)."""
+    job: ClientJob, partition_id: int, server_round: int, state: LocalState | None
+) -> tuple[LocalState, TeacherReport]:
+    """One round of local training for ``partition_id``; the teacher is evaluated on its shard and on the test
+    split (an evaluation-only view every node can build)."""
     if not 0 <= partition_id < job.num_clients:
         raise ValueError(
             f"this node's partition-id {partition_id} is outside 0..{job.num_clients - 1}: a federation of "
@@ -35,13 +51,14 @@ def train_local_teacher(
         )
     data = federated_data(job.dataset, job.partition, job.num_clients, job.seed)
     bench, shard = data.benchmark, data.shard(partition_id)
-    model = _teacher(job, partition_id, state)
+    models = _restore(job, bench, partition_id, state)
     generator = np.random.default_rng([job.seed, partition_id, server_round])
     torch.manual_seed(job.seed * 7919 + partition_id * 104729 + server_round)
-    loss = train_teacher(model, shard, bench.num_classes, bench.num_groups, job.teacher, generator)
-    train_pred = predict_logits(model, shard.x).argmax(1).numpy()
+    loss = train_teacher(models, shard, bench.num_classes, bench.num_groups, job.teacher, job.erm_base, generator,
+                         lambda: _new_model(job, bench, partition_id))
+    train_pred = predict_logits(models.teacher, shard.x).argmax(1).numpy()
     test = bench["test"]
-    test_pred = predict_logits(model, test.x).argmax(1).numpy()
+    test_pred = predict_logits(models.teacher, test.x).argmax(1).numpy()
     report = TeacherReport(
         partition_id=partition_id,
         num_examples=len(shard),
@@ -52,14 +69,24 @@ def train_local_teacher(
         class_counts=np.bincount(shard.y, minlength=bench.num_classes).tolist(),
         group_counts=group_counts(shard.g, bench.num_groups),
     )
-    return model.state_dict(), report
+    return _state(models), report
 
-def query_local_teacher(job: ClientJob, partition_id: int, state: dict | None, indices: np.ndarray) -> np.ndarray:
-    """The teacher's logits [n, C] on the requested transfer points."""
-    if state is None:
+
+def query_local_teacher(
+    job: ClientJob, partition_id: int, state: LocalState | None, indices: np.ndarray, with_base: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The teacher's logits [n, C] on the requested transfer points, and its ERM base's when asked."""
+    if not state or "teacher" not in state:
         raise RuntimeError(f"client {partition_id} was asked for soft labels before it trained a teacher")
-    transfer = federated_data(job.dataset, job.partition, job.num_clients, job.seed).benchmark["transfer"]
+    if with_base and "base" not in state:
+        raise RuntimeError(f"client {partition_id} was asked for its ERM base's soft labels but keeps no base "
+                           "(the train request did not ask for one)")
+    bench = federated_data(job.dataset, job.partition, job.num_clients, job.seed).benchmark
+    transfer = bench["transfer"]
     if len(indices) and (indices.min() < 0 or indices.max() >= len(transfer)):
         raise ValueError(f"transfer indices must lie in 0..{len(transfer) - 1}")
-    model = _teacher(job, partition_id, state)
-    return predict_logits(model, transfer.x[indices]).numpy().astype(np.float32)
+    models = _restore(job, bench, partition_id, state)
+    x = transfer.x[indices]
+    logits = predict_logits(models.teacher, x).numpy().astype(np.float32)
+    base = predict_logits(models.base, x).numpy().astype(np.float32) if with_base else None
+    return logits, base

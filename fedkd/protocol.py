@@ -3,8 +3,10 @@ and dtypes. Both sides encode and decode only through this module.
 
 server -> client ``train.teacher``      config["job"] (YAML of ClientJob), config["round"]
 client -> server                        metrics: TeacherReport fields
-server -> client ``query.softlabels``   config["job"], config["round"], indices["indices"] int64 [n]
-client -> server                        softlabels["logits"] float32 [n, C], metrics["partition_id"]
+server -> client ``query.softlabels``   config["job"], config["round"], config["with_base"],
+                                        indices["indices"] int64 [n]
+client -> server                        softlabels["logits"] float32 [n, C] (and softlabels["base_logits"],
+                                        the ERM base's, when with_base), metrics["partition_id"]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ METRICS = "metrics"
 INDICES = "indices"
 SOFTLABELS = "softlabels"
 LOGITS = "logits"
+BASE_LOGITS = "base_logits"
 
 INDEX_DTYPE = np.int64
 LOGIT_DTYPE = np.float32
@@ -45,6 +48,7 @@ class QueryRequest:
     job: ClientJob
     round: int
     indices: np.ndarray
+    with_base: bool
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class TeacherReport:
 class SoftLabelReply:
     partition_id: int
     logits: np.ndarray
+    base_logits: np.ndarray | None
 
 
 def _record(content: RecordDict, key: str, kind: type) -> object:
@@ -109,9 +114,11 @@ def parse_train_reply(content: RecordDict) -> TeacherReport:
         raise ProtocolError(f"train reply metrics lack {err}") from err
 
 
-def query_request(job: ClientJob, server_round: int, indices: np.ndarray) -> RecordDict:
+def query_request(job: ClientJob, server_round: int, indices: np.ndarray, with_base: bool = False) -> RecordDict:
     array = Array(np.ascontiguousarray(indices, dtype=INDEX_DTYPE))
-    return RecordDict({CONFIG: _job_config(job, server_round), INDICES: ArrayRecord({INDICES: array})})
+    config = _job_config(job, server_round)
+    config["with_base"] = with_base
+    return RecordDict({CONFIG: config, INDICES: ArrayRecord({INDICES: array})})
 
 
 def parse_query_request(content: RecordDict) -> QueryRequest:
@@ -119,25 +126,40 @@ def parse_query_request(content: RecordDict) -> QueryRequest:
     indices = _record(content, INDICES, ArrayRecord)[INDICES].numpy()
     if indices.dtype != INDEX_DTYPE or indices.ndim != 1:
         raise ProtocolError(f"indices must be a 1-d {INDEX_DTYPE.__name__} array, got {indices.dtype} {indices.shape}")
-    return QueryRequest(job=job, round=server_round, indices=indices)
+    with_base = _record(content, CONFIG, ConfigRecord).get("with_base", False)
+    return QueryRequest(job=job, round=server_round, indices=indices, with_base=bool(with_base))
 
 
-def query_reply(partition_id: int, logits: np.ndarray) -> RecordDict:
-    array = Array(np.ascontiguousarray(logits, dtype=LOGIT_DTYPE))
+def query_reply(partition_id: int, logits: np.ndarray, base_logits: np.ndarray | None = None) -> RecordDict:
+    arrays = {LOGITS: Array(np.ascontiguousarray(logits, dtype=LOGIT_DTYPE))}
+    if base_logits is not None:
+        arrays[BASE_LOGITS] = Array(np.ascontiguousarray(base_logits, dtype=LOGIT_DTYPE))
     return RecordDict(
         {
-            SOFTLABELS: ArrayRecord({LOGITS: array}),
+            SOFTLABELS: ArrayRecord(arrays),
             METRICS: MetricRecord({"partition_id": partition_id, "num_queried": int(logits.shape[0])}),
         }
     )
 
 
-def parse_query_reply(content: RecordDict, num_queried: int, num_classes: int) -> SoftLabelReply:
-    logits = _record(content, SOFTLABELS, ArrayRecord)[LOGITS].numpy()
+def _logits(record: ArrayRecord, key: str, num_queried: int, num_classes: int) -> np.ndarray:
+    if key not in record:
+        raise ProtocolError(f"soft-label record lacks {key!r}")
+    logits = record[key].numpy()
     if logits.shape != (num_queried, num_classes) or logits.dtype != LOGIT_DTYPE:
         raise ProtocolError(
-            f"soft labels must be {LOGIT_DTYPE.__name__} [{num_queried}, {num_classes}], "
+            f"{key} must be {LOGIT_DTYPE.__name__} [{num_queried}, {num_classes}], "
             f"got {logits.dtype} {list(logits.shape)}"
         )
+    return logits
+
+
+def parse_query_reply(content: RecordDict, num_queried: int, num_classes: int,
+                      with_base: bool = False) -> SoftLabelReply:
+    record = _record(content, SOFTLABELS, ArrayRecord)
     metrics = _record(content, METRICS, MetricRecord)
-    return SoftLabelReply(partition_id=int(metrics["partition_id"]), logits=logits)
+    return SoftLabelReply(
+        partition_id=int(metrics["partition_id"]),
+        logits=_logits(record, LOGITS, num_queried, num_classes),
+        base_logits=_logits(record, BASE_LOGITS, num_queried, num_classes) if with_base else None,
+    )

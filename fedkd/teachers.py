@@ -1,9 +1,17 @@
 """Local teacher objectives (clients), behind a registry: a new objective is one class here plus one YAML
-file in conf/teacher/."""
+file in conf/teacher/.
+
+A client holds a ``TeacherModels`` pair: the teacher it distills from and, when the server's aggregator needs
+a biased reference (AGRE-KD), its ERM base. For ``erm`` the teacher is its own base; ``dfr`` builds the teacher
+from its base; the other objectives train a separate ERM base only when asked.
+"""
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,6 +26,15 @@ from fedkd.training import run_epochs, sgd
 TEACHER_OBJECTIVES = Registry("teacher objective")
 
 
+@dataclass
+class TeacherModels:
+    """The model a client distills from, and its ERM base (None when not kept; the teacher itself for erm)."""
+
+    teacher: nn.Module
+    base: nn.Module | None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # objective state kept across rounds
+
+
 class TeacherObjective(ABC):
     """The loss a client minimises on its shard; may hold state across minibatches (e.g. group weights)."""
 
@@ -28,29 +45,157 @@ class TeacherObjective(ABC):
     def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Scalar loss of one minibatch."""
 
+    def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
+            new_model: Callable[[], nn.Module]) -> float:
+        """One round of local training: the teacher with this objective, and an ERM base when one is kept."""
+        loss = fit_on(models.teacher, shard, self.loss, self.cfg, generator)
+        if keep_base:
+            models.base = models.base or new_model()
+            erm = ERM(shard, 0, 0, self.cfg)
+            fit_on(models.base, shard, erm.loss, self.cfg, generator)
+        return loss
 
-@TEACHER_OBJECTIVES.register("erm")
-class ERM(TeacherObjective):
-    """Empirical risk minimisation: mean cross-entropy."""
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y)
-
-
-def train_teacher(
-    model: nn.Module,
-    shard: Split,
-    num_classes: int,
-    num_groups: int,
-    cfg: TeacherConfig,
-    generator: np.random.Generator,
-) -> float:
-    """``cfg.epochs`` epochs of the configured objective on the shard; returns the last epoch's mean loss."""
-    objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg)
+def fit_on(model: nn.Module, shard: Split, loss_fn: Callable, cfg: TeacherConfig,
+           generator: np.random.Generator) -> float:
+    """``cfg.epochs`` epochs of SGD on ``loss_fn(logits, y, g)``; returns the last epoch's mean loss."""
     optimizer = sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     x, y, g = (torch.from_numpy(a) for a in (shard.x, shard.y, shard.g))
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
-        return objective.loss(model(x[idx]), y[idx], g[idx])
+        return loss_fn(model(x[idx]), y[idx], g[idx])
 
     return run_epochs(model, optimizer, len(shard), batch_loss, cfg.epochs, cfg.batch_size, generator)
+
+
+@TEACHER_OBJECTIVES.register("erm")
+class ERM(TeacherObjective):
+    """Empirical risk minimisation: mean cross-entropy. The teacher is its own ERM base."""
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
+
+    def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
+            new_model: Callable[[], nn.Module]) -> float:
+        loss = fit_on(models.teacher, shard, self.loss, self.cfg, generator)
+        models.base = models.teacher if keep_base else None
+        return loss
+
+
+def class_priors(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Laplace-smoothed class frequencies (n_c + 1) / (n + C): a class a client never saw keeps a finite log."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return (counts + 1.0) / (counts.sum() + num_classes)
+
+
+@TEACHER_OBJECTIVES.register("balanced")
+class LogitAdjusted(TeacherObjective):
+    """Logit-adjusted loss (Menon et al. 2021, "Long-tail learning via logit adjustment", Eq. 11):
+    CE(y, z + τ_la · log π) with π the client's own class priors, so that the unadjusted logits z used at
+    prediction time are balanced across classes. METHODS.md "balanced"."""
+
+    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig) -> None:
+        super().__init__(shard, num_classes, num_groups, cfg)
+        priors = class_priors(shard.y, num_classes)
+        self.shift = torch.tensor(cfg.la_tau * np.log(priors), dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits + self.shift, y)
+
+
+@TEACHER_OBJECTIVES.register("group_dro")
+class GroupDRO(TeacherObjective):
+    """Online group DRO (Sagawa et al. 2020, Algorithm 1), on the client's local groups: after each minibatch
+    q_g ← q_g · exp(η · loss_g), q normalised, and the step minimises Σ_g q_g · loss_g, loss_g the mean loss of
+    group g in the batch (0 for a group absent from the batch, as in the authors' code). q persists across
+    rounds in the client's state."""
+
+    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig) -> None:
+        super().__init__(shard, num_classes, num_groups, cfg)
+        self.num_groups = num_groups
+        self.q = torch.full((num_groups,), 1.0 / num_groups)
+
+    def group_losses(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        per_example = F.cross_entropy(logits, y, reduction="none")
+        sums = torch.zeros(self.num_groups).index_add(0, g, per_example)
+        counts = torch.zeros(self.num_groups).index_add(0, g, torch.ones_like(per_example))
+        return sums / counts.clamp(min=1.0)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        group_loss = self.group_losses(logits, y, g)
+        with torch.no_grad():
+            self.q = self.q * torch.exp(self.cfg.dro_eta * group_loss.detach())
+            self.q = self.q / self.q.sum()
+        return (self.q * group_loss).sum()
+
+    def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
+            new_model: Callable[[], nn.Module]) -> float:
+        self.q = models.extra.get("dro_q", self.q)
+        loss = super().fit(models, shard, keep_base, generator, new_model)
+        models.extra["dro_q"] = self.q
+        return loss
+
+
+def group_balanced_indices(groups: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+    """A subset with the same number of examples from every group present: the smallest group's size."""
+    present = np.unique(groups)
+    size = min(int(np.sum(groups == k)) for k in present)
+    picks = [generator.choice(np.flatnonzero(groups == k), size=size, replace=False) for k in present]
+    return np.sort(np.concatenate(picks))
+
+
+def retrain_last_layer(model: nn.Module, held_out: Split, cfg: TeacherConfig,
+                       generator: np.random.Generator) -> None:
+    """Deep Feature Reweighting (Kirichenko et al. 2022, Sec. 5): keep the features, refit the linear head on
+    group-balanced subsets of held-out data with an L2 penalty, and average the heads over ``dfr_subsets``
+    subsets (the paper fits an L1 logistic regression per subset and averages; L2 with full-batch gradient
+    descent here, to stay in torch)."""
+    with torch.no_grad():
+        features = model.features(torch.from_numpy(held_out.x))
+    y = torch.from_numpy(held_out.y)
+    weights, biases = [], []
+    for _ in range(cfg.dfr_subsets):
+        idx = torch.from_numpy(group_balanced_indices(held_out.g, generator))
+        head = copy.deepcopy(model.head)
+        optimizer = torch.optim.Adam(head.parameters(), lr=cfg.dfr_lr)
+        for _ in range(cfg.dfr_steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(head(features[idx]), y[idx]) + cfg.dfr_l2 * head.weight.pow(2).sum()
+            loss.backward()
+            optimizer.step()
+        weights.append(head.weight.detach())
+        biases.append(head.bias.detach())
+    with torch.no_grad():
+        model.head.weight.copy_(torch.stack(weights).mean(0))
+        model.head.bias.copy_(torch.stack(biases).mean(0))
+
+
+def held_out_split(shard: Split, fraction: float) -> tuple[Split, Split]:
+    """Split the shard into a training part and a held-out part, seeded by the shard's own source indices so
+    that the split is the same in every round."""
+    order = np.random.default_rng(shard.source_index.tolist()).permutation(len(shard))
+    n_held = max(1, int(round(fraction * len(shard))))
+    return shard.subset(np.sort(order[n_held:])), shard.subset(np.sort(order[:n_held]))
+
+
+@TEACHER_OBJECTIVES.register("dfr")
+class DFR(ERM):
+    """DFR teacher (Kirichenko et al. 2022): an ERM base trained on the shard minus a held-out part, then a copy
+    whose last layer is retrained on a group-balanced sample of the held-out part. The base is kept: it is the
+    biased model AGRE-KD needs (METHODS.md "dfr")."""
+
+    def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
+            new_model: Callable[[], nn.Module]) -> float:
+        train_part, held_out = held_out_split(shard, self.cfg.dfr_holdout)
+        models.base = models.base or new_model()
+        loss = fit_on(models.base, train_part, self.loss, self.cfg, generator)
+        models.teacher = copy.deepcopy(models.base)
+        retrain_last_layer(models.teacher, held_out, self.cfg, generator)
+        return loss
+
+
+def train_teacher(models: TeacherModels, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
+                  keep_base: bool, generator: np.random.Generator, new_model: Callable[[], nn.Module]) -> float:
+    """One round of the configured objective on the shard; returns the last epoch's mean loss."""
+    objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg)
+    return objective.fit(models, shard, keep_base, generator, new_model)

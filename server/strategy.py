@@ -35,11 +35,11 @@ class FederatedDistillation:
         self.cfg = cfg
         self.run_dir = run_dir
         self.display = display
-        self.job = cfg.client_job()
+        self.aggregator = AGGREGATORS[cfg.aggregator.name](cfg.aggregator)
+        self.job = cfg.client_job(erm_base=self.aggregator.needs_base)
         self.data = federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed).benchmark
         self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed)
         self.optimizer = sgd(self.student, cfg.student.lr, cfg.student.momentum, cfg.student.weight_decay)
-        self.aggregator = AGGREGATORS[cfg.aggregator.name](cfg.aggregator)
         self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student)
         self.generator = np.random.default_rng([cfg.seed, 1])
 
@@ -54,18 +54,26 @@ class FederatedDistillation:
                                 server_round, "training teachers")
             reports = sorted((protocol.parse_train_reply(r.content) for r in replies), key=lambda t: t.partition_id)
 
+            with_base = self.aggregator.needs_base
             replies = self._ask(grid, nodes, protocol.QUERY_SOFTLABELS,
-                                protocol.query_request(self.job, server_round, indices),
+                                protocol.query_request(self.job, server_round, indices, with_base),
                                 server_round, "querying soft labels")
-            answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes)
+            answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes, with_base)
                               for r in replies), key=lambda a: a.partition_id)
-            teacher_logits = torch.from_numpy(np.stack([a.logits for a in answers]))
 
             self.display.phase(server_round, "aggregating and distilling")
-            aggregate = self.aggregator(AggregationInputs(teacher_logits, self.cfg.student.temperature))
+            self.aggregator.prepare(AggregationInputs(
+                teacher_logits=torch.from_numpy(np.stack([a.logits for a in answers])),
+                temperature=self.cfg.student.temperature,
+                class_counts=torch.tensor([t.class_counts for t in reports]),
+                base_logits=torch.from_numpy(np.stack([a.base_logits for a in answers])) if with_base else None,
+                groups=transfer.g[indices],
+                group_names=self.data.group_names,
+                seed=self.cfg.seed,
+            ))
             torch.manual_seed(self.cfg.seed * 7919 + server_round)
             loss = distill_student(self.student, self.optimizer, self.objective, transfer.x[indices],
-                                   aggregate.targets, aggregate.example_weights, self.generator)
+                                   self.aggregator, self.generator)
 
             self.display.phase(server_round, "evaluating")
             test_report, _ = self._evaluate()
@@ -74,7 +82,7 @@ class FederatedDistillation:
                 "test": test_report,
                 "distill_loss": loss,
                 "aggregator": self.cfg.aggregator.name,
-                "aggregator_stats": aggregate.stats,
+                "aggregator_stats": self.aggregator.round_stats(),
                 **_teacher_summary(reports),
                 "teachers": [vars(t) for t in reports],
                 "wall_seconds": time.perf_counter() - round_start,

@@ -8,6 +8,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from clients.app import _load_state
 from clients.app import app as client_app
 from fedkd import protocol
 from fedkd.data import federated_data
@@ -42,17 +43,17 @@ def test_train_then_query_round_trip(grid_and_job):
         answer = protocol.parse_query_reply(reply.content, len(indices), data.benchmark.num_classes)
         assert answer.logits.dtype == np.float32 and answer.logits.shape == (4, 10)
         # the same teacher, queried directly in fedkd, gives the same logits for the same points
-        state = grid.contexts[reply.metadata.src_node_id].state["teacher"].to_torch_state_dict()
-        direct = query_local_teacher(job, answer.partition_id, state, indices)
+        state = _load_state(grid.contexts[reply.metadata.src_node_id])
+        direct, _ = query_local_teacher(job, answer.partition_id, state, indices)
         np.testing.assert_array_equal(answer.logits, direct)
 
 
 def test_teacher_state_persists_across_rounds(grid_and_job):
     grid, job = grid_and_job
     _send(grid, protocol.TRAIN_TEACHER, protocol.train_request(job, 1))
-    first = grid.contexts[1].state["teacher"].to_torch_state_dict()
+    first = grid.contexts[1].state["fedkd.teacher"].to_torch_state_dict()
     _send(grid, protocol.TRAIN_TEACHER, protocol.train_request(job, 2))
-    second = grid.contexts[1].state["teacher"].to_torch_state_dict()
+    second = grid.contexts[1].state["fedkd.teacher"].to_torch_state_dict()
     assert first.keys() == second.keys()
     assert any(not torch.equal(first[k], second[k]) for k in first)
 

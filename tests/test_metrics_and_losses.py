@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedkd.aggregation import AggregationInputs, MeanAggregator
-from fedkd.config import AggregatorConfig
 from fedkd.distill import kd_loss
 from fedkd.metrics import (
     accuracy,
@@ -57,10 +55,3 @@ def test_kd_loss_weighted_mean_and_zero_at_target():
     per = [kd_loss(z2[i : i + 1], q[i : i + 1], 1.0).item() for i in range(2)]
     weighted = kd_loss(z2, q, 1.0, weights=torch.tensor([3.0, 1.0])).item()
     assert weighted == pytest.approx((3 * per[0] + per[1]) / 4)
-
-
-def test_mean_aggregator_averages_tempered_probabilities():
-    logits = torch.tensor([[[0.0, 0.0]], [[0.0, 2.0 * math.log(3)]]])  # M=2, n=1, C=2
-    out = MeanAggregator(AggregatorConfig(name="mean"))(AggregationInputs(logits, temperature=2.0))
-    np.testing.assert_allclose(out.targets.numpy(), [[(0.5 + 0.25) / 2, (0.5 + 0.75) / 2]], rtol=1e-6)
-    assert out.example_weights is None
