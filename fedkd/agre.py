@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from fedkd.aggregation import AggregationInputs
 
 EPS = 1e-12
+VANISHED = 1e-5  # a point whose weights sum below this has none left (float32 cosines are off by ~1e-7)
 
 
 def prior_corrected(logits: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:
@@ -184,7 +185,7 @@ class AgreWeighting:
         weights = self.raw_weights(idx, student, x, student_logits).detach()
         if self.support is not None:
             weights = weights * self.support[:, idx]
-        vanished = weights.sum(0) <= 1e-8
+        vanished = weights.sum(0) <= VANISHED
         self.degenerate += int(vanished.sum())
         self.points += len(idx)
         if self.cfg.degenerate == "floor":

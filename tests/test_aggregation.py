@@ -1,0 +1,186 @@
+"""Aggregators on hand-computed cases; AGRE-KD's weights by three independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedkd.aggregation import AGGREGATORS, AggregationInputs, support_weights
+from fedkd.agre import AgreWeighting, prior_corrected
+from fedkd.config import AggregatorConfig
+from fedkd.distill import kd_loss
+from fedkd.models import build_model
+
+
+def _inputs(probs, counts=None, base=None, temperature=1.0, groups=None, names=()):
+    logits = torch.log(torch.tensor(probs, dtype=torch.float32))
+    m, _, c = logits.shape
+    counts = torch.ones(m, c) if counts is None else torch.tensor(counts, dtype=torch.float32)
+    base_logits = None if base is None else torch.log(torch.tensor(base, dtype=torch.float32))
+    return AggregationInputs(logits * temperature, temperature, counts, base_logits, groups, names)
+
+
+def _fixed_targets(name, inputs, **cfg):
+    aggregator = AGGREGATORS[name](AggregatorConfig(name=name, **cfg))
+    aggregator.prepare(inputs)
+    n = inputs.teacher_logits.shape[1]
+    targets, weights = aggregator.targets(np.arange(n), None, None, None)
+    assert weights is None
+    return targets.numpy()
+
+
+def test_mean_averages_tempered_probabilities():
+    # logits carry temperature 2: softmax(z / 2) gives back the probabilities
+    out = _fixed_targets("mean", _inputs([[[0.5, 0.5]], [[0.25, 0.75]]], temperature=2.0))
+    np.testing.assert_allclose(out, [[0.375, 0.625]], rtol=1e-6)
+
+
+def test_entropy_reduction_sharpens_the_mean():
+    out = _fixed_targets("entropy_reduction", _inputs([[[0.8, 0.2]], [[0.4, 0.6]]]), era_temperature=0.5)
+    # mean [0.6, 0.4]; softmax(log(mean) / 0.5) = mean^2 / sum = [0.36, 0.16] / 0.52
+    np.testing.assert_allclose(out, [[0.36 / 0.52, 0.16 / 0.52]], rtol=1e-5)
+
+
+def test_vote_is_the_majority_one_hot_with_ties_to_the_lowest_class():
+    three = _inputs([[[0.9, 0.1, 0.0 + 1e-6]], [[0.2, 0.7, 0.1]], [[0.1, 0.5, 0.4]]])
+    np.testing.assert_array_equal(_fixed_targets("vote", three), [[0.0, 1.0, 0.0]])
+    tie = _inputs([[[0.2, 0.8]], [[0.7, 0.3]]])
+    np.testing.assert_array_equal(_fixed_targets("vote", tie), [[1.0, 0.0]])
+
+
+def test_support_weights_a_teacher_by_the_classes_it_saw():
+    inputs = _inputs([[[0.9, 0.1]], [[0.3, 0.7]]], counts=[[10, 0], [0, 10]])
+    # qbar = [0.6, 0.4]; w_1 = 0.6, w_2 = 0.4; q = 0.6 [0.9, 0.1] + 0.4 [0.3, 0.7]
+    probs = torch.softmax(inputs.teacher_logits, -1)
+    np.testing.assert_allclose(support_weights(probs, inputs.class_counts).numpy(), [[0.6], [0.4]], rtol=1e-6)
+    np.testing.assert_allclose(_fixed_targets("support", inputs), [[0.66, 0.34]], rtol=1e-5)
+
+
+def test_prior_correction_hand_computed():
+    counts = torch.tensor([[3.0, 0.0], [1.0, 2.0]])  # smoothed: client 1 [4/5, 1/5], client 2 [2/5, 3/5]
+    shifted = prior_corrected(torch.zeros(2, 1, 2), counts)
+    overall = np.array([4 + 2, 1 + 3]) / 10.0  # the smoothed counts summed over clients, normalised
+    expected = np.log(overall)[None] - np.log([[4 / 5, 1 / 5], [2 / 5, 3 / 5]])
+    np.testing.assert_allclose(shifted[:, 0].numpy(), expected, rtol=1e-5)
+
+
+# --- AGRE-KD -------------------------------------------------------------------------------------------------
+
+
+def _setting(num_teachers=3, n=6, num_classes=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    student = build_model("mlp", (1, 6, 6), num_classes, seed=seed)
+    x = torch.randn(n, 1, 6, 6, generator=gen)
+    teacher = torch.randn(num_teachers, n, num_classes, generator=gen)
+    base = torch.randn(num_teachers, n, num_classes, generator=gen)
+    inputs = AggregationInputs(teacher, 2.0, torch.ones(num_teachers, num_classes), base, None, (), seed)
+    return student, x, inputs
+
+
+def _loop_weights(student, x, inputs, names, biased_client, normalize=True):
+    """Plain per-example autograd: W_m(x) = 1 - cos(g_m, g_b) over the parameters ``names``."""
+    tau = inputs.temperature
+    probs = torch.softmax(inputs.teacher_logits / tau, -1)
+    biased = torch.softmax(inputs.base_logits[biased_client] / tau, -1)
+    params = [p for k, p in student.named_parameters() if k in names]
+
+    def grad_towards(i, q):
+        loss = kd_loss(student(x[i : i + 1]), q[None], tau)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    weights = torch.zeros(len(probs), len(x))
+    for i in range(len(x)):
+        g_b = grad_towards(i, biased[i])
+        for m in range(len(probs)):
+            g_m = grad_towards(i, probs[m, i])
+            sim = torch.nn.functional.cosine_similarity(g_m, g_b, dim=0) if normalize else g_m @ g_b
+            weights[m, i] = (1 - sim).clamp_min(0)
+    return weights
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_agre_closed_form_equals_per_sample_autograd_equals_loop_on_the_head(normalize):
+    student, x, inputs = _setting()
+    idx = np.arange(len(x))
+    logits = student(x)
+    results = {}
+    for gradient in ("last_layer", "per_sample"):
+        cfg = AggregatorConfig(name="agre", biased="fixed_client", biased_client=1, gradient=gradient,
+                               param_set="head", normalize=normalize)
+        results[gradient] = AgreWeighting(cfg, inputs).raw_weights(idx, student, x, logits)
+    loop = _loop_weights(student, x, inputs, ["head.weight", "head.bias"], 1, normalize)
+    torch.testing.assert_close(results["last_layer"], loop, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results["per_sample"], loop, rtol=1e-4, atol=1e-5)
+    assert loop.max() > 0.5  # the weights are not trivially equal
+
+
+def test_agre_per_sample_over_all_parameters_equals_loop():
+    student, x, inputs = _setting(seed=1)
+    cfg = AggregatorConfig(name="agre", biased="fixed_client", biased_client=0, gradient="per_sample",
+                           param_set="all")
+    weights = AgreWeighting(cfg, inputs).raw_weights(np.arange(len(x)), student, x, student(x))
+    names = [k for k, _ in student.named_parameters()]
+    torch.testing.assert_close(weights, _loop_weights(student, x, inputs, names, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_agre_batch_granularity_closed_form_equals_autograd():
+    student, x, inputs = _setting(seed=2)
+    idx = np.arange(len(x))
+    out = {}
+    for gradient in ("last_layer", "per_sample"):
+        cfg = AggregatorConfig(name="agre", biased="fixed_client", gradient=gradient, granularity="batch")
+        out[gradient] = AgreWeighting(cfg, inputs).raw_weights(idx, student, x, student(x))
+    torch.testing.assert_close(out["last_layer"], out["per_sample"], rtol=1e-4, atol=1e-5)
+    assert torch.all(out["last_layer"] == out["last_layer"][:, :1])  # one weight per teacher per batch
+
+
+def test_agre_teacher_identical_to_the_biased_model_gets_weight_zero():
+    student, x, inputs = _setting(num_teachers=4, seed=3)
+    inputs = AggregationInputs(inputs.teacher_logits, 2.0, inputs.class_counts, inputs.teacher_logits.clone())
+    cfg = AggregatorConfig(name="agre", biased="fixed_client", biased_client=2)
+    weighting = AgreWeighting(cfg, inputs)
+    weights = weighting.normalized_weights(np.arange(len(x)), student, x, student(x))
+    assert torch.all(weights[2] < 1e-6) and torch.all(weights[[0, 1, 3]] > 0.01)
+    torch.testing.assert_close(weights.sum(0), torch.ones(len(x)))
+    targets = weighting.targets(np.arange(len(x)), student, x, student(x))
+    expected = torch.einsum("mb,mbc->bc", weights, torch.softmax(inputs.teacher_logits / 2.0, -1))
+    torch.testing.assert_close(targets, expected)
+
+
+def test_agre_binary_weights_are_zero_or_two_and_the_degenerate_case_is_defined():
+    student, x, inputs = _setting(num_teachers=5, n=40, num_classes=2, seed=4)
+    idx = np.arange(len(x))
+    cfg = AggregatorConfig(name="agre", biased="mean_bases")
+    raw = AgreWeighting(cfg, inputs).raw_weights(idx, student, x, student(x))
+    assert torch.all((raw - 0).abs().lt(1e-4) | (raw - 2).abs().lt(1e-4))
+    # every teacher pulls like the biased model: all weights vanish on every point
+    aligned = AggregationInputs(inputs.base_logits, 2.0, inputs.class_counts, inputs.base_logits)
+    for degenerate in ("uniform", "floor"):
+        weighting = AgreWeighting(AggregatorConfig(name="agre", biased="fixed_client", degenerate=degenerate),
+                                  _same_direction(aligned))
+        weights = weighting.normalized_weights(idx, student, x, student(x))
+        torch.testing.assert_close(weights, torch.full_like(weights, 1 / 5))
+        assert weighting.stats()["degenerate_points"] == len(x) and weighting.stats()["degenerate_fraction"] == 1.0
+
+
+def _same_direction(inputs):
+    """Teachers = the biased model (client 0's base) for every client: every W_m(x) is 0."""
+    base = inputs.base_logits[0].expand_as(inputs.base_logits).clone()
+    return AggregationInputs(base, inputs.temperature, inputs.class_counts, base)
+
+
+def test_agre_logs_weights_per_teacher_and_group():
+    student, x, inputs = _setting(n=8, seed=5)
+    groups = np.array([0, 0, 1, 1, 1, 2, 2, 2])
+    inputs = AggregationInputs(inputs.teacher_logits, 2.0, inputs.class_counts, inputs.base_logits, groups,
+                               ("a", "b", "c"))
+    weighting = AgreWeighting(AggregatorConfig(name="agre"), inputs)
+    weighting.targets(np.arange(8), student, x, student(x))
+    stats = weighting.stats()
+    assert math.isclose(sum(stats["mean_weight_per_teacher"]), 1.0, rel_tol=1e-6)
+    assert set(stats["mean_weight_per_group_and_teacher"]) == {"a", "b", "c"}
+    assert all(math.isclose(sum(w), 1.0, rel_tol=1e-6) for w in stats["mean_weight_per_group_and_teacher"].values())
+    assert stats["variant"] == "example/last_layer/cos"
