@@ -1,0 +1,109 @@
+"""Teacher objectives on hand-computed cases; DFR's group balance and kept ERM base."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedkd.config import load_run_config
+from fedkd.data import Split
+from fedkd.models import build_model
+from fedkd.teachers import (
+    GroupDRO,
+    LogitAdjusted,
+    TeacherModels,
+    class_priors,
+    group_balanced_indices,
+    held_out_split,
+    train_teacher,
+)
+
+
+def _split(y, g, n_features=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y, g = np.asarray(y), np.asarray(g)
+    x = rng.normal(size=(len(y), 1, 2, 2)).astype(np.float32)
+    return Split(x=x, y=y, g=g, a=np.zeros_like(y), source_index=np.arange(len(y)))
+
+
+def _teacher_cfg(name, **overrides):
+    return load_run_config([f"teacher={name}", *[f"teacher.{k}={v}" for k, v in overrides.items()]]).teacher
+
+
+def test_class_priors_are_laplace_smoothed():
+    np.testing.assert_allclose(class_priors(np.array([0, 0, 0, 1]), 3), [4 / 7, 2 / 7, 1 / 7])
+
+
+def test_logit_adjusted_loss_hand_computed():
+    shard = _split([0, 0, 0, 1], [0, 0, 0, 1])  # smoothed priors (3+1)/6, (1+1)/6 = [2/3, 1/3]
+    objective = LogitAdjusted(shard, 2, 2, _teacher_cfg("balanced"))
+    loss = objective.loss(torch.zeros(1, 2), torch.tensor([1]), torch.tensor([1]))
+    # CE(y=1, [log 2/3, log 1/3]) = -log(1/3 / 1) = log 3
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
+    half = LogitAdjusted(shard, 2, 2, _teacher_cfg("balanced", la_tau=0.5))
+    # tau 0.5: logits [0.5 log 2/3, 0.5 log 1/3]; p(1) = sqrt(1/3) / (sqrt(2/3) + sqrt(1/3)) = 1 / (1 + sqrt 2)
+    assert half.loss(torch.zeros(1, 2), torch.tensor([1]), None).item() == pytest.approx(math.log(1 + math.sqrt(2)))
+
+
+def test_group_dro_weight_update_hand_computed():
+    objective = GroupDRO(_split([0, 1], [0, 1]), 2, 3, _teacher_cfg("group_dro", dro_eta=1.0))
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0], [0.0, 0.0]])
+    y, g = torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1])
+    # group 0: CE ln 2 and ln(4/3), mean ln(8/3) / 2; group 1: ln 2; group 2 absent: 0
+    losses = [math.log(8 / 3) / 2, math.log(2), 0.0]
+    loss = objective.loss(logits, y, g)
+    unnormalised = [math.exp(v) / 3 for v in losses]
+    q = [u / sum(unnormalised) for u in unnormalised]
+    np.testing.assert_allclose(objective.q.numpy(), q, rtol=1e-5)
+    assert loss.item() == pytest.approx(sum(a * b for a, b in zip(q, losses, strict=True)), rel=1e-5)
+
+
+def test_group_balanced_subset():
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    idx = group_balanced_indices(groups, np.random.default_rng(0))
+    assert np.bincount(groups[idx]).tolist() == [2, 2, 2] and len(set(idx)) == 6
+
+
+def test_held_out_split_is_fixed_and_disjoint():
+    shard = _split(np.arange(50) % 2, np.arange(50) % 4)
+    train, held = held_out_split(shard, 0.2)
+    again, held_again = held_out_split(shard, 0.2)
+    assert len(held) == 10 and len(train) == 40
+    assert set(train.source_index).isdisjoint(held.source_index)
+    assert np.array_equal(held.source_index, held_again.source_index)
+
+
+def _models(seed=0):
+    return TeacherModels(teacher=build_model("mlp", (1, 2, 2), 2, seed), base=None)
+
+
+def test_dfr_keeps_its_erm_base_and_changes_only_the_head():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    g = y * 2 + (rng.random(200) < 0.1)
+    shard = _split(y, g)
+    cfg = _teacher_cfg("dfr", epochs=2)
+    models = _models()
+    train_teacher(models, shard, 2, 4, cfg, False, rng, lambda: build_model("mlp", (1, 2, 2), 2, 1))
+    assert models.base is not None and models.base is not models.teacher
+    for (name, p_base), (_, p_teacher) in zip(models.base.named_parameters(), models.teacher.named_parameters(),
+                                              strict=True):
+        same = torch.equal(p_base, p_teacher)
+        assert same != name.startswith("head."), name
+
+
+@pytest.mark.parametrize(("objective", "separate_base"), [("erm", False), ("balanced", True), ("group_dro", True)])
+def test_erm_base_is_kept_only_when_asked(objective, separate_base):
+    shard = _split(np.arange(40) % 2, np.arange(40) % 2)
+    cfg = _teacher_cfg(objective, epochs=1)
+    rng = np.random.default_rng(0)
+    new = lambda: build_model("mlp", (1, 2, 2), 2, 3)  # noqa: E731
+    without = _models()
+    train_teacher(without, shard, 2, 2, cfg, False, rng, new)
+    assert without.base is None
+    with_base = _models()
+    train_teacher(with_base, shard, 2, 2, cfg, True, rng, new)
+    assert with_base.base is not None and (with_base.base is not with_base.teacher) == separate_base
