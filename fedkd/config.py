@@ -93,9 +93,20 @@ class AggregatorConfig:
 
 @dataclass(frozen=True)
 class StudentConfig(TrainingConfig):
-    """The server's distillation (epochs over the transfer pool per round) at temperature τ."""
+    """The server's distillation (epochs over the transfer pool per round) at temperature τ. The fields with
+    defaults belong to one objective or option each."""
 
     temperature: float
+    beta: float = 0.5  # robust_kd: trade-off between average (0) and worst-class (1) risk
+    robust_eta: float = 0.1  # robust_kd: exponentiated-gradient step on the class weights
+    robust_period: int = 10  # robust_kd: minibatch steps between class-weight updates
+    dfr: bool = False  # retrain the student's last layer on the labeled server split after distillation
+    dfr_holdout: float = 0.5  # fraction of the server split kept for choosing between DFR and distilled heads
+    dfr_subsets: int = 5
+    dfr_steps: int = 200
+    dfr_lr: float = 0.01
+    dfr_l2: float = 0.001
+    select_best_round: bool = False  # keep the round with the best validation worst-group accuracy
 
 
 @dataclass(frozen=True)
@@ -305,6 +316,15 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         _fail("aggregator.biased_client", agg.biased_client, f"must name a client, 0..{fed.num_clients - 1}")
     _check_choice("student.objective", student.objective, STUDENT_OBJECTIVES)
     _check_positive("student.temperature", student.temperature)
+    if not 0.0 <= student.beta <= 1.0:
+        _fail("student.beta", student.beta, "must lie in [0, 1] (0 = average, 1 = worst-class)")
+    _check_positive("student.robust_eta", student.robust_eta)
+    _check_positive("student.robust_period", student.robust_period, integer=True)
+    if not 0.0 < student.dfr_holdout < 1.0:
+        _fail("student.dfr_holdout", student.dfr_holdout, "must lie strictly between 0 and 1")
+    for key in ("dfr_subsets", "dfr_steps"):
+        _check_positive(f"student.{key}", getattr(student, key), integer=True)
+    _check_positive("student.dfr_lr", student.dfr_lr)
 
     _check_positive("federation.num_clients", fed.num_clients, integer=True)
     _check_positive("federation.num_rounds", fed.num_rounds, integer=True)

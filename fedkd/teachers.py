@@ -20,6 +20,7 @@ from torch import nn
 
 from fedkd.config import TeacherConfig
 from fedkd.data import Split
+from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.registry import Registry
 from fedkd.training import run_epochs, sgd
 
@@ -136,48 +137,6 @@ class GroupDRO(TeacherObjective):
         return loss
 
 
-def group_balanced_indices(groups: np.ndarray, generator: np.random.Generator) -> np.ndarray:
-    """A subset with the same number of examples from every group present: the smallest group's size."""
-    present = np.unique(groups)
-    size = min(int(np.sum(groups == k)) for k in present)
-    picks = [generator.choice(np.flatnonzero(groups == k), size=size, replace=False) for k in present]
-    return np.sort(np.concatenate(picks))
-
-
-def retrain_last_layer(model: nn.Module, held_out: Split, cfg: TeacherConfig,
-                       generator: np.random.Generator) -> None:
-    """Deep Feature Reweighting (Kirichenko et al. 2022, Sec. 5): keep the features, refit the linear head on
-    group-balanced subsets of held-out data with an L2 penalty, and average the heads over ``dfr_subsets``
-    subsets (the paper fits an L1 logistic regression per subset and averages; L2 with full-batch gradient
-    descent here, to stay in torch)."""
-    with torch.no_grad():
-        features = model.features(torch.from_numpy(held_out.x))
-    y = torch.from_numpy(held_out.y)
-    weights, biases = [], []
-    for _ in range(cfg.dfr_subsets):
-        idx = torch.from_numpy(group_balanced_indices(held_out.g, generator))
-        head = copy.deepcopy(model.head)
-        optimizer = torch.optim.Adam(head.parameters(), lr=cfg.dfr_lr)
-        for _ in range(cfg.dfr_steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(head(features[idx]), y[idx]) + cfg.dfr_l2 * head.weight.pow(2).sum()
-            loss.backward()
-            optimizer.step()
-        weights.append(head.weight.detach())
-        biases.append(head.bias.detach())
-    with torch.no_grad():
-        model.head.weight.copy_(torch.stack(weights).mean(0))
-        model.head.bias.copy_(torch.stack(biases).mean(0))
-
-
-def held_out_split(shard: Split, fraction: float) -> tuple[Split, Split]:
-    """Split the shard into a training part and a held-out part, seeded by the shard's own source indices so
-    that the split is the same in every round."""
-    order = np.random.default_rng(shard.source_index.tolist()).permutation(len(shard))
-    n_held = max(1, int(round(fraction * len(shard))))
-    return shard.subset(np.sort(order[n_held:])), shard.subset(np.sort(order[:n_held]))
-
-
 @TEACHER_OBJECTIVES.register("dfr")
 class DFR(ERM):
     """DFR teacher (Kirichenko et al. 2022): an ERM base trained on the shard minus a held-out part, then a copy
@@ -190,7 +149,8 @@ class DFR(ERM):
         models.base = models.base or new_model()
         loss = fit_on(models.base, train_part, self.loss, self.cfg, generator)
         models.teacher = copy.deepcopy(models.base)
-        retrain_last_layer(models.teacher, held_out, self.cfg, generator)
+        retrain_last_layer(models.teacher, held_out, self.cfg.dfr_subsets, self.cfg.dfr_steps, self.cfg.dfr_lr,
+                           self.cfg.dfr_l2, generator)
         return loss
 
 

@@ -3,6 +3,7 @@ so the same loop runs on Flower's engines and on the in-process grid of the test
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -14,9 +15,10 @@ from fedkd import protocol
 from fedkd.aggregation import AGGREGATORS, AggregationInputs
 from fedkd.config import RunConfig
 from fedkd.data import federated_data
+from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.display import RunDisplay
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
-from fedkd.metrics import group_report
+from fedkd.metrics import group_report, worst_group_accuracy
 from fedkd.models import build_model
 from fedkd.results import RunDirectory
 from fedkd.training import predict_logits, sgd
@@ -40,8 +42,12 @@ class FederatedDistillation:
         self.data = federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed).benchmark
         self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed)
         self.optimizer = sgd(self.student, cfg.student.lr, cfg.student.momentum, cfg.student.weight_decay)
-        self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student)
+        self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student, self.student, self.data["val"],
+                                                                   self.data.num_classes)
         self.generator = np.random.default_rng([cfg.seed, 1])
+        self.final_model: torch.nn.Module = self.student
+        self.best_score: float | None = None
+        self.best_round = 0
 
     def run(self, grid: Grid) -> dict:
         start = time.perf_counter()
@@ -76,10 +82,13 @@ class FederatedDistillation:
                                    self.aggregator, self.generator)
 
             self.display.phase(server_round, "evaluating")
-            test_report, _ = self._evaluate()
+            model, student_choice = self._round_model()
+            test_report, _ = self._evaluate(model)
+            self._keep_if_best(model, server_round)
             record = {
                 "round": server_round,
                 "test": test_report,
+                "student_model": student_choice,
                 "distill_loss": loss,
                 "aggregator": self.cfg.aggregator.name,
                 "aggregator_stats": self.aggregator.round_stats(),
@@ -91,16 +100,42 @@ class FederatedDistillation:
             self.display.round_done(record)
         return self._finish(record, time.perf_counter() - start)
 
-    def _evaluate(self) -> tuple[dict, np.ndarray]:
-        test = self.data["test"]
-        pred = predict_logits(self.student, test.x).argmax(1).numpy()
-        return group_report(pred, test.y, test.g, self.data.group_names), pred
+    def _evaluate(self, model: torch.nn.Module, split: str = "test") -> tuple[dict, np.ndarray]:
+        data = self.data[split]
+        pred = predict_logits(model, data.x).argmax(1).numpy()
+        return group_report(pred, data.y, data.g, self.data.group_names), pred
+
+    def _round_model(self) -> tuple[torch.nn.Module, str]:
+        """The distilled student, or with student DFR a copy whose last layer is retrained on part of the
+        labeled server split, kept only if it has the better worst-group accuracy on the other part."""
+        cfg = self.cfg.student
+        if not cfg.dfr:
+            return self.student, "distilled"
+        fit_part, select_part = held_out_split(self.data["val"], cfg.dfr_holdout)
+        candidate = copy.deepcopy(self.student)
+        retrain_last_layer(candidate, fit_part, cfg.dfr_subsets, cfg.dfr_steps, cfg.dfr_lr, cfg.dfr_l2,
+                           np.random.default_rng([self.cfg.seed, 3]))
+        scores = {}
+        for name, model in (("dfr", candidate), ("distilled", self.student)):
+            pred = predict_logits(model, select_part.x).argmax(1).numpy()
+            scores[name] = worst_group_accuracy(pred, select_part.y, select_part.g)
+        return (candidate, "dfr") if scores["dfr"] >= scores["distilled"] else (self.student, "distilled")
+
+    def _keep_if_best(self, model: torch.nn.Module, server_round: int) -> None:
+        """Model selection on the server's labeled split only: the round with the best validation WGA."""
+        if not self.cfg.student.select_best_round:
+            self.final_model = model
+            return
+        score = self._evaluate(model, "val")[0]["worst_group_accuracy"]
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_round = score, server_round
+            self.final_model = copy.deepcopy(model)
 
     def _finish(self, last: dict, wall_seconds: float) -> dict:
-        test_report, pred = self._evaluate()
+        test_report, pred = self._evaluate(self.final_model)
         test = self.data["test"]
         self.run_dir.write_predictions("test", test.y, test.g, pred)
-        self.run_dir.save_student(self.student.state_dict())
+        self.run_dir.save_student(self.final_model.state_dict())
         summary = {
             "run_dir": str(self.run_dir.path),
             "dataset": self.cfg.dataset.name,
@@ -112,6 +147,7 @@ class FederatedDistillation:
             "num_rounds": self.cfg.federation.num_rounds,
             "seed": self.cfg.seed,
             "test": test_report,
+            "selected_round": self.best_round if self.cfg.student.select_best_round else self.cfg.federation.num_rounds,
             "teachers": {
                 "mean_accuracy": last["teacher_mean_accuracy"],
                 "mean_worst_group_accuracy": last["teacher_mean_worst_group_accuracy"],

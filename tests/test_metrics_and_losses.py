@@ -55,3 +55,44 @@ def test_kd_loss_weighted_mean_and_zero_at_target():
     per = [kd_loss(z2[i : i + 1], q[i : i + 1], 1.0).item() for i in range(2)]
     weighted = kd_loss(z2, q, 1.0, weights=torch.tensor([3.0, 1.0])).item()
     assert weighted == pytest.approx((3 * per[0] + per[1]) / 4)
+
+
+def test_class_risks_hand_computed():
+    from fedkd.distill import class_risks
+
+    # tau = 1; student uniform over 2 classes: -log p = log 2 everywhere
+    targets = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    risks = class_risks(torch.zeros(2, 2), targets, temperature=1.0)
+    np.testing.assert_allclose(risks.numpy(), [math.log(2), math.log(2)], rtol=1e-6)
+    # student p = [1/4, 3/4] on point 1 only: R_0 = (1 log 4 + 0.5 log 2) / 1.5; R_1 = (0 + 0.5 log 2) / 0.5
+    logits = torch.tensor([[0.0, math.log(3)], [0.0, 0.0]])
+    risks = class_risks(logits, targets, temperature=1.0)
+    np.testing.assert_allclose(risks.numpy(), [(math.log(4) + 0.5 * math.log(2)) / 1.5, math.log(2)], rtol=1e-6)
+
+
+def test_robust_kd_weight_update_and_trade_off():
+    from fedkd.config import load_run_config
+    from fedkd.data import Split
+    from fedkd.distill import RobustKD, class_risks
+
+    class Constant(torch.nn.Module):
+        """Predicts class 0 for everything."""
+
+        def forward(self, x):
+            return torch.tensor([[5.0, 0.0, 0.0]]).expand(len(x), 3)
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    val = Split(x=np.zeros((6, 1, 1, 1), np.float32), y=y, g=y, a=y, source_index=np.arange(6))
+    cfg = load_run_config(["student=robust_kd", "student.robust_eta=1.0", "student.robust_period=2",
+                           "student.beta=0.25"]).student
+    objective = RobustKD(cfg, Constant(), val, 3)
+    logits, targets = torch.randn(4, 3), torch.softmax(torch.randn(4, 3), 1)
+    loss = objective.loss(logits, targets, None)  # step 0: update on errors [0, 1, 1]
+    lam = np.exp([0.0, 1.0, 1.0]) / np.exp([0.0, 1.0, 1.0]).sum()
+    np.testing.assert_allclose(objective.lam.numpy(), lam, rtol=1e-6)
+    tau = cfg.temperature
+    worst = (torch.tensor(lam) * class_risks(logits, targets, tau)).sum()
+    expected = 0.75 * kd_loss(logits, targets, tau) + 0.25 * worst
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    objective.loss(logits, targets, None)  # step 1: no update (period 2)
+    np.testing.assert_allclose(objective.lam.numpy(), lam, rtol=1e-6)
