@@ -44,5 +44,6 @@ def train_teacher(msg: Message, context: Context) -> Message:
 def query_softlabels(msg: Message, context: Context) -> Message:
     request = protocol.parse_query_request(msg.content)
     pid = partition_id(context)
-    logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base)
+    logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base,
+                                       request.split)
     return Message(protocol.query_reply(pid, logits, base), reply_to=msg)

@@ -100,6 +100,8 @@ class StudentConfig(TrainingConfig):
     beta: float = 0.5  # robust_kd: trade-off between average (0) and worst-class (1) risk
     robust_eta: float = 0.1  # robust_kd: exponentiated-gradient step on the class weights
     robust_period: int = 10  # robust_kd: minibatch steps between class-weight updates
+    soften_power: float = 1.0  # softened: alpha_y = reliability_y ** soften_power
+    labeled_weight: float = 1.0  # softened: weight of the labeled server-split term
     dfr: bool = False  # retrain the student's last layer on the labeled server split after distillation
     dfr_holdout: float = 0.5  # fraction of the server split kept for choosing between DFR and distilled heads
     dfr_subsets: int = 5
@@ -117,6 +119,16 @@ class FederationConfig:
     num_rounds: int
     client_cpus: float
     round_timeout: float
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """References computed beside the federated run (conf/config.yaml, section ``baselines``)."""
+
+    ensemble: bool
+    one_hot: bool
+    one_hot_epochs: int
+    centralized: bool
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,7 @@ class RunConfig:
     aggregator: AggregatorConfig
     student: StudentConfig
     federation: FederationConfig
+    baselines: BaselinesConfig
 
     def client_job(self, erm_base: bool = False) -> ClientJob:
         return ClientJob(
@@ -179,6 +192,7 @@ _SECTIONS = {
     "aggregator": AggregatorConfig,
     "student": StudentConfig,
     "federation": FederationConfig,
+    "baselines": BaselinesConfig,
 }
 
 
@@ -320,6 +334,9 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         _fail("student.beta", student.beta, "must lie in [0, 1] (0 = average, 1 = worst-class)")
     _check_positive("student.robust_eta", student.robust_eta)
     _check_positive("student.robust_period", student.robust_period, integer=True)
+    _check_positive("student.soften_power", student.soften_power)
+    if student.labeled_weight < 0:
+        _fail("student.labeled_weight", student.labeled_weight, "must be >= 0")
     if not 0.0 < student.dfr_holdout < 1.0:
         _fail("student.dfr_holdout", student.dfr_holdout, "must lie strictly between 0 and 1")
     for key in ("dfr_subsets", "dfr_steps"):
@@ -330,6 +347,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     _check_positive("federation.num_rounds", fed.num_rounds, integer=True)
     _check_positive("federation.client_cpus", fed.client_cpus)
     _check_positive("federation.round_timeout", fed.round_timeout)
+    _check_positive("baselines.one_hot_epochs", sections["baselines"].one_hot_epochs, integer=True)
 
     return RunConfig(
         seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), **sections

@@ -59,6 +59,10 @@ def summary_table(summary: dict) -> Table:
     table.add_row("teachers mean worst-group accuracy", f"{teachers['mean_worst_group_accuracy']:.4f}")
     table.add_row("teachers best / worst worst-group", f"{teachers['best_worst_group_accuracy']:.4f} / "
                   f"{teachers['worst_worst_group_accuracy']:.4f}")
+    for name, report in summary.get("baselines", {}).items():
+        label = name.replace("_", " ") + (", NON-FEDERATED" if report.get("non_federated") else "")
+        table.add_row(f"{label}: acc / wga",
+                      f"{report['accuracy']:.4f} / {report['worst_group_accuracy']:.4f}")
     per_group = test["per_group_accuracy"]
     counts = test["group_counts"]
     if len(per_group) <= 24:

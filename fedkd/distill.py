@@ -35,19 +35,30 @@ def kd_loss(
     Hinton et al. (2015): the τ² factor keeps the gradient, τ · (p_s − q), on the scale of a hard-label loss.
     ``targets`` q are probabilities (already tempered by the aggregator); 0 · log 0 counts as 0.
     """
-    log_p = F.log_softmax(student_logits / temperature, dim=1)
-    per_example = temperature**2 * (torch.xlogy(targets, targets) - targets * log_p).sum(dim=1)
+    per_example = kd_per_example(student_logits, targets, temperature)
     if weights is None:
         return per_example.mean()
     return (weights * per_example).sum() / weights.sum()
+
+
+def kd_per_example(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """τ² · KL(q ‖ softmax(z_s / τ)) of every example: [b]."""
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    return temperature**2 * (torch.xlogy(targets, targets) - targets * log_p).sum(dim=1)
 
 
 class StudentObjective(ABC):
     """The loss the server minimises on the transfer pool; may hold state across steps (robust weights) and
     look at the student and the server's labeled validation split."""
 
+    needs_val_softlabels: bool = False  # ask the teachers about the labeled server split every round
+
     def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
         self.cfg = cfg
+
+    def observe_val(self, val_probs: torch.Tensor) -> None:
+        """Take the aggregated teachers' tempered probabilities [n_val, C] on the labeled server split."""
+        self.val_probs = val_probs
 
     @abstractmethod
     def loss(
@@ -109,6 +120,60 @@ class RobustKD(StudentObjective):
                                for c in range(self.num_classes)])
         self.lam = self.lam * torch.exp(self.cfg.robust_eta * errors)
         self.lam = self.lam / self.lam.sum()
+
+
+@STUDENT_OBJECTIVES.register("softened")
+class ReliabilitySoftened(StudentObjective):
+    """Reliability-aware distillation after Teacher's pet (Lukasik et al., arXiv 2106.10494; reconstructed,
+    METHODS.md "reliability softening"): distillation hurts the classes where the teacher is unreliable.
+
+    Reliability r_y = the aggregated teacher's recall of class y on the labeled server split (mean of the
+    teachers' tempered probabilities), α_y = r_y ** ``soften_power``. A transfer point whose teacher top class is
+    ŷ is distilled towards α_ŷ · q(x) + (1 − α_ŷ) · u (u uniform); every step also takes a minibatch of the labeled
+    split with the per-class mix (1 − α_y) · CE(y) + α_y · ℓ_KD, weighted by ``labeled_weight``.
+    """
+
+    needs_val_softlabels = True
+
+    def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
+        super().__init__(cfg, student, val, num_classes)
+        self.student, self.num_classes = student, num_classes
+        self.val_x, self.val_y = torch.from_numpy(val.x), torch.from_numpy(val.y)
+        self.alpha = torch.ones(num_classes)
+        self.val_probs: torch.Tensor | None = None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def observe_val(self, val_probs: torch.Tensor) -> None:
+        super().observe_val(val_probs)
+        self.alpha = reliability(val_probs, self.val_y, self.num_classes) ** self.cfg.soften_power
+
+    def soften(self, targets: torch.Tensor) -> torch.Tensor:
+        """α_ŷ · q + (1 − α_ŷ) · u, ŷ the target's top class."""
+        alpha = self.alpha[targets.argmax(1)][:, None]
+        return alpha * targets + (1.0 - alpha) / self.num_classes
+
+    def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        tau = self.cfg.temperature
+        transfer = kd_loss(student_logits, self.soften(targets), tau, weights)
+        if self.val_probs is None:
+            return transfer
+        idx = torch.randperm(len(self.val_y), generator=self.generator)[: self.cfg.batch_size]
+        logits, y = self.student(self.val_x[idx]), self.val_y[idx]
+        alpha = self.alpha[y]
+        labeled = (1.0 - alpha) * F.cross_entropy(logits, y, reduction="none") + alpha * kd_per_example(
+            logits, self.val_probs[idx], tau)
+        return transfer + self.cfg.labeled_weight * labeled.mean()
+
+
+def reliability(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class recall of argmax(probs) against labels y; 1 for a class absent from y. Returns [C]."""
+    pred = probs.argmax(1)
+    out = torch.ones(num_classes)
+    for c in range(num_classes):
+        mask = y == c
+        if mask.any():
+            out[c] = (pred[mask] == c).float().mean()
+    return out
 
 
 def distill_student(

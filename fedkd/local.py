@@ -73,20 +73,22 @@ def train_local_teacher(
 
 
 def query_local_teacher(
-    job: ClientJob, partition_id: int, state: LocalState | None, indices: np.ndarray, with_base: bool = False
+    job: ClientJob, partition_id: int, state: LocalState | None, indices: np.ndarray, with_base: bool = False,
+    split: str = "transfer",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The teacher's logits [n, C] on the requested transfer points, and its ERM base's when asked."""
+    """The teacher's logits [n, C] on the requested points of ``split`` (the public transfer pool, or the
+    server's val/test views every node can build), and its ERM base's when asked."""
     if not state or "teacher" not in state:
         raise RuntimeError(f"client {partition_id} was asked for soft labels before it trained a teacher")
     if with_base and "base" not in state:
         raise RuntimeError(f"client {partition_id} was asked for its ERM base's soft labels but keeps no base "
                            "(the train request did not ask for one)")
     bench = federated_data(job.dataset, job.partition, job.num_clients, job.seed).benchmark
-    transfer = bench["transfer"]
-    if len(indices) and (indices.min() < 0 or indices.max() >= len(transfer)):
-        raise ValueError(f"transfer indices must lie in 0..{len(transfer) - 1}")
+    points = bench[split]
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(points)):
+        raise ValueError(f"{split} indices must lie in 0..{len(points) - 1}")
     models = _restore(job, bench, partition_id, state)
-    x = transfer.x[indices]
+    x = points.x[indices]
     logits = predict_logits(models.teacher, x).numpy().astype(np.float32)
     base = predict_logits(models.base, x).numpy().astype(np.float32) if with_base else None
     return logits, base

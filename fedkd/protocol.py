@@ -3,8 +3,9 @@ and dtypes. Both sides encode and decode only through this module.
 
 server -> client ``train.teacher``      config["job"] (YAML of ClientJob), config["round"]
 client -> server                        metrics: TeacherReport fields
-server -> client ``query.softlabels``   config["job"], config["round"], config["with_base"],
-                                        indices["indices"] int64 [n]
+server -> client ``query.softlabels``   config["job"], config["round"], config["with_base"], config["split"]
+                                        ("transfer"; "val"/"test" for server-side evaluation and the
+                                        reliability estimate), indices["indices"] int64 [n]
 client -> server                        softlabels["logits"] float32 [n, C] (and softlabels["base_logits"],
                                         the ERM base's, when with_base), metrics["partition_id"]
 """
@@ -49,6 +50,7 @@ class QueryRequest:
     round: int
     indices: np.ndarray
     with_base: bool
+    split: str
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,17 @@ def parse_train_reply(content: RecordDict) -> TeacherReport:
         raise ProtocolError(f"train reply metrics lack {err}") from err
 
 
-def query_request(job: ClientJob, server_round: int, indices: np.ndarray, with_base: bool = False) -> RecordDict:
+QUERYABLE_SPLITS = ("transfer", "val", "test")
+
+
+def query_request(job: ClientJob, server_round: int, indices: np.ndarray, with_base: bool = False,
+                  split: str = "transfer") -> RecordDict:
+    if split not in QUERYABLE_SPLITS:
+        raise ProtocolError(f"split {split!r} cannot be queried; one of {QUERYABLE_SPLITS}")
     array = Array(np.ascontiguousarray(indices, dtype=INDEX_DTYPE))
     config = _job_config(job, server_round)
     config["with_base"] = with_base
+    config["split"] = split
     return RecordDict({CONFIG: config, INDICES: ArrayRecord({INDICES: array})})
 
 
@@ -126,8 +135,12 @@ def parse_query_request(content: RecordDict) -> QueryRequest:
     indices = _record(content, INDICES, ArrayRecord)[INDICES].numpy()
     if indices.dtype != INDEX_DTYPE or indices.ndim != 1:
         raise ProtocolError(f"indices must be a 1-d {INDEX_DTYPE.__name__} array, got {indices.dtype} {indices.shape}")
-    with_base = _record(content, CONFIG, ConfigRecord).get("with_base", False)
-    return QueryRequest(job=job, round=server_round, indices=indices, with_base=bool(with_base))
+    config = _record(content, CONFIG, ConfigRecord)
+    split = str(config.get("split", "transfer"))
+    if split not in QUERYABLE_SPLITS:
+        raise ProtocolError(f"split {split!r} cannot be queried; one of {QUERYABLE_SPLITS}")
+    return QueryRequest(job=job, round=server_round, indices=indices, with_base=bool(config.get("with_base", False)),
+                        split=split)
 
 
 def query_reply(partition_id: int, logits: np.ndarray, base_logits: np.ndarray | None = None) -> RecordDict:

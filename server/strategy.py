@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 
 from fedkd import protocol
 from fedkd.aggregation import AGGREGATORS, AggregationInputs
+from fedkd.baselines import centralized_reports, ensemble_report, one_hot_report
 from fedkd.config import RunConfig
 from fedkd.data import federated_data
 from fedkd.dfr import held_out_split, retrain_last_layer
@@ -61,18 +62,17 @@ class FederatedDistillation:
             reports = sorted((protocol.parse_train_reply(r.content) for r in replies), key=lambda t: t.partition_id)
 
             with_base = self.aggregator.needs_base
-            replies = self._ask(grid, nodes, protocol.QUERY_SOFTLABELS,
-                                protocol.query_request(self.job, server_round, indices, with_base),
-                                server_round, "querying soft labels")
-            answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes, with_base)
-                              for r in replies), key=lambda a: a.partition_id)
+            teacher_logits, base_logits = self._query(grid, nodes, server_round, indices, with_base)
+            if self.objective.needs_val_softlabels:
+                val_logits, _ = self._query(grid, nodes, server_round, np.arange(len(self.data["val"])), False, "val")
+                self.objective.observe_val(torch.softmax(val_logits / self.cfg.student.temperature, -1).mean(0))
 
             self.display.phase(server_round, "aggregating and distilling")
             self.aggregator.prepare(AggregationInputs(
-                teacher_logits=torch.from_numpy(np.stack([a.logits for a in answers])),
+                teacher_logits=teacher_logits,
                 temperature=self.cfg.student.temperature,
                 class_counts=torch.tensor([t.class_counts for t in reports]),
-                base_logits=torch.from_numpy(np.stack([a.base_logits for a in answers])) if with_base else None,
+                base_logits=base_logits,
                 groups=transfer.g[indices],
                 group_names=self.data.group_names,
                 seed=self.cfg.seed,
@@ -98,7 +98,35 @@ class FederatedDistillation:
             }
             self.run_dir.append_metrics(record)
             self.display.round_done(record)
-        return self._finish(record, time.perf_counter() - start)
+        baselines = self._baselines(grid, nodes, server_round)
+        return self._finish(record, baselines, time.perf_counter() - start)
+
+    def _query(self, grid: Grid, nodes: list[int], server_round: int, indices: np.ndarray, with_base: bool,
+               split: str = "transfer") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every teacher's logits [M, n, C] on ``indices`` of ``split`` (ordered by partition id), and its ERM
+        base's when ``with_base``."""
+        replies = self._ask(grid, nodes, protocol.QUERY_SOFTLABELS,
+                            protocol.query_request(self.job, server_round, indices, with_base, split),
+                            server_round, f"querying soft labels ({split})")
+        answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes, with_base)
+                          for r in replies), key=lambda a: a.partition_id)
+        logits = torch.from_numpy(np.stack([a.logits for a in answers]))
+        base = torch.from_numpy(np.stack([a.base_logits for a in answers])) if with_base else None
+        return logits, base
+
+    def _baselines(self, grid: Grid, nodes: list[int], server_round: int) -> dict:
+        cfg = self.cfg.baselines
+        out = {}
+        if cfg.ensemble:
+            test_logits, _ = self._query(grid, nodes, server_round, np.arange(len(self.data["test"])), False, "test")
+            out["ensemble"] = ensemble_report(test_logits, self.data)
+        if cfg.one_hot:
+            self.display.phase(server_round, "baseline: one-hot student on the labeled server split")
+            out["one_hot"] = one_hot_report(self.cfg, self.data)
+        if cfg.centralized:
+            self.display.phase(server_round, "baseline: NON-FEDERATED centralized erm and group_dro")
+            out.update(centralized_reports(self.cfg, self.data))
+        return out
 
     def _evaluate(self, model: torch.nn.Module, split: str = "test") -> tuple[dict, np.ndarray]:
         data = self.data[split]
@@ -131,7 +159,7 @@ class FederatedDistillation:
             self.best_score, self.best_round = score, server_round
             self.final_model = copy.deepcopy(model)
 
-    def _finish(self, last: dict, wall_seconds: float) -> dict:
+    def _finish(self, last: dict, baselines: dict, wall_seconds: float) -> dict:
         test_report, pred = self._evaluate(self.final_model)
         test = self.data["test"]
         self.run_dir.write_predictions("test", test.y, test.g, pred)
@@ -154,6 +182,7 @@ class FederatedDistillation:
                 "best_worst_group_accuracy": max(t["test_worst_group_accuracy"] for t in last["teachers"]),
                 "worst_worst_group_accuracy": min(t["test_worst_group_accuracy"] for t in last["teachers"]),
             },
+            "baselines": baselines,
             "wall_seconds": wall_seconds,
         }
         self.run_dir.write_summary(summary)

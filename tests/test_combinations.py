@@ -16,7 +16,8 @@ from fedkd.teachers import TEACHER_OBJECTIVES
 from server.app import run_federation
 from server.inprocess import InProcessGrid
 
-TINY = ["federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1", "student.epochs=1"]
+TINY = ["federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1", "student.epochs=1",
+        "baselines.ensemble=false"]
 
 
 @pytest.mark.parametrize(

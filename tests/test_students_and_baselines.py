@@ -1,0 +1,80 @@
+"""Reliability softening (hand-computed) and the reference baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clients.app import app as client_app
+from fedkd.baselines import ensemble_report
+from fedkd.config import load_run_config
+from fedkd.data import Split, federated_data
+from fedkd.distill import ReliabilitySoftened, kd_per_example, reliability
+from fedkd.metrics import group_report
+from fedkd.models import build_model
+from fedkd.results import read_summary
+from server.app import run_federation
+from server.inprocess import InProcessGrid
+
+
+def test_reliability_is_per_class_recall():
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    # class 0: 1 of 2 right; class 1: 1 of 2 right; class 2 absent -> 1
+    np.testing.assert_allclose(reliability(probs, y, 3).numpy(), [0.5, 0.5, 1.0])
+
+
+def _softened(power=1.0):
+    cfg = load_run_config(["student=softened", f"student.soften_power={power}"]).student
+    y = np.array([0, 0, 1, 1])
+    val = Split(x=np.zeros((4, 1, 2, 2), np.float32), y=y, g=y, a=y, source_index=np.arange(4))
+    return ReliabilitySoftened(cfg, build_model("mlp", (1, 2, 2), 2, 0), val, 2)
+
+
+def test_softened_targets_hand_computed():
+    objective = _softened(power=2.0)
+    objective.observe_val(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]]))  # recall [1, 0.5]
+    np.testing.assert_allclose(objective.alpha.numpy(), [1.0, 0.25])
+    targets = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
+    # top class 0 (alpha 1): unchanged; top class 1 (alpha 0.25): 0.25 [0.2, 0.8] + 0.75 [0.5, 0.5]
+    np.testing.assert_allclose(objective.soften(targets).numpy(), [[0.7, 0.3], [0.425, 0.575]], rtol=1e-6)
+
+
+def test_softened_loss_adds_the_per_class_mix_on_labeled_data():
+    objective = _softened()
+    val_probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])  # recall [0.5, 1]
+    objective.observe_val(val_probs)
+    logits, targets = torch.zeros(3, 2), torch.tensor([[0.6, 0.4], [0.5, 0.5], [0.1, 0.9]])
+    loss = objective.loss(logits, targets, None)
+    tau = objective.cfg.temperature
+    transfer = kd_per_example(logits, objective.soften(targets), tau).mean()
+    val_logits = objective.student(objective.val_x)  # batch_size >= 4: the whole split, in some order
+    alpha = objective.alpha[objective.val_y]
+    ce = torch.nn.functional.cross_entropy(val_logits, objective.val_y, reduction="none")
+    labeled = ((1 - alpha) * ce + alpha * kd_per_example(val_logits, val_probs, tau)).mean()
+    assert loss.item() == pytest.approx((transfer + labeled).item(), rel=1e-5)
+
+
+def test_ensemble_report_is_the_argmax_of_the_mean_probability():
+    cfg = load_run_config([])
+    bench = federated_data(cfg.dataset, cfg.partition, 10, cfg.seed).benchmark
+    test = bench["test"]
+    right = torch.nn.functional.one_hot(torch.from_numpy(test.y), 10).float() * 5
+    wrong = torch.roll(right, 1, dims=1)
+    logits = torch.stack([right, right, wrong])  # two of three teachers confident and right
+    assert ensemble_report(logits, bench)["accuracy"] == 1.0
+    expected = group_report((test.y + 1) % 10, test.y, test.g, bench.group_names)
+    assert ensemble_report(torch.stack([wrong, wrong, right]), bench) == expected
+
+
+def test_baselines_land_in_the_summary_marked(tmp_path):
+    cfg = load_run_config(["federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1",
+                           "student.epochs=1", "baselines.one_hot=true", "baselines.one_hot_epochs=2",
+                           "baselines.centralized=true", f"runs_dir={tmp_path}"])
+    summary = run_federation(InProcessGrid(client_app, 2), cfg)
+    baselines = read_summary(summary["run_dir"])["baselines"]
+    assert set(baselines) == {"ensemble", "one_hot", "centralized_erm", "centralized_group_dro"}
+    assert baselines["centralized_erm"]["non_federated"] and baselines["centralized_group_dro"]["non_federated"]
+    assert "non_federated" not in baselines["ensemble"] and "non_federated" not in baselines["one_hot"]
+    assert all(0 <= b["worst_group_accuracy"] <= b["accuracy"] <= 1 for b in baselines.values())
