@@ -40,7 +40,6 @@ class InProcessGrid(Grid):
         }
         self._ids = itertools.count()
         self._replies: dict[str, Message] = {}
-        self.messages_sent = 0
 
     @property
     def run(self):  # noqa: ANN201 - Flower's Run type is internal
@@ -61,7 +60,6 @@ class InProcessGrid(Grid):
         for message in messages:
             message_id = str(next(self._ids))
             self._replies[message_id] = self._deliver(message)
-            self.messages_sent += 1
             ids.append(message_id)
         return ids
 
