@@ -9,7 +9,6 @@ current student, so an aggregator may adapt to the student (AGRE-KD) or stay fix
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,25 +17,9 @@ from torch import nn
 from fedkd.agre import AgreWeighting
 from fedkd.config import AggregatorConfig
 from fedkd.registry import Registry
+from fedkd.soft_labels import AggregationInputs, support_weights, tempered_probs
 
 AGGREGATORS = Registry("aggregator")
-
-
-@dataclass(frozen=True)
-class AggregationInputs:
-    """What the server knows when it aggregates one round's soft labels."""
-
-    teacher_logits: torch.Tensor  # [M, n, C], one block per teacher, ordered by partition id
-    temperature: float
-    class_counts: torch.Tensor  # [M, C], each client's class counts from its train reply
-    base_logits: torch.Tensor | None = None  # [M, n, C], the clients' ERM bases, when the aggregator asks
-    groups: np.ndarray | None = None  # [n], group of each point: evaluation-only, for logging the weighting
-    group_names: tuple[str, ...] = ()
-    seed: int = 0
-
-
-def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.softmax(logits / temperature, dim=-1)
 
 
 class Aggregator(ABC):
@@ -101,13 +84,6 @@ class MajorityVote(FixedAggregator):
         num_classes = inputs.teacher_logits.shape[-1]
         votes = torch.nn.functional.one_hot(inputs.teacher_logits.argmax(-1), num_classes).sum(0)
         return torch.nn.functional.one_hot(votes.argmax(-1), num_classes).float()
-
-
-def support_weights(probs: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:
-    """w_m(x) = Σ_c q̄(c|x) · n_{m,c} / Σ_m' n_{m',c}, q̄ the plain mean: a teacher speaks for the classes it
-    saw (this project's label-skew baseline, METHODS.md "support"). Returns [M, n]."""
-    share = class_counts / class_counts.sum(0, keepdim=True).clamp_min(1.0)  # [M, C]
-    return torch.einsum("nc,mc->mn", probs.mean(0), share)
 
 
 @AGGREGATORS.register("support")

@@ -25,8 +25,6 @@ weights may be multiplied by the ``support`` weights.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import nn
@@ -34,9 +32,7 @@ from torch.func import functional_call, grad, vmap
 
 from fedkd.config import AggregatorConfig
 from fedkd.distill import kd_loss
-
-if TYPE_CHECKING:
-    from fedkd.aggregation import AggregationInputs
+from fedkd.soft_labels import AggregationInputs, support_weights
 
 EPS = 1e-12
 VANISHED = 1e-5  # a point whose weights sum below this has none left (float32 cosines are off by ~1e-7)
@@ -115,8 +111,6 @@ class AgreWeighting:
         self.biased = base_probs.mean(0) if self.biased_client is None else base_probs[self.biased_client]
         self.support = None
         if cfg.with_support:
-            from fedkd.aggregation import support_weights
-
             self.support = support_weights(self.probs, inputs.class_counts.float())
         self.groups = None if inputs.groups is None else torch.from_numpy(inputs.groups)
         self.group_names = inputs.group_names

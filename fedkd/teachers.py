@@ -51,7 +51,8 @@ class TeacherObjective(ABC):
         """One round of local training: the teacher with this objective, and an ERM base when one is kept."""
         loss = fit_on(models.teacher, shard, self.loss, self.cfg, generator)
         if keep_base:
-            models.base = models.base or new_model()
+            if models.base is None:
+                models.base = new_model()
             erm = ERM(shard, 0, 0, self.cfg)
             fit_on(models.base, shard, erm.loss, self.cfg, generator)
         return loss
@@ -146,7 +147,8 @@ class DFR(ERM):
     def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
             new_model: Callable[[], nn.Module]) -> float:
         train_part, held_out = held_out_split(shard, self.cfg.dfr_holdout)
-        models.base = models.base or new_model()
+        if models.base is None:
+            models.base = new_model()
         loss = fit_on(models.base, train_part, self.loss, self.cfg, generator)
         models.teacher = copy.deepcopy(models.base)
         retrain_last_layer(models.teacher, held_out, self.cfg.dfr_subsets, self.cfg.dfr_steps, self.cfg.dfr_lr,
