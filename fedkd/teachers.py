@@ -39,6 +39,9 @@ class TeacherModels:
 class TeacherObjective(ABC):
     """The loss a client minimises on its shard; may hold state across minibatches (e.g. group weights)."""
 
+    # whether ``keep_base`` changes what ``fit`` trains (a separate ERM base); False where the base comes anyway
+    base_on_request: bool = True
+
     def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig) -> None:
         self.cfg = cfg
 
@@ -72,7 +75,9 @@ def fit_on(model: nn.Module, shard: Split, loss_fn: Callable, cfg: TeacherConfig
 
 @TEACHER_OBJECTIVES.register("erm")
 class ERM(TeacherObjective):
-    """Empirical risk minimisation: mean cross-entropy. The teacher is its own ERM base."""
+    """Empirical risk minimisation: mean cross-entropy. The teacher is its own ERM base, always kept."""
+
+    base_on_request = False
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
@@ -80,7 +85,7 @@ class ERM(TeacherObjective):
     def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
             new_model: Callable[[], nn.Module]) -> float:
         loss = fit_on(models.teacher, shard, self.loss, self.cfg, generator)
-        models.base = models.teacher if keep_base else None
+        models.base = models.teacher
         return loss
 
 

@@ -2,18 +2,24 @@
 
 It lets the unchanged round loop run without Ray or a SuperLink (tests, overhead benchmark). Like Flower's
 runtimes, it declares the task identity that ``Message`` reads, and turns a client exception into an error
-reply.
+reply. ``TrainedTeacherCache`` lets a study reuse trained teachers across runs whose clients train identically.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from clients.app import STATE_PREFIX
+from fedkd import protocol
+from fedkd.teachers import TEACHER_OBJECTIVES
 
 RUN_ID = 1
 SERVER_NODE_ID = 0
@@ -23,7 +29,7 @@ CLIENT_EXCEPTION = 100
 class InProcessGrid(Grid):
     """``num_nodes`` simulated SuperNodes with node ids 1..N and node config partition-id 0..N-1."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
+    def __init__(self, client_app: ClientApp | Callable[[Message, Context], Message], num_nodes: int) -> None:
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = RUN_ID
         TaskIdentity.node_id = SERVER_NODE_ID
@@ -75,3 +81,41 @@ class InProcessGrid(Grid):
             return self.client_app(message, context)
         except Exception as err:  # noqa: BLE001 - mirrors Flower: a client failure becomes an error reply
             return Message(Error(code=CLIENT_EXCEPTION, reason=f"{type(err).__name__}: {err}"), reply_to=message)
+
+
+class TrainedTeacherCache:
+    """A ClientApp wrapper for studies: a teacher-training request whose client job, partition and round were
+    already answered in this process gets the stored reply and the stored client state (teacher, ERM base,
+    objective state) instead of training again. Client training is seeded by (seed, partition, round) and does
+    not depend on the server's aggregator or student, so runs that differ only there share their teachers.
+    ``erm_base`` is part of the key unless the teacher objective keeps its base anyway (erm, dfr).
+    Soft-label queries always run for real."""
+
+    def __init__(self, client_app: ClientApp) -> None:
+        self.client_app = client_app
+        self.hits = 0
+        self.misses = 0
+        self._store: dict[tuple, tuple[dict, RecordDict]] = {}
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        if message.metadata.message_type != protocol.TRAIN_TEACHER:
+            return self.client_app(message, context)
+        request = protocol.parse_train_request(message.content)
+        job = request.job
+        if not TEACHER_OBJECTIVES[job.teacher.objective].base_on_request:
+            job = dataclasses.replace(job, erm_base=False)
+        key = (job.to_yaml(), context.node_config["partition-id"], request.round)
+        if key in self._store:
+            self.hits += 1
+            state, content = self._store[key]
+            for name in [k for k in context.state if k.startswith(STATE_PREFIX)]:
+                del context.state[name]
+            for name, record in state.items():
+                context.state[name] = copy.deepcopy(record)
+            return Message(copy.deepcopy(content), reply_to=message)
+        self.misses += 1
+        reply = self.client_app(message, context)
+        if not reply.has_error():
+            state = {k: copy.deepcopy(v) for k, v in context.state.items() if k.startswith(STATE_PREFIX)}
+            self._store[key] = (state, copy.deepcopy(reply.content))
+        return reply

@@ -7,15 +7,17 @@ from datetime import datetime
 import numpy as np
 import torch
 import yaml
+from conftest import FAST
 
 from clients.app import app as client_app
+from fedkd.config import load_run_config
 from fedkd.data import federated_data
 from fedkd.metrics import worst_group_accuracy
 from fedkd.models import build_model
 from fedkd.results import RunDirectory, read_metrics, read_predictions, read_summary
 from fedkd.training import predict_logits
 from server.app import run_federation
-from server.inprocess import InProcessGrid
+from server.inprocess import InProcessGrid, TrainedTeacherCache
 
 
 def _run(cfg):
@@ -59,3 +61,30 @@ def test_run_directory_is_never_reused(tmp_path):
     second = RunDirectory.create(tmp_path, "x", now)
     assert first.path != second.path and second.path.name == "03-04-05_x-1"
     assert (first.path / "metrics.jsonl").read_text() == "keep me\n"
+
+
+def _metrics_without_time(run_dir):
+    records = read_metrics(run_dir)
+    for r in records:
+        r.pop("wall_seconds")
+    return records
+
+
+def test_trained_teacher_cache_reuses_teachers_and_changes_no_number(tmp_path):
+    # erm teachers: agre asks for the ERM base, mean does not; both share the same trained teachers
+    mean_cfg = load_run_config([*FAST, f"runs_dir={tmp_path}"])
+    agre_cfg = load_run_config([*FAST, f"runs_dir={tmp_path}", "aggregator=agre"])
+    cache = TrainedTeacherCache(client_app)
+    cached = [_metrics_without_time(run_federation(InProcessGrid(cache, 3), cfg)["run_dir"])
+              for cfg in (mean_cfg, agre_cfg, mean_cfg)]
+    assert (cache.misses, cache.hits) == (3 * 2, 2 * 3 * 2)  # 3 clients x 2 rounds trained once, reused twice
+    fresh = [_metrics_without_time(_run(cfg)["run_dir"]) for cfg in (mean_cfg, agre_cfg)]
+    assert cached[0] == fresh[0] and cached[1] == fresh[1] and cached[2] == fresh[0]
+
+
+def test_trained_teacher_cache_keys_on_the_base_when_it_costs_training(tmp_path):
+    cache = TrainedTeacherCache(client_app)
+    for aggregator in ("mean", "agre"):
+        cfg = load_run_config([*FAST, f"runs_dir={tmp_path}", "teacher=balanced", f"aggregator={aggregator}"])
+        run_federation(InProcessGrid(cache, 3), cfg)
+    assert (cache.misses, cache.hits) == (2 * 3 * 2, 0)  # balanced trains a separate ERM base only for agre
