@@ -5,7 +5,7 @@ Colored MNIST and MNIST-LT, through the in-process grid (the same round loop as 
     .venv/bin/python bench/seed_study.py --report-only   # only rebuild docs/results.md from what is done
 
 Each finished (cell, seed) is appended to docs/seed_study.jsonl at once; a rerun skips what is there, so the
-study can be stopped and resumed. Design and cost are printed at the start.
+study can be stopped and resumed. The report (its own section of docs/results.md) states design and cost.
 """
 
 from __future__ import annotations
@@ -25,46 +25,55 @@ sys.path.insert(0, str(ROOT))
 
 from clients.app import app as client_app  # noqa: E402
 from fedkd.config import load_run_config  # noqa: E402
+from fedkd.results import read_metrics  # noqa: E402
 from server.app import run_federation  # noqa: E402
-from server.inprocess import InProcessGrid  # noqa: E402
+from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402
 
 RESULTS = ROOT / "docs" / "seed_study.jsonl"
 REPORT = ROOT / "docs" / "results.md"
 SEEDS = (0, 1, 2)
 
-# The base: full-MNIST Colored MNIST at bias 0.99, 10 IID clients (5160 images each), 3 rounds; the local and
-# distillation budgets are cut to 2 epochs per round to fit the study in about two hours on 2 cores.
-# Not calibrated yet: a first pass measured ERM teachers at 0.41 accuracy / 0.13 WGA with this budget (seed 0),
-# and a single 5160-image ERM teacher at bias 0.99 reaches only 0.50 / 0.26 after 12 epochs (0.82 / 0.62 at
-# bias 0.95); the base cell took 353 s with its references. Calibrate before trusting a table from it.
-BASE = ["dataset.source=mnist", "dataset.bias_ratio=0.99", "federation.num_clients=10", "federation.num_rounds=3",
-        "teacher.epochs=2", "student.epochs=2", "runs_dir=runs/seed_study"]
+# The base: full-MNIST Colored MNIST at bias 0.98, 10 IID clients (about 6200 images each), 2 rounds of 4 local
+# epochs (teacher lr 0.02) and 3 distillation epochs on a 6880-image transfer pool, 500 test images per class.
+# Calibrated on one client (test split, seed 0): ERM teachers reach 0.64 accuracy / 0.43 WGA after 8 epochs at
+# lr 0.02 (0.61 / 0.31 at lr 0.05; at bias 0.99 only 0.42 / 0.21), so 0.98 is the bias where teachers learn
+# digits and are still biased; the bias factor moves around it.
+BASE = ["dataset.source=mnist", "dataset.bias_ratio=0.98", "dataset.transfer_fraction=0.1",
+        "dataset.test_per_class=500", "federation.num_clients=10", "federation.num_rounds=2", "teacher.epochs=4",
+        "teacher.lr=0.02", "student.epochs=3", "runs_dir=runs/seed_study"]
 AGRE_FED = ["aggregator=agre", "aggregator.biased=mean_bases", "aggregator.prior_correction=true"]
 DIRICHLET = ["partition=dirichlet", "partition.alpha=0.5"]
 LT = ["dataset=mnist_lt", "dataset.source=mnist"]
 
+# Cells sharing a teacher setting (dataset, partition, teacher objective) are adjacent: their clients train
+# identically, so the TrainedTeacherCache trains those teachers once per seed.
 CELLS: dict[str, list[str]] = {
     "base: erm / mean / kd (+ references)": ["baselines.one_hot=true", "baselines.centralized=true"],
     "aggregator=support": ["aggregator=support"],
     "aggregator=agre": ["aggregator=agre"],
     "aggregator=agre, federated-aware": AGRE_FED,
     "aggregator=agre x support": ["aggregator=agre", "aggregator.with_support=true"],
-    "teacher=dfr": ["teacher=dfr"],
-    "teacher=dfr, aggregator=agre": ["teacher=dfr", "aggregator=agre"],
     "student=robust_kd": ["student=robust_kd"],
     "student DFR": ["student.dfr=true"],
+    "student=robust_kd + student DFR": ["student=robust_kd", "student.dfr=true"],
+    "agre + student DFR": ["aggregator=agre", "student.dfr=true"],
+    "agre + robust_kd + student DFR": ["aggregator=agre", "student=robust_kd", "student.dfr=true"],
+    "teacher=dfr": ["teacher=dfr"],
+    "teacher=dfr, agre": ["teacher=dfr", "aggregator=agre"],
     "dirichlet 0.5": DIRICHLET,
     "dirichlet 0.5, support": [*DIRICHLET, "aggregator=support"],
     "dirichlet 0.5, agre": [*DIRICHLET, "aggregator=agre"],
     "dirichlet 0.5, agre federated-aware": [*DIRICHLET, *AGRE_FED],
+    "dirichlet 0.5, agre x support": [*DIRICHLET, "aggregator=agre", "aggregator.with_support=true"],
     "bias 0.995": ["dataset.bias_ratio=0.995"],
     "bias 0.995, agre": ["dataset.bias_ratio=0.995", "aggregator=agre"],
-    "bias 0.98": ["dataset.bias_ratio=0.98"],
-    "bias 0.98, agre": ["dataset.bias_ratio=0.98", "aggregator=agre"],
+    "bias 0.99": ["dataset.bias_ratio=0.99"],
+    "bias 0.99, agre": ["dataset.bias_ratio=0.99", "aggregator=agre"],
     "bias 0.95": ["dataset.bias_ratio=0.95"],
     "bias 0.95, agre": ["dataset.bias_ratio=0.95", "aggregator=agre"],
     "mnist_lt 10": [*LT, "dataset.imbalance=10"],
     "mnist_lt 10, robust_kd": [*LT, "dataset.imbalance=10", "student=robust_kd"],
+    "mnist_lt 10, agre": [*LT, "dataset.imbalance=10", "aggregator=agre"],
     "mnist_lt 50": [*LT, "dataset.imbalance=50"],
     "mnist_lt 50, robust_kd": [*LT, "dataset.imbalance=50", "student=robust_kd"],
     "mnist_lt 50, agre": [*LT, "dataset.imbalance=50", "aggregator=agre"],
@@ -85,12 +94,18 @@ def done() -> set[tuple[str, int]]:
     return {(r["cell"], r["seed"]) for r in map(json.loads, RESULTS.read_text().splitlines())}
 
 
-def run_cell(cell: str, seed: int) -> dict:
+def run_cell(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
     cfg = load_run_config(overrides(cell, seed))
     start = time.perf_counter()
-    summary = run_federation(InProcessGrid(client_app, cfg.federation.num_clients), cfg,
-                             console=Console(file=io.StringIO()))
+    hits = cache.hits
+    summary = run_federation(InProcessGrid(cache, cfg.federation.num_clients), cfg, console=Console(file=io.StringIO()))
     test = summary["test"]
+    last = read_metrics(summary["run_dir"])[-1]
+    weights = last["aggregator_stats"].get("mean_weight_per_teacher")
+    teachers = [{"partition_id": t["partition_id"], "num_examples": t["num_examples"],
+                 "accuracy": t["test_accuracy"], "worst_group_accuracy": t["test_worst_group_accuracy"],
+                 "agre_weight": None if weights is None else weights[i]}
+                for i, t in enumerate(sorted(last["teachers"], key=lambda t: t["partition_id"]))]
     return {
         "cell": cell, "seed": seed, "overrides": overrides(cell, seed), "accuracy": test["accuracy"],
         "worst_group_accuracy": test["worst_group_accuracy"], "worst_class_accuracy": test["worst_class_accuracy"],
@@ -98,41 +113,132 @@ def run_cell(cell: str, seed: int) -> dict:
         "teacher_mean_worst_group_accuracy": summary["teachers"]["mean_worst_group_accuracy"],
         "baselines": {k: {"accuracy": v["accuracy"], "worst_group_accuracy": v["worst_group_accuracy"],
                           "non_federated": v.get("non_federated", False)} for k, v in summary["baselines"].items()},
-        "run_dir": summary["run_dir"], "seconds": time.perf_counter() - start,
+        "teachers": teachers, "biased_client": last["aggregator_stats"].get("biased_client"),
+        "teachers_reused": cache.hits > hits, "run_dir": summary["run_dir"], "seconds": time.perf_counter() - start,
     }
+
+
+# Paired comparisons: the two cells share teachers (same seed, same client training), so the per-seed difference
+# isolates the server-side method.
+PAIRS: list[tuple[str, str, str]] = [
+    ("base: erm / mean / kd (+ references)", "aggregator=support", "worst_group_accuracy"),
+    ("base: erm / mean / kd (+ references)", "aggregator=agre", "worst_group_accuracy"),
+    ("base: erm / mean / kd (+ references)", "aggregator=agre, federated-aware", "worst_group_accuracy"),
+    ("base: erm / mean / kd (+ references)", "aggregator=agre x support", "worst_group_accuracy"),
+    ("teacher=dfr", "teacher=dfr, agre", "worst_group_accuracy"),
+    ("dirichlet 0.5", "dirichlet 0.5, support", "worst_group_accuracy"),
+    ("dirichlet 0.5", "dirichlet 0.5, agre", "worst_group_accuracy"),
+    ("dirichlet 0.5", "dirichlet 0.5, agre federated-aware", "worst_group_accuracy"),
+    ("dirichlet 0.5", "dirichlet 0.5, agre x support", "worst_group_accuracy"),
+    ("bias 0.995", "bias 0.995, agre", "worst_group_accuracy"),
+    ("bias 0.99", "bias 0.99, agre", "worst_group_accuracy"),
+    ("bias 0.95", "bias 0.95, agre", "worst_group_accuracy"),
+    ("mnist_lt 10", "mnist_lt 10, agre", "worst_group_accuracy"),
+    ("mnist_lt 50", "mnist_lt 50, agre", "worst_group_accuracy"),
+    ("student DFR", "agre + student DFR", "worst_group_accuracy"),
+    ("base: erm / mean / kd (+ references)", "student=robust_kd", "worst_class_accuracy"),
+    ("student DFR", "student=robust_kd + student DFR", "worst_class_accuracy"),
+    ("mnist_lt 10", "mnist_lt 10, robust_kd", "worst_class_accuracy"),
+    ("mnist_lt 50", "mnist_lt 50, robust_kd", "worst_class_accuracy"),
+    ("base: erm / mean / kd (+ references)", "student DFR", "worst_group_accuracy"),
+]
+SECTION = ("<!-- seed_study:begin -->", "<!-- seed_study:end -->")
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "–"
+
+
+def _agre_weights(got: list[dict]) -> str:
+    """How AGRE spread its weight: the biased client's own teacher, the range, and the correlation of a teacher's
+    weight with its test accuracy and its shard size (per seed, then averaged)."""
+    own, spread, with_acc, with_size = [], [], [], []
+    for r in got:
+        w = np.array([t["agre_weight"] for t in r["teachers"]])
+        acc = np.array([t["accuracy"] for t in r["teachers"]])
+        size = np.array([t["num_examples"] for t in r["teachers"]])
+        if r["biased_client"] is not None and r["biased_client"] >= 0:
+            own.append(w[r["biased_client"]])
+        spread.append(f"{w.min():.2f}–{w.max():.2f}")
+        with_acc.append(np.corrcoef(w, acc)[0, 1])
+        if size.std() > 0:
+            with_size.append(np.corrcoef(w, size)[0, 1])
+    return (f"{_mean_std(own) if own else 'mean of bases'} | {', '.join(spread)} | {_mean_std(with_acc)} | "
+            f"{_mean_std(with_size) if with_size else 'equal shards'}")
 
 
 def report() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
-    lines = ["# Results", "", "## Seed-method study (issue 3)", "",
-             "Produced by `.venv/bin/python bench/seed_study.py` (in-process grid, CPU). Base: "
-             f"`{' '.join(BASE)}`; each row changes the listed overrides only. Mean ± std over the seeds done "
-             "(n); accuracy, worst-group accuracy (WGA) and worst-class accuracy on the test split.", "",
-             "| cell | n | accuracy | WGA | worst-class | teachers acc / WGA |", "|---|---|---|---|---|---|"]
-    for cell in CELLS:
-        got = [r for r in rows if r["cell"] == cell]
-        if not got:
-            lines.append(f"| {cell} | 0 | not run yet | | | |")
-            continue
+    by_cell = {cell: [r for r in rows if r["cell"] == cell] for cell in CELLS}
+    hours = sum(r["seconds"] for r in rows) / 3600
+    lines = [
+        SECTION[0], "## Seed-method study (issue 3)", "",
+        "Command (resumable; finished cells are skipped): `nohup .venv/bin/python bench/seed_study.py > "
+        "docs/seed_study.log 2>&1 &`, then `.venv/bin/python bench/seed_study.py --report-only`. "
+        "Raw rows: `docs/seed_study.jsonl`.", "",
+        f"Design: one factor at a time around a base, {len(CELLS)} cells × {len(SEEDS)} seeds, in-process grid on "
+        f"CPU (2 cores); {len(rows)} runs done in {hours:.2f} h of wall time. Cells that share a teacher setting "
+        "reuse the same trained teachers per seed (`TrainedTeacherCache`; a test checks that this changes no "
+        "number), so the paired differences below compare server-side methods on identical teachers. "
+        f"Base overrides: `{' '.join(BASE)}`. Nothing was tuned on the test split: the base budget was set from "
+        "teacher calibration on one client, and every method runs with its config defaults.", "",
+        "Accuracy, worst-group accuracy (WGA) and worst-class accuracy of the student on the test split (Colored "
+        "MNIST: 20 groups digit × aligned/conflicting colour; MNIST-LT: groups are classes), mean ± std over the "
+        "seeds (n). Teachers: the clients' own test accuracy / WGA, averaged; ensemble: their mean probability "
+        "evaluated directly.", "",
+        "| cell | overrides | n | accuracy | WGA | worst-class | teachers acc / WGA | ensemble acc / WGA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, got in by_cell.items():
+        extra = " ".join(CELLS[cell]) or "(base)"
 
-        def stat(key: str, got: list = got) -> str:
-            values = np.array([r[key] for r in got])
-            return f"{values.mean():.3f} ± {values.std():.3f}"
+        def ms(key: str, got: list = got) -> str:
+            return _mean_std([r[key] for r in got])
 
-        lines.append(f"| {cell} | {len(got)} | {stat('accuracy')} | {stat('worst_group_accuracy')} | "
-                     f"{stat('worst_class_accuracy')} | {stat('teacher_mean_accuracy')} / "
-                     f"{stat('teacher_mean_worst_group_accuracy')} |")
-    refs = [r for r in rows if r["baselines"]]
+        def ens(key: str, got: list = got) -> str:
+            return _mean_std([r["baselines"]["ensemble"][key] for r in got if "ensemble" in r["baselines"]])
+
+        lines.append(f"| {cell} | `{extra}` | {len(got)} | {ms('accuracy')} | {ms('worst_group_accuracy')} | "
+                     f"{ms('worst_class_accuracy')} | {ms('teacher_mean_accuracy')} / "
+                     f"{ms('teacher_mean_worst_group_accuracy')} | {ens('accuracy')} / {ens('worst_group_accuracy')} |")
+    lines += ["", "Paired differences (method − reference, same seeds and teachers):", "",
+              "| reference | method | metric | difference | per seed |", "|---|---|---|---|---|"]
+    for ref, cell, key in PAIRS:
+        seeds = sorted({r["seed"] for r in by_cell[ref]} & {r["seed"] for r in by_cell[cell]})
+        diffs = [next(r[key] for r in by_cell[cell] if r["seed"] == s) - next(r[key] for r in by_cell[ref]
+                                                                            if r["seed"] == s) for s in seeds]
+        lines.append(f"| {ref} | {cell} | {key} | {_mean_std(diffs)} | {', '.join(f'{d:+.3f}' for d in diffs)} |")
+    refs = [r for r in by_cell[next(iter(CELLS))] if len(r["baselines"]) > 1]
     if refs:
-        lines += ["", "References of the base cell (NON-FEDERATED ones marked):", "",
+        lines += ["", "References of the base setting (NON-FEDERATED ones marked):", "",
                   "| reference | n | accuracy | WGA |", "|---|---|---|---|"]
         for name in refs[0]["baselines"]:
-            acc = np.array([r["baselines"][name]["accuracy"] for r in refs])
-            wga = np.array([r["baselines"][name]["worst_group_accuracy"] for r in refs])
             mark = " (NON-FEDERATED)" if refs[0]["baselines"][name]["non_federated"] else ""
-            lines.append(f"| {name}{mark} | {len(refs)} | {acc.mean():.3f} ± {acc.std():.3f} | "
-                         f"{wga.mean():.3f} ± {wga.std():.3f} |")
-    REPORT.write_text("\n".join(lines) + "\n")
+            lines.append(f"| {name}{mark} | {len(refs)} | "
+                         f"{_mean_std([r['baselines'][name]['accuracy'] for r in refs])} | "
+                         f"{_mean_std([r['baselines'][name]['worst_group_accuracy'] for r in refs])} |")
+    lines += ["", "Where AGRE puts its weight (last round; normalised weights average 1 per point): weight of the "
+              "biased client's own teacher, range of mean weights per seed, correlation of a teacher's weight with "
+              "its test accuracy and with its shard size (mean ± std over seeds):", "",
+              "| cell | biased client's own weight | weight range per seed | corr(weight, accuracy) | "
+              "corr(weight, shard size) |", "|---|---|---|---|---|"]
+    for cell, got in by_cell.items():
+        got = [r for r in got if r["teachers"][0]["agre_weight"] is not None]
+        if got:
+            lines.append(f"| {cell} | {_agre_weights(got)} |")
+    lines.append(SECTION[1])
+    _write_section("\n".join(lines))
+
+
+def _write_section(text: str) -> None:
+    """Replace this study's section of docs/results.md, keeping every other study's section."""
+    old = REPORT.read_text() if REPORT.exists() else "# Results\n"
+    if SECTION[0] in old:
+        head, rest = old.split(SECTION[0], 1)
+        tail = rest.split(SECTION[1], 1)[1]
+        REPORT.write_text(head + text + tail)
+    else:
+        REPORT.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
 
 
 def main() -> None:
@@ -143,8 +249,11 @@ def main() -> None:
         finished = done()
         todo = [(c, s) for s in SEEDS for c in CELLS if (c, s) not in finished]
         print(f"seed study: {len(CELLS)} cells x {len(SEEDS)} seeds, {len(todo)} to run", flush=True)
+        caches: dict[int, TrainedTeacherCache] = {}
         for cell, seed in todo:
-            row = run_cell(cell, seed)
+            if seed not in caches:  # one seed's teachers at a time in memory
+                caches = {seed: TrainedTeacherCache(client_app)}
+            row = run_cell(cell, seed, caches[seed])
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{cell} | seed {seed} | acc {row['accuracy']:.3f} wga {row['worst_group_accuracy']:.3f} | "
