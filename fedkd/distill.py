@@ -95,6 +95,11 @@ class RobustKD(StudentObjective):
     λ on the simplex, updated every ``robust_period`` steps by exponentiated gradient on the student's per-class
     error on the server's labeled validation split, λ_y ← λ_y · exp(η · err_y). The weights are over classes:
     the transfer points' groups are unknown, so a per-group risk cannot be formed on them.
+
+    Checked against the paper (search, 2026-11-23): only its abstract and introduction are reachable from here
+    (ar5iv 2206.06479, OpenReview o_sYD-1T2ZZ, UAI 2023). They confirm the structure (a robust worst-class
+    objective for the student, "any tradeoff between the overall accuracy and the robust worst-class objective",
+    per-class calibration of the teacher being key) but not the equations; R_y and the λ update stay our reading.
     """
 
     def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
@@ -131,6 +136,10 @@ class ReliabilitySoftened(StudentObjective):
     teachers' tempered probabilities), α_y = r_y ** ``soften_power``. A transfer point whose teacher top class is
     ŷ is distilled towards α_ŷ · q(x) + (1 − α_ŷ) · u (u uniform); every step also takes a minibatch of the labeled
     split with the per-class mix (1 − α_y) · CE(y) + α_y · ℓ_KD, weighted by ``labeled_weight``.
+
+    Checked against the paper (search, 2026-11-23): only the abstract is reachable from here (OpenReview
+    ph3AYXpwEb, TMLR 2022). It confirms the idea, "soften the teacher influence for subgroups where it is less
+    reliable", with errors judged per class; the map α = r ** power and the CE/KD mix stay our reading.
     """
 
     needs_val_softlabels = True
