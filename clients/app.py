@@ -46,4 +46,4 @@ def query_softlabels(msg: Message, context: Context) -> Message:
     pid = partition_id(context)
     logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base,
                                        request.split)
-    return Message(protocol.query_reply(pid, logits, base), reply_to=msg)
+    return Message(protocol.query_reply(pid, logits, base, request.compression), reply_to=msg)

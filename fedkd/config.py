@@ -112,6 +112,24 @@ class StudentConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """Which transfer points are asked about each round, and how the soft labels travel back (issue 4).
+    A budget is a fraction of the transfer pool when <= 1 and a count of points when > 1."""
+
+    name: str
+    per_round: float = 1.0  # b per round (query=all: the whole pool, must stay 1)
+    total: float = 0.0  # cap on the points queried over the whole run; 0 = no cap
+    requery: bool = False  # may a point be asked about again in a later round (fresh soft labels)
+    rad_min_gain: float = 0.001  # rad: floor of the gain 1 - margin, so 1/g stays finite
+    compression: str = "fp32"  # uplink soft labels: fp32 | fp16 | topk | int8
+    top_k: int = 3  # compression=topk: probabilities kept per point (the rest restored as 0)
+
+    def budget(self, value: float, pool_size: int) -> int:
+        """A fraction or count (``per_round``/``total``) as a number of points of a pool of ``pool_size``."""
+        return max(1, int(round(value * pool_size))) if value <= 1.0 else int(value)
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     """Values come from conf/federation/*.yaml."""
 
@@ -170,6 +188,7 @@ class RunConfig:
     student: StudentConfig
     federation: FederationConfig
     baselines: BaselinesConfig
+    query: QueryConfig
 
     def client_job(self, erm_base: bool = False) -> ClientJob:
         return ClientJob(
@@ -193,6 +212,7 @@ _SECTIONS = {
     "student": StudentConfig,
     "federation": FederationConfig,
     "baselines": BaselinesConfig,
+    "query": QueryConfig,
 }
 
 
@@ -255,11 +275,13 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     Registries are imported here so that a name is valid exactly when a builder is registered for it.
     """
     from fedkd.aggregation import AGGREGATORS
+    from fedkd.compression import COMPRESSIONS
     from fedkd.data.benchmarks import BENCHMARKS
     from fedkd.data.partition import PARTITIONERS
     from fedkd.data.sources import SOURCES
     from fedkd.distill import STUDENT_OBJECTIVES
     from fedkd.models import MODELS
+    from fedkd.query import QUERY_STRATEGIES
     from fedkd.teachers import TEACHER_OBJECTIVES
 
     top_known = {"seed", "name", "runs_dir", *_SECTIONS}
@@ -348,10 +370,27 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     _check_positive("federation.client_cpus", fed.client_cpus)
     _check_positive("federation.round_timeout", fed.round_timeout)
     _check_positive("baselines.one_hot_epochs", sections["baselines"].one_hot_epochs, integer=True)
+    _check_query(sections["query"], QUERY_STRATEGIES, COMPRESSIONS)
 
     return RunConfig(
         seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), **sections
     )
+
+
+def _check_query(query: QueryConfig, strategies: dict, compressions: dict) -> None:
+    _check_choice("query.name", query.name, strategies)
+    for key in ("per_round", "total"):
+        value = getattr(query, key)
+        if value < 0 or (key == "per_round" and value == 0):
+            _fail(f"query.{key}", value, "must be > 0: a fraction of the transfer pool (<= 1) or a count (> 1)")
+        if value > 1 and value != int(value):
+            _fail(f"query.{key}", value, "a budget above 1 is a count of points and must be a whole number")
+    if query.name == "all" and query.per_round != 1.0:
+        _fail("query.per_round", query.per_round,
+              "query=all asks about the whole pool every round; pick query=random|margin|entropy|rad for a budget")
+    _check_positive("query.rad_min_gain", query.rad_min_gain)
+    _check_choice("query.compression", query.compression, compressions)
+    _check_positive("query.top_k", query.top_k, integer=True)
 
 
 def check_against_data(cfg: RunConfig) -> None:
@@ -359,7 +398,11 @@ def check_against_data(cfg: RunConfig) -> None:
     from fedkd.data import build_benchmark, federated_data
     from fedkd.data.partition import PartitionError
 
-    pool_size = len(build_benchmark(cfg.dataset, cfg.seed)["pool"])
+    bench = build_benchmark(cfg.dataset, cfg.seed)
+    pool_size = len(bench["pool"])
+    if cfg.query.compression == "topk" and cfg.query.top_k >= bench.num_classes:
+        _fail("query.top_k", cfg.query.top_k, f"must be below the {bench.num_classes} classes of {cfg.dataset.name} "
+              "(top-k of all classes is no compression; use query.compression=fp32)")
     if cfg.federation.num_clients > pool_size:
         _fail(
             "federation.num_clients",

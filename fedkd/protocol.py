@@ -5,9 +5,12 @@ server -> client ``train.teacher``      config["job"] (YAML of ClientJob), confi
 client -> server                        metrics: TeacherReport fields
 server -> client ``query.softlabels``   config["job"], config["round"], config["with_base"], config["split"]
                                         ("transfer"; "val"/"test" for server-side evaluation and the
-                                        reliability estimate), indices["indices"] int64 [n]
-client -> server                        softlabels["logits"] float32 [n, C] (and softlabels["base_logits"],
-                                        the ERM base's, when with_base), metrics["partition_id"]
+                                        reliability estimate), config["compression"], config["top_k"],
+                                        indices["indices"] int64 [n]
+client -> server                        softlabels["logits.<part>"]: the teacher's logits [n, C] encoded by
+                                        fedkd.compression (fp32: "logits.values" float32 [n, C]); the same
+                                        under "base_logits.<part>" for the ERM base when with_base;
+                                        metrics["partition_id"], metrics["num_queried"]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedkd.compression import COMPRESSIONS, Compression, CompressionError
 from fedkd.config import ClientJob
 
 TRAIN_TEACHER = "train.teacher"
@@ -51,6 +55,7 @@ class QueryRequest:
     indices: np.ndarray
     with_base: bool
     split: str
+    compression: Compression
 
 
 @dataclass(frozen=True)
@@ -120,13 +125,15 @@ QUERYABLE_SPLITS = ("transfer", "val", "test")
 
 
 def query_request(job: ClientJob, server_round: int, indices: np.ndarray, with_base: bool = False,
-                  split: str = "transfer") -> RecordDict:
+                  split: str = "transfer", compression: str = "fp32", top_k: int = 3) -> RecordDict:
     if split not in QUERYABLE_SPLITS:
         raise ProtocolError(f"split {split!r} cannot be queried; one of {QUERYABLE_SPLITS}")
     array = Array(np.ascontiguousarray(indices, dtype=INDEX_DTYPE))
     config = _job_config(job, server_round)
     config["with_base"] = with_base
     config["split"] = split
+    config["compression"] = compression
+    config["top_k"] = top_k
     return RecordDict({CONFIG: config, INDICES: ArrayRecord({INDICES: array})})
 
 
@@ -140,13 +147,24 @@ def parse_query_request(content: RecordDict) -> QueryRequest:
     if split not in QUERYABLE_SPLITS:
         raise ProtocolError(f"split {split!r} cannot be queried; one of {QUERYABLE_SPLITS}")
     return QueryRequest(job=job, round=server_round, indices=indices, with_base=bool(config.get("with_base", False)),
-                        split=split)
+                        split=split, compression=_compression(config))
 
 
-def query_reply(partition_id: int, logits: np.ndarray, base_logits: np.ndarray | None = None) -> RecordDict:
-    arrays = {LOGITS: Array(np.ascontiguousarray(logits, dtype=LOGIT_DTYPE))}
-    if base_logits is not None:
-        arrays[BASE_LOGITS] = Array(np.ascontiguousarray(base_logits, dtype=LOGIT_DTYPE))
+def _compression(config: ConfigRecord) -> Compression:
+    name = str(config.get("compression", "fp32"))
+    if name not in COMPRESSIONS:
+        raise ProtocolError(f"unknown soft-label compression {name!r}; one of {sorted(COMPRESSIONS)}")
+    return COMPRESSIONS[name](int(config.get("top_k", 3)))
+
+
+def query_reply(partition_id: int, logits: np.ndarray, base_logits: np.ndarray | None = None,
+                compression: Compression | None = None) -> RecordDict:
+    compression = compression or COMPRESSIONS["fp32"]()
+    arrays = {}
+    for key, values in ((LOGITS, logits), (BASE_LOGITS, base_logits)):
+        if values is not None:
+            arrays.update({f"{key}.{part}": Array(np.ascontiguousarray(a))
+                           for part, a in compression.encode(values).items()})
     return RecordDict(
         {
             SOFTLABELS: ArrayRecord(arrays),
@@ -155,24 +173,30 @@ def query_reply(partition_id: int, logits: np.ndarray, base_logits: np.ndarray |
     )
 
 
-def _logits(record: ArrayRecord, key: str, num_queried: int, num_classes: int) -> np.ndarray:
-    if key not in record:
-        raise ProtocolError(f"soft-label record lacks {key!r}")
-    logits = record[key].numpy()
+def _logits(record: ArrayRecord, key: str, num_queried: int, num_classes: int,
+            compression: Compression) -> np.ndarray:
+    parts = {name[len(key) + 1:]: record[name].numpy() for name in record if name.startswith(key + ".")}
+    if not parts:
+        raise ProtocolError(f"soft-label record lacks {key!r} (has {sorted(record)})")
+    try:
+        logits = compression.decode(parts, num_classes)
+    except CompressionError as err:
+        raise ProtocolError(f"{key}: {err}") from err
     if logits.shape != (num_queried, num_classes) or logits.dtype != LOGIT_DTYPE:
         raise ProtocolError(
-            f"{key} must be {LOGIT_DTYPE.__name__} [{num_queried}, {num_classes}], "
+            f"{key} must decode to {LOGIT_DTYPE.__name__} [{num_queried}, {num_classes}], "
             f"got {logits.dtype} {list(logits.shape)}"
         )
     return logits
 
 
-def parse_query_reply(content: RecordDict, num_queried: int, num_classes: int,
-                      with_base: bool = False) -> SoftLabelReply:
+def parse_query_reply(content: RecordDict, num_queried: int, num_classes: int, with_base: bool = False,
+                      compression: Compression | None = None) -> SoftLabelReply:
+    compression = compression or COMPRESSIONS["fp32"]()
     record = _record(content, SOFTLABELS, ArrayRecord)
     metrics = _record(content, METRICS, MetricRecord)
     return SoftLabelReply(
         partition_id=int(metrics["partition_id"]),
-        logits=_logits(record, LOGITS, num_queried, num_classes),
-        base_logits=_logits(record, BASE_LOGITS, num_queried, num_classes) if with_base else None,
+        logits=_logits(record, LOGITS, num_queried, num_classes, compression),
+        base_logits=_logits(record, BASE_LOGITS, num_queried, num_classes, compression) if with_base else None,
     )

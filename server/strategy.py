@@ -14,6 +14,8 @@ from flwr.serverapp import Grid
 from fedkd import protocol
 from fedkd.aggregation import AGGREGATORS, AggregationInputs
 from fedkd.baselines import centralized_reports, ensemble_report, one_hot_report
+from fedkd.communication import fedavg_bytes_per_client_round, payload_bytes
+from fedkd.compression import COMPRESSIONS
 from fedkd.config import RunConfig
 from fedkd.data import federated_data
 from fedkd.dfr import held_out_split, retrain_last_layer
@@ -21,6 +23,7 @@ from fedkd.display import RunDisplay
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
 from fedkd.metrics import group_report, worst_group_accuracy
 from fedkd.models import build_model
+from fedkd.query import QUERY_STRATEGIES, QueryContext, SoftLabelPool
 from fedkd.results import RunDirectory
 from fedkd.training import predict_logits, sgd
 
@@ -46,6 +49,11 @@ class FederatedDistillation:
         self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student, self.student, self.data["val"],
                                                                    self.data.num_classes)
         self.generator = np.random.default_rng([cfg.seed, 1])
+        self.query = QUERY_STRATEGIES[cfg.query.name](cfg.query)
+        self.query_generator = np.random.default_rng([cfg.seed, 4])
+        self.pool = SoftLabelPool(len(self.data["transfer"]))
+        self.bytes = {"down": {}, "up": {}}  # node id -> bytes this round
+        self.totals = {"bytes_down_total": 0, "bytes_up_total": 0, "fedavg_bytes_total": 0}
         self.final_model: torch.nn.Module = self.student
         self.best_score: float | None = None
         self.best_round = 0
@@ -54,18 +62,23 @@ class FederatedDistillation:
         start = time.perf_counter()
         nodes = self._wait_for_nodes(grid)
         transfer = self.data["transfer"]
-        indices = np.arange(len(transfer), dtype=np.int64)
         for server_round in range(1, self.cfg.federation.num_rounds + 1):
             round_start = time.perf_counter()
+            self.bytes = {"down": {}, "up": {}}
             replies = self._ask(grid, nodes, protocol.TRAIN_TEACHER, protocol.train_request(self.job, server_round),
                                 server_round, "training teachers")
+            partition_of = {r.metadata.src_node_id: protocol.parse_train_reply(r.content).partition_id
+                            for r in replies}
             reports = sorted((protocol.parse_train_reply(r.content) for r in replies), key=lambda t: t.partition_id)
 
-            with_base = self.aggregator.needs_base
-            teacher_logits, base_logits = self._query(grid, nodes, server_round, indices, with_base)
-            if self.objective.needs_val_softlabels:
+            teacher_error = None
+            if self.objective.needs_val_softlabels or self.query.needs_teacher_error:
                 val_logits, _ = self._query(grid, nodes, server_round, np.arange(len(self.data["val"])), False, "val")
-                self.objective.observe_val(torch.softmax(val_logits / self.cfg.student.temperature, -1).mean(0))
+                teacher_error = self._teacher_error(val_logits)
+                if self.objective.needs_val_softlabels:
+                    self.objective.observe_val(torch.softmax(val_logits / self.cfg.student.temperature, -1).mean(0))
+            query_record = self._query_new_points(grid, nodes, server_round, teacher_error)
+            indices, teacher_logits, base_logits = self.pool.answers()
 
             self.display.phase(server_round, "aggregating and distilling")
             self.aggregator.prepare(AggregationInputs(
@@ -92,23 +105,68 @@ class FederatedDistillation:
                 "distill_loss": loss,
                 "aggregator": self.cfg.aggregator.name,
                 "aggregator_stats": self.aggregator.round_stats(),
+                "query": query_record,
+                "communication": self._communication(partition_of),
                 **_teacher_summary(reports),
                 "teachers": [vars(t) for t in reports],
                 "wall_seconds": time.perf_counter() - round_start,
             }
             self.run_dir.append_metrics(record)
             self.display.round_done(record)
+            for key in ("bytes_down_total", "bytes_up_total"):
+                self.totals[key] += record["communication"][key]
+            self.totals["fedavg_bytes_total"] += record["communication"]["fedavg_bytes_per_client"] * len(nodes)
         baselines = self._baselines(grid, nodes, server_round)
         return self._finish(record, baselines, time.perf_counter() - start)
+
+    def _query_new_points(self, grid: Grid, nodes: list[int], server_round: int,
+                          teacher_error: float | None) -> dict:
+        """Pick this round's transfer points with the query strategy under the budget, ask every client about
+        them and add the answers to the pool; returns what was done, for metrics.jsonl."""
+        cfg = self.cfg.query
+        candidates = self.pool.candidates(cfg.requery or cfg.name == "all")
+        budget = len(candidates) if cfg.name == "all" else cfg.budget(cfg.per_round, self.pool.pool_size)
+        if cfg.total > 0:
+            budget = min(budget, cfg.budget(cfg.total, self.pool.pool_size) - self.pool.num_queries)
+        budget = max(0, min(budget, len(candidates)))
+        chosen = np.zeros(0, dtype=np.int64)
+        if budget > 0:
+            context = None
+            if self.query.needs_student:
+                student_logits = predict_logits(self.student, self.data["transfer"].x[candidates])
+                context = QueryContext(student_logits=student_logits, teacher_error=teacher_error)
+            chosen = self.query.select(candidates, budget, context, self.query_generator)
+            logits, base = self._query(grid, nodes, server_round, chosen, self.aggregator.needs_base)
+            self.pool.add(chosen, logits, base)
+        return {"strategy": cfg.name, "budget": budget, "num_new": int(len(chosen)),
+                "pool_size": int(self.pool.queried.sum()), "soft_labels_queried": self.pool.num_queries,
+                "teacher_error_val": teacher_error, **self.query.last_stats}
+
+    def _teacher_error(self, val_logits: torch.Tensor) -> float:
+        """Error rate of the teachers' ensemble (mean probability) on the server's labeled split."""
+        pred = torch.softmax(val_logits, -1).mean(0).argmax(1).numpy()
+        return float(np.mean(pred != self.data["val"].y))
+
+    def _communication(self, partition_of: dict[int, int]) -> dict:
+        """This round's payload bytes per client (by partition id), and what FedAvg of the student would move."""
+        down = {str(partition_of[n]): b for n, b in sorted(self.bytes["down"].items())}
+        up = {str(partition_of[n]): b for n, b in sorted(self.bytes["up"].items())}
+        return {"bytes_down": down, "bytes_up": up, "bytes_down_total": sum(down.values()),
+                "bytes_up_total": sum(up.values()),
+                "fedavg_bytes_per_client": fedavg_bytes_per_client_round(self.student)}
 
     def _query(self, grid: Grid, nodes: list[int], server_round: int, indices: np.ndarray, with_base: bool,
                split: str = "transfer") -> tuple[torch.Tensor, torch.Tensor | None]:
         """Every teacher's logits [M, n, C] on ``indices`` of ``split`` (ordered by partition id), and its ERM
         base's when ``with_base``."""
+        query = self.cfg.query
         replies = self._ask(grid, nodes, protocol.QUERY_SOFTLABELS,
-                            protocol.query_request(self.job, server_round, indices, with_base, split),
+                            protocol.query_request(self.job, server_round, indices, with_base, split,
+                                                   query.compression, query.top_k),
                             server_round, f"querying soft labels ({split})")
-        answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes, with_base)
+        compression = COMPRESSIONS[query.compression](query.top_k)
+        answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes, with_base,
+                                                     compression)
                           for r in replies), key=lambda a: a.partition_id)
         logits = torch.from_numpy(np.stack([a.logits for a in answers]))
         base = torch.from_numpy(np.stack([a.base_logits for a in answers])) if with_base else None
@@ -183,6 +241,9 @@ class FederatedDistillation:
                 "worst_worst_group_accuracy": min(t["test_worst_group_accuracy"] for t in last["teachers"]),
             },
             "baselines": baselines,
+            "communication": {**self.totals, "soft_labels_queried": self.pool.num_queries,
+                              "uplink_ratio_to_fedavg": self.totals["bytes_up_total"] / (self.totals[
+                                  "fedavg_bytes_total"] / 2)},
             "wall_seconds": wall_seconds,
         }
         self.run_dir.write_summary(summary)
@@ -207,7 +268,14 @@ class FederatedDistillation:
         self.display.phase(server_round, phase, 0, len(nodes))
         messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
                     for node in nodes]
+        for message in messages:
+            node = message.metadata.dst_node_id
+            self.bytes["down"][node] = self.bytes["down"].get(node, 0) + payload_bytes(message.content)
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
+        for reply in replies:
+            if not reply.has_error():
+                node = reply.metadata.src_node_id
+                self.bytes["up"][node] = self.bytes["up"].get(node, 0) + payload_bytes(reply.content)
         self.display.phase(server_round, phase, len(replies), len(nodes))
         failed = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
         if failed:

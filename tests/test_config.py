@@ -33,6 +33,14 @@ from fedkd.config import ClientJob, ConfigError, load_run_config
         (["teacher.lr=fast"], "teacher.lr"),
         (["federation.num_rounds=2.5"], "federation.num_rounds"),
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha"),
+        (["query=bald"], "query"),
+        (["query=random", "query.per_round=0"], "query.per_round"),
+        (["query=random", "query.per_round=2.5"], "query.per_round"),
+        (["query=random", "query.total=-1"], "query.total"),
+        (["query.per_round=0.5"], "query.per_round"),
+        (["query.compression=zip"], "query.compression"),
+        (["query.compression=topk", "query.top_k=10"], "query.top_k"),
+        (["query.top_k=0"], "query.top_k"),
     ],
 )
 def test_bad_values_name_their_key(overrides, key):

@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from clients.app import _load_state
 from clients.app import app as client_app
 from fedkd import protocol
+from fedkd.compression import COMPRESSIONS
 from fedkd.data import federated_data
 from fedkd.local import query_local_teacher
 from server.inprocess import InProcessGrid
@@ -77,3 +78,21 @@ def test_reply_with_wrong_shape_or_dtype_is_refused():
         protocol.parse_query_reply(protocol.query_reply(0, np.zeros((4, 9), dtype=np.float32)), 4, 10)
     with pytest.raises(protocol.ProtocolError, match="lacks"):
         protocol.parse_train_reply(RecordDict())
+
+
+def test_client_encodes_with_the_requested_compression(grid_and_job):
+    grid, job = grid_and_job
+    _send(grid, protocol.TRAIN_TEACHER, protocol.train_request(job, 1))
+    indices = np.arange(6, dtype=np.int64)
+    plain = {r.metadata.src_node_id: protocol.parse_query_reply(r.content, 6, 10).logits
+             for r in _send(grid, protocol.QUERY_SOFTLABELS, protocol.query_request(job, 1, indices))}
+    replies = _send(grid, protocol.QUERY_SOFTLABELS,
+                    protocol.query_request(job, 1, indices, compression="topk", top_k=2))
+    for reply in replies:
+        assert sorted(reply.content["softlabels"].keys()) == ["logits.classes", "logits.log_probs"]
+        restored = protocol.parse_query_reply(reply.content, 6, 10, compression=COMPRESSIONS["topk"](2)).logits
+        top2 = np.argsort(-plain[reply.metadata.src_node_id], 1)[:, :2]
+        assert np.array_equal(np.sort(np.argsort(-restored, 1)[:, :2], 1), np.sort(top2, 1))
+    unknown = protocol.query_request(job, 1, indices)
+    unknown["config"]["compression"] = "zip"
+    assert all(r.has_error() and "zip" in r.error.reason for r in _send(grid, protocol.QUERY_SOFTLABELS, unknown))

@@ -88,3 +88,32 @@ def test_trained_teacher_cache_keys_on_the_base_when_it_costs_training(tmp_path)
         cfg = load_run_config([*FAST, f"runs_dir={tmp_path}", "teacher=balanced", f"aggregator={aggregator}"])
         run_federation(InProcessGrid(cache, 3), cfg)
     assert (cache.misses, cache.hits) == (2 * 3 * 2, 0)  # balanced trains a separate ERM base only for agre
+
+
+def test_query_budget_is_respected_end_to_end_and_points_are_not_asked_twice(tmp_path):
+    cfg = load_run_config([*FAST, f"runs_dir={tmp_path}", "query=margin", "query.per_round=40", "query.total=100",
+                           "query.compression=int8"])
+    summary = _run(cfg)
+    records = read_metrics(summary["run_dir"])
+    assert [r["query"]["num_new"] for r in records] == [40, 40]
+    assert [r["query"]["pool_size"] for r in records] == [40, 80]
+    cfg = load_run_config([*FAST, f"runs_dir={tmp_path}", "query=random", "query.per_round=70", "query.total=100",
+                           "federation.num_rounds=3"])
+    records = read_metrics(_run(cfg)["run_dir"])
+    assert [r["query"]["num_new"] for r in records] == [70, 30, 0]  # the total cap stops the third round
+    assert records[-1]["query"]["soft_labels_queried"] == 100
+
+
+def test_communication_is_accounted_per_client_and_summed(fast_config):
+    summary = _run(fast_config)
+    records = read_metrics(summary["run_dir"])
+    for r in records:
+        comm = r["communication"]
+        assert set(comm["bytes_up"]) == {"0", "1", "2"}
+        # every client sends its logits of the whole transfer pool (float32) each round, plus framing
+        pool = len(federated_data(fast_config.dataset, fast_config.partition, 3, 0).benchmark["transfer"])
+        assert all(pool * 10 * 4 < b < pool * 10 * 4 + 2048 for b in comm["bytes_up"].values())
+        assert comm["bytes_up_total"] == sum(comm["bytes_up"].values())
+    total = summary["communication"]
+    assert total["bytes_up_total"] == sum(r["communication"]["bytes_up_total"] for r in records)
+    assert total["fedavg_bytes_total"] == 2 * 3 * records[0]["communication"]["fedavg_bytes_per_client"]
