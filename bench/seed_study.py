@@ -11,26 +11,13 @@ study can be stopped and resumed. The report (its own section of docs/results.md
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
-from rich.console import Console
+from studies import ROOT, mean_std, read_rows, run_cell, run_missing, write_section
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from clients.app import app as client_app  # noqa: E402
-from fedkd.config import load_run_config  # noqa: E402
-from fedkd.results import read_metrics  # noqa: E402
-from server.app import run_federation  # noqa: E402
-from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402
+from server.inprocess import TrainedTeacherCache
 
 RESULTS = ROOT / "docs" / "seed_study.jsonl"
-REPORT = ROOT / "docs" / "results.md"
 SEEDS = (0, 1, 2)
 
 # The base: full-MNIST Colored MNIST at bias 0.98, 10 IID clients (about 6200 images each), 2 rounds of 4 local
@@ -90,19 +77,9 @@ def overrides(cell: str, seed: int) -> list[str]:
     return [*base, *extra, f"seed={seed}"]
 
 
-def done() -> set[tuple[str, int]]:
-    if not RESULTS.exists():
-        return set()
-    return {(r["cell"], r["seed"]) for r in map(json.loads, RESULTS.read_text().splitlines())}
-
-
-def run_cell(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
-    cfg = load_run_config(overrides(cell, seed))
-    start = time.perf_counter()
-    hits = cache.hits
-    summary = run_federation(InProcessGrid(cache, cfg.federation.num_clients), cfg, console=Console(file=io.StringIO()))
-    test = summary["test"]
-    last = read_metrics(summary["run_dir"])[-1]
+def make_row(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
+    summary, records, seconds, reused = run_cell(overrides(cell, seed), cache)
+    test, last = summary["test"], records[-1]
     weights = last["aggregator_stats"].get("mean_weight_per_teacher")
     teachers = [{"partition_id": t["partition_id"], "num_examples": t["num_examples"],
                  "accuracy": t["test_accuracy"], "worst_group_accuracy": t["test_worst_group_accuracy"],
@@ -116,7 +93,7 @@ def run_cell(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
         "baselines": {k: {"accuracy": v["accuracy"], "worst_group_accuracy": v["worst_group_accuracy"],
                           "non_federated": v.get("non_federated", False)} for k, v in summary["baselines"].items()},
         "teachers": teachers, "biased_client": last["aggregator_stats"].get("biased_client"),
-        "teachers_reused": cache.hits > hits, "run_dir": summary["run_dir"], "seconds": time.perf_counter() - start,
+        "teachers_reused": reused, "run_dir": summary["run_dir"], "seconds": seconds,
     }
 
 
@@ -144,11 +121,6 @@ PAIRS: list[tuple[str, str, str]] = [
     ("mnist_lt 50", "mnist_lt 50, robust_kd", "worst_class_accuracy"),
     ("base: erm / mean / kd (+ references)", "student DFR", "worst_group_accuracy"),
 ]
-SECTION = ("<!-- seed_study:begin -->", "<!-- seed_study:end -->")
-
-
-def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "–"
 
 
 def _agre_weights(got: list[dict]) -> str:
@@ -165,16 +137,16 @@ def _agre_weights(got: list[dict]) -> str:
         with_acc.append(np.corrcoef(w, acc)[0, 1])
         if size.std() > 0:
             with_size.append(np.corrcoef(w, size)[0, 1])
-    return (f"{_mean_std(own) if own else 'mean of bases'} | {', '.join(spread)} | {_mean_std(with_acc)} | "
-            f"{_mean_std(with_size) if with_size else 'equal shards'}")
+    return (f"{mean_std(own) if own else 'mean of bases'} | {', '.join(spread)} | {mean_std(with_acc)} | "
+            f"{mean_std(with_size) if with_size else 'equal shards'}")
 
 
 def report() -> None:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
+    rows = read_rows(RESULTS)
     by_cell = {cell: [r for r in rows if r["cell"] == cell] for cell in CELLS}
     hours = sum(r["seconds"] for r in rows) / 3600
     lines = [
-        SECTION[0], "## Seed-method study (issue 3)", "",
+        "## Seed-method study (issue 3)", "",
         "Command (resumable; finished cells are skipped): `nohup .venv/bin/python bench/seed_study.py > "
         "docs/seed_study.log 2>&1 &`, then `.venv/bin/python bench/seed_study.py --report-only`. "
         "Raw rows: `docs/seed_study.jsonl`.", "",
@@ -195,10 +167,10 @@ def report() -> None:
         extra = " ".join(CELLS[cell]) or "(base)"
 
         def ms(key: str, got: list = got) -> str:
-            return _mean_std([r[key] for r in got])
+            return mean_std([r[key] for r in got])
 
         def ens(key: str, got: list = got) -> str:
-            return _mean_std([r["baselines"]["ensemble"][key] for r in got if "ensemble" in r["baselines"]])
+            return mean_std([r["baselines"]["ensemble"][key] for r in got if "ensemble" in r["baselines"]])
 
         lines.append(f"| {cell} | `{extra}` | {len(got)} | {ms('accuracy')} | {ms('worst_group_accuracy')} | "
                      f"{ms('worst_class_accuracy')} | {ms('teacher_mean_accuracy')} / "
@@ -209,7 +181,7 @@ def report() -> None:
         seeds = sorted({r["seed"] for r in by_cell[ref]} & {r["seed"] for r in by_cell[cell]})
         diffs = [next(r[key] for r in by_cell[cell] if r["seed"] == s) - next(r[key] for r in by_cell[ref]
                                                                             if r["seed"] == s) for s in seeds]
-        lines.append(f"| {ref} | {cell} | {key} | {_mean_std(diffs)} | {', '.join(f'{d:+.3f}' for d in diffs)} |")
+        lines.append(f"| {ref} | {cell} | {key} | {mean_std(diffs)} | {', '.join(f'{d:+.3f}' for d in diffs)} |")
     refs = [r for r in by_cell[next(iter(CELLS))] if len(r["baselines"]) > 1]
     if refs:
         lines += ["", "References of the base setting (NON-FEDERATED ones marked):", "",
@@ -217,8 +189,8 @@ def report() -> None:
         for name in refs[0]["baselines"]:
             mark = " (NON-FEDERATED)" if refs[0]["baselines"][name]["non_federated"] else ""
             lines.append(f"| {name}{mark} | {len(refs)} | "
-                         f"{_mean_std([r['baselines'][name]['accuracy'] for r in refs])} | "
-                         f"{_mean_std([r['baselines'][name]['worst_group_accuracy'] for r in refs])} |")
+                         f"{mean_std([r['baselines'][name]['accuracy'] for r in refs])} | "
+                         f"{mean_std([r['baselines'][name]['worst_group_accuracy'] for r in refs])} |")
     lines += ["", "Where AGRE puts its weight (last round; normalised weights average 1 per point): weight of the "
               "biased client's own teacher, range of mean weights per seed, correlation of a teacher's weight with "
               "its test accuracy and with its shard size (mean ± std over seeds):", "",
@@ -228,19 +200,7 @@ def report() -> None:
         got = [r for r in got if r["teachers"][0]["agre_weight"] is not None]
         if got:
             lines.append(f"| {cell} | {_agre_weights(got)} |")
-    lines.append(SECTION[1])
-    _write_section("\n".join(lines))
-
-
-def _write_section(text: str) -> None:
-    """Replace this study's section of docs/results.md, keeping every other study's section."""
-    old = REPORT.read_text() if REPORT.exists() else "# Results\n"
-    if SECTION[0] in old:
-        head, rest = old.split(SECTION[0], 1)
-        tail = rest.split(SECTION[1], 1)[1]
-        REPORT.write_text(head + text + tail)
-    else:
-        REPORT.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
+    write_section("seed_study", lines)
 
 
 def main() -> None:
@@ -248,21 +208,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
-        finished = done()
-        todo = [(c, s) for s in SEEDS for c in CELLS if (c, s) not in finished]
-        print(f"seed study: {len(CELLS)} cells x {len(SEEDS)} seeds, {len(todo)} to run", flush=True)
-        caches: dict[int, TrainedTeacherCache] = {}
-        for cell, seed in todo:
-            if seed not in caches:  # one seed's teachers at a time in memory
-                caches = {seed: TrainedTeacherCache(client_app)}
-            row = run_cell(cell, seed, caches[seed])
-            with open(RESULTS, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{cell} | seed {seed} | acc {row['accuracy']:.3f} wga {row['worst_group_accuracy']:.3f} | "
-                  f"{row['seconds']:.0f} s", flush=True)
-            report()
+        run_missing("seed study", RESULTS, list(CELLS), SEEDS, make_row, report)
     report()
-
 
 if __name__ == "__main__":
     main()

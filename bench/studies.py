@@ -1,0 +1,75 @@
+"""What the study scripts share: run one cell through the in-process grid with shared teachers, append its row
+to a JSON-lines file as soon as it is done (a rerun skips finished cells), and write a study's own section of
+docs/results.md without touching the other studies' sections."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clients.app import app as client_app  # noqa: E402
+from fedkd.config import load_run_config  # noqa: E402
+from fedkd.results import read_metrics  # noqa: E402
+from server.app import run_federation  # noqa: E402
+from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402
+
+REPORT = ROOT / "docs" / "results.md"
+
+
+def run_cell(overrides: list[str], cache: TrainedTeacherCache) -> tuple[dict, list[dict], float, bool]:
+    """One federated run: (summary, metrics records, seconds, whether its teachers came from the cache)."""
+    cfg = load_run_config(overrides)
+    start, hits = time.perf_counter(), cache.hits
+    summary = run_federation(InProcessGrid(cache, cfg.federation.num_clients), cfg, console=Console(file=io.StringIO()))
+    return summary, read_metrics(summary["run_dir"]), time.perf_counter() - start, cache.hits > hits
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
+                make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None]) -> None:
+    """Run every (cell, seed) not yet in ``path``, seed by seed (one seed's teachers cached at a time), appending
+    each row at once and refreshing the report."""
+    finished = {(r["cell"], r["seed"]) for r in read_rows(path)}
+    todo = [(c, s) for s in seeds for c in cells if (c, s) not in finished]
+    print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} to run", flush=True)
+    cache, cache_seed = None, None
+    for cell, seed in todo:
+        if seed != cache_seed:
+            cache, cache_seed = TrainedTeacherCache(client_app), seed
+        row = make_row(cell, seed, cache)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{cell} | seed {seed} | acc {row['accuracy']:.3f} wga {row['worst_group_accuracy']:.3f} | "
+              f"{row['seconds']:.0f} s", flush=True)
+        report()
+    report()
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "–"
+
+
+def write_section(marker: str, lines: list[str]) -> None:
+    """Replace the section between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` of docs/results.md
+    (appended when absent), keeping every other section."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    text = "\n".join([begin, *lines, end])
+    old = REPORT.read_text() if REPORT.exists() else "# Results\n"
+    if begin in old:
+        head, rest = old.split(begin, 1)
+        REPORT.write_text(head + text + rest.split(end, 1)[1])
+    else:
+        REPORT.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
