@@ -12,20 +12,19 @@ to its own section of docs/results.md and the plot to docs/active_study.png.
 
 from __future__ import annotations
 
-import argparse
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from studies import ROOT, mean_std, read_rows, run_cell, run_missing, write_section  # noqa: E402
+from studies import ROOT, mean_std, read_rows, run_cell, run_missing, study_arguments, write_section  # noqa: E402
 
 from server.inprocess import TrainedTeacherCache  # noqa: E402
 
 RESULTS = ROOT / "docs" / "active_study.jsonl"
 PLOT = ROOT / "docs" / "active_study.png"
 SEEDS = (0, 1, 2)
+NAME = "active study"
 BASE = ["federation.num_clients=10", "federation.num_rounds=3", "runs_dir=runs/active_study"]
 DATASETS = {"cmnist 0.99": ["dataset=cmnist", "dataset.bias_ratio=0.99"], "mnist_lt 10": ["dataset=mnist_lt"]}
 STRATEGIES = ("random", "margin", "entropy", "rad")
@@ -122,12 +121,10 @@ def report() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report-only", action="store_true")
-    if not parser.parse_args().report_only:
-        run_missing("active study", RESULTS, list(CELLS), SEEDS, make_row, report)
+    args = study_arguments(__doc__)
+    if not args.report_only:
+        run_missing(NAME, RESULTS, list(CELLS), SEEDS, make_row, report, args)
     report()
-
 
 if __name__ == "__main__":
     main()

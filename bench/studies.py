@@ -4,14 +4,18 @@ docs/results.md without touching the other studies' sections."""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,15 +42,50 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def study_arguments(doc: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished rows")
+    parser.add_argument("--reverse", action="store_true", help="run the seeds last to first")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return parser.parse_args()
+
+
+def _claim(claims: Path, cell: str, seed: int) -> bool:
+    """Claim (cell, seed) for this process: a file holding our PID; a claim whose process is gone is taken over."""
+    claim = claims / f"{seed}-{hashlib.sha1(cell.encode()).hexdigest()[:12]}"
+    try:
+        with claim.open("x") as f:
+            f.write(str(os.getpid()))
+        return True
+    except FileExistsError:
+        owner = int(claim.read_text() or 0)
+        try:
+            os.kill(owner, 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            claim.write_text(str(os.getpid()))
+            return True
+
+
 def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
-                make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None]) -> None:
+                make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None],
+                args: argparse.Namespace) -> None:
     """Run every (cell, seed) not yet in ``path``, seed by seed (one seed's teachers cached at a time), appending
-    each row at once and refreshing the report."""
+    each row at once and refreshing the report.
+
+    Two processes can share the work on a 2-core machine: one with ``--threads 1``, one with ``--threads 1
+    --reverse`` (seeds last to first). A cell is claimed first (``<path>.claims/``), so no cell runs twice."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    claims = path.with_suffix(".claims")
+    claims.mkdir(exist_ok=True)
     finished = {(r["cell"], r["seed"]) for r in read_rows(path)}
-    todo = [(c, s) for s in seeds for c in cells if (c, s) not in finished]
-    print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} to run", flush=True)
+    todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in cells if (c, s) not in finished]
+    print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} not finished", flush=True)
     cache, cache_seed = None, None
     for cell, seed in todo:
+        if not _claim(claims, cell, seed):
+            continue
         if seed != cache_seed:
             cache, cache_seed = TrainedTeacherCache(client_app), seed
         row = make_row(cell, seed, cache)
