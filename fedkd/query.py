@@ -169,7 +169,12 @@ class QueryRAD(QueryStrategy):
     informative for the student (gain g = 1 − top-2 margin) and likely labeled right by the teachers. m, the number
     of candidates whose soft labels may be wrong, is the teachers' error rate on the server's labeled split times
     the number of candidates; p from ``rad_distribution``; exactly b points drawn by DepRound from
-    π = min(1, α p), Σ π = b."""
+    π = min(1, α p), Σ π = b.
+
+    Checked against the paper (search, 2026-11-23): only the abstract and first page are reachable from here
+    (arXiv 2210.01213, ICLR 2023). They confirm a parameter-free, game-theoretic choice of points "simultaneously
+    informative and correctly labeled by the teacher" with worst-case guarantees; the gain, the adversary's
+    budget m and the closed-form optimum are our reading (METHODS.md)."""
 
     needs_teacher_error = True
 
