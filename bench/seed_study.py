@@ -11,9 +11,12 @@ study can be stopped and resumed. The report (its own section of docs/results.md
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from studies import ROOT, mean_std, read_rows, run_cell, run_missing, study_arguments, write_section
 
+from fedkd.results import read_metrics
 from server.inprocess import TrainedTeacherCache
 
 RESULTS = ROOT / "docs" / "seed_study.jsonl"
@@ -120,9 +123,27 @@ PAIRS: list[tuple[str, str, str]] = [
 ]
 
 
+def _class_share_correlation(row: dict) -> float | None:
+    """Pearson correlation, over (teacher m, transfer group g), between AGRE's mean weight of m on g's points and
+    m's share of g's class among all clients' training images (n_mc / Σ_m' n_m'c); read from the run's
+    metrics.jsonl (None when the run directory is gone or the shares are all equal)."""
+    path = ROOT / row["run_dir"] / "metrics.jsonl"
+    if not path.exists():
+        return None
+    last = read_metrics(path.parent)[-1]
+    counts = np.array([t["class_counts"] for t in sorted(last["teachers"], key=lambda t: t["partition_id"])], float)
+    share = counts / counts.sum(0).clip(min=1.0)
+    weights, shares = [], []
+    for name, w in last["aggregator_stats"]["mean_weight_per_group_and_teacher"].items():
+        c = int(re.match(r"(?:digit|class)(\d+)", name).group(1))
+        weights += w
+        shares += share[:, c].tolist()
+    return float(np.corrcoef(weights, shares)[0, 1]) if np.std(shares) > 0 else None
+
+
 def _agre_weights(got: list[dict]) -> str:
     """How AGRE spread its weight: the biased client's own teacher, the range, and the correlation of a teacher's
-    weight with its test accuracy and its shard size (per seed, then averaged)."""
+    weight with its test accuracy, its shard size and its share of the point's class (per seed, then averaged)."""
     own, spread, with_acc, with_size = [], [], [], []
     for r in got:
         w = np.array([t["agre_weight"] for t in r["teachers"]])
@@ -134,8 +155,9 @@ def _agre_weights(got: list[dict]) -> str:
         with_acc.append(np.corrcoef(w, acc)[0, 1])
         if size.std() > 0:
             with_size.append(np.corrcoef(w, size)[0, 1])
+    with_share = [c for c in map(_class_share_correlation, got) if c is not None]
     return (f"{mean_std(own) if own else 'mean of bases'} | {', '.join(spread)} | {mean_std(with_acc)} | "
-            f"{mean_std(with_size) if with_size else 'equal shards'}")
+            f"{mean_std(with_size) if with_size else 'equal shards'} | {mean_std(with_share)} |")
 
 
 def report() -> None:
@@ -190,15 +212,17 @@ def report() -> None:
             lines.append(f"| {name}{mark} | {len(refs)} | "
                          f"{mean_std([r['baselines'][name]['accuracy'] for r in refs])} | "
                          f"{mean_std([r['baselines'][name]['worst_group_accuracy'] for r in refs])} |")
-    lines += ["", "Where AGRE puts its weight (last round; normalised weights average 1 per point): weight of the "
-              "biased client's own teacher, range of mean weights per seed, correlation of a teacher's weight with "
-              "its test accuracy and with its shard size (mean ± std over seeds):", "",
+    lines += ["", "Where AGRE puts its weight (last round; at each point the weights sum to 1 over the 10 teachers, "
+              "uniform = 0.1): weight of the biased client's own teacher, range of the teachers' mean weights per "
+              "seed, and correlations of a teacher's weight with its test accuracy, its shard size, and (over "
+              "teacher × transfer group) its share of the group's class in the clients' data (mean ± std over "
+              "seeds):", "",
               "| cell | biased client's own weight | weight range per seed | corr(weight, accuracy) | "
-              "corr(weight, shard size) |", "|---|---|---|---|---|"]
+              "corr(weight, shard size) | corr(weight, class share) |", "|---|---|---|---|---|---|"]
     for cell, got in by_cell.items():
         got = [r for r in got if r["teachers"][0]["agre_weight"] is not None]
         if got:
-            lines.append(f"| {cell} | {_agre_weights(got)} |")
+            lines.append(f"| {cell} | {_agre_weights(got)}")
     write_section("seed_study", lines)
 
 
