@@ -203,15 +203,16 @@ def report() -> None:
         diffs = [next(r[key] for r in by_cell[cell] if r["seed"] == s) - next(r[key] for r in by_cell[ref]
                                                                             if r["seed"] == s) for s in seeds]
         lines.append(f"| {ref} | {cell} | {key} | {mean_std(diffs)} | {', '.join(f'{d:+.3f}' for d in diffs)} |")
-    refs = [r for r in by_cell[next(iter(CELLS))] if len(r["baselines"]) > 1]
-    if refs:
-        lines += ["", "References of the base setting (NON-FEDERATED ones marked):", "",
-                  "| reference | n | accuracy | WGA |", "|---|---|---|---|"]
-        for name in refs[0]["baselines"]:
-            mark = " (NON-FEDERATED)" if refs[0]["baselines"][name]["non_federated"] else ""
-            lines.append(f"| {name}{mark} | {len(refs)} | "
-                         f"{mean_std([r['baselines'][name]['accuracy'] for r in refs])} | "
-                         f"{mean_std([r['baselines'][name]['worst_group_accuracy'] for r in refs])} |")
+    refs = by_cell[REFERENCE_CELL]
+    names = list(dict.fromkeys(name for r in refs for name in r["baselines"]))
+    if names:
+        lines += ["", "References of the base setting (NON-FEDERATED ones marked; centralized on seed 0 only):",
+                  "", "| reference | n | accuracy | WGA |", "|---|---|---|---|"]
+        for name in names:
+            got = [r["baselines"][name] for r in refs if name in r["baselines"]]
+            mark = " (NON-FEDERATED)" if got[0]["non_federated"] else ""
+            lines.append(f"| {name}{mark} | {len(got)} | {mean_std([g['accuracy'] for g in got])} | "
+                         f"{mean_std([g['worst_group_accuracy'] for g in got])} |")
     lines += ["", "Where AGRE puts its weight (last round; at each point the weights sum to 1 over the 10 teachers, "
               "uniform = 0.1): weight of the biased client's own teacher, range of the teachers' mean weights per "
               "seed, and correlations of a teacher's weight with its test accuracy, its shard size, and (over "
