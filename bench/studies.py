@@ -47,6 +47,7 @@ def study_arguments(doc: str) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished rows")
     parser.add_argument("--reverse", action="store_true", help="run the seeds last to first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--max-cells", type=int, default=0, help="stop after running this many cells (0: all)")
     return parser.parse_args()
 
 
@@ -82,10 +83,13 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
     finished = {(r["cell"], r["seed"]) for r in read_rows(path)}
     todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in cells if (c, s) not in finished]
     print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} not finished", flush=True)
-    cache, cache_seed = None, None
+    cache, cache_seed, ran = None, None, 0
     for cell, seed in todo:
+        if args.max_cells and ran == args.max_cells:
+            break
         if not _claim(claims, cell, seed):
             continue
+        ran += 1
         if seed != cache_seed:
             cache, cache_seed = TrainedTeacherCache(client_app), seed
         row = make_row(cell, seed, cache)
