@@ -160,6 +160,10 @@ def _agre_weights(got: list[dict]) -> str:
             f"{mean_std(with_size) if with_size else 'equal shards'} | {mean_std(with_share)} |")
 
 
+def _teacher_key(row: dict) -> tuple:
+    return tuple((t["accuracy"], t["worst_group_accuracy"]) for t in row["teachers"])
+
+
 def report() -> None:
     rows = read_rows(RESULTS)
     by_cell = {cell: [r for r in rows if r["cell"] == cell] for cell in CELLS}
@@ -174,7 +178,10 @@ def report() -> None:
         f"Design: one factor at a time around a base, {len(CELLS)} cells × {len(SEEDS)} seeds, in-process grid on "
         f"CPU (2 cores); {len(rows)} runs done in {hours:.2f} h of wall time. Cells that share a teacher setting "
         "reuse the same trained teachers per seed (`TrainedTeacherCache`; a test checks that this changes no "
-        "number), so the paired differences below compare server-side methods on identical teachers. "
+        "number), so the paired differences below compare server-side methods on identical teachers. Two worker "
+        "processes with one torch thread each ran the cells; seed 0's first four cells (base, support, agre, agre "
+        "federated-aware) ran earlier in one process with two threads, which changes float summation order and "
+        "so the trained teachers slightly (they are not paired with the one-thread cells). "
         f"Base overrides: `{' '.join(BASE)}`. Nothing was tuned on the test split: the base budget was set from "
         "teacher calibration on one client, and every method runs with its config defaults.", "",
         "Accuracy, worst-group accuracy (WGA) and worst-class accuracy of the student on the test split (Colored "
@@ -196,13 +203,22 @@ def report() -> None:
         lines.append(f"| {cell} | `{extra}` | {len(got)} | {ms('accuracy')} | {ms('worst_group_accuracy')} | "
                      f"{ms('worst_class_accuracy')} | {ms('teacher_mean_accuracy')} / "
                      f"{ms('teacher_mean_worst_group_accuracy')} | {ens('accuracy')} / {ens('worst_group_accuracy')} |")
-    lines += ["", "Paired differences (method − reference, same seeds and teachers):", "",
-              "| reference | method | metric | difference | per seed |", "|---|---|---|---|---|"]
+    lines += ["", "Paired differences (method − reference), over the seeds where both cells distilled from identical "
+              "teachers (equal teacher metrics; a pair whose teachers differ, e.g. trained under another torch "
+              "thread count, is left out and counted):", "",
+              "| reference | method | metric | difference | per seed | unpaired seeds |", "|---|---|---|---|---|---|"]
     for ref, cell, key in PAIRS:
-        seeds = sorted({r["seed"] for r in by_cell[ref]} & {r["seed"] for r in by_cell[cell]})
-        diffs = [next(r[key] for r in by_cell[cell] if r["seed"] == s) - next(r[key] for r in by_cell[ref]
-                                                                            if r["seed"] == s) for s in seeds]
-        lines.append(f"| {ref} | {cell} | {key} | {mean_std(diffs)} | {', '.join(f'{d:+.3f}' for d in diffs)} |")
+        diffs, unpaired = [], []
+        for a in by_cell[ref]:
+            b = next((r for r in by_cell[cell] if r["seed"] == a["seed"]), None)
+            if b is None:
+                continue
+            if _teacher_key(a) == _teacher_key(b):
+                diffs.append(b[key] - a[key])
+            else:
+                unpaired.append(str(a["seed"]))
+        lines.append(f"| {ref} | {cell} | {key} | {mean_std(diffs)} | {', '.join(f'{d:+.3f}' for d in diffs)} | "
+                     f"{', '.join(unpaired) or '–'} |")
     refs = by_cell[REFERENCE_CELL]
     names = list(dict.fromkeys(name for r in refs for name in r["baselines"]))
     if names:
