@@ -45,7 +45,7 @@ def read_rows(path: Path) -> list[dict]:
 def study_arguments(doc: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished rows")
-    parser.add_argument("--reverse", action="store_true", help="run the seeds last to first")
+    parser.add_argument("--reverse", action="store_true", help="run the seeds and cells last to first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--max-cells", type=int, default=0, help="stop after running this many cells (0: all)")
     return parser.parse_args()
@@ -75,13 +75,15 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
     each row at once and refreshing the report.
 
     Two processes can share the work on a 2-core machine: one with ``--threads 1``, one with ``--threads 1
-    --reverse`` (seeds last to first). A cell is claimed first (``<path>.claims/``), so no cell runs twice."""
+    --reverse`` (seeds and cells last to first, so that the two meet once per seed and rarely train the same
+    teachers twice). A cell is claimed first (``<path>.claims/``), so no cell runs twice."""
     if args.threads:
         torch.set_num_threads(args.threads)
     claims = path.with_suffix(".claims")
     claims.mkdir(exist_ok=True)
     finished = {(r["cell"], r["seed"]) for r in read_rows(path)}
-    todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in cells if (c, s) not in finished]
+    order = cells[::-1] if args.reverse else cells  # a reversed worker meets the forward one mid-seed
+    todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in order if (c, s) not in finished]
     print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} not finished", flush=True)
     cache, cache_seed, ran = None, None, 0
     for cell, seed in todo:
