@@ -7,6 +7,7 @@ import pytest
 from fedkd.config import RunConfig, load_run_config
 
 FAST = [
+    "aggregator=mean",  # the plain pipeline; tests that need another aggregator say so (the demo default is agre)
     "federation.num_clients=3",
     "federation.num_rounds=2",
     "teacher.epochs=1",

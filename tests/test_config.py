@@ -52,6 +52,8 @@ def test_bad_values_name_their_key(overrides, key):
 def test_defaults_are_valid_and_round_trip_to_clients():
     cfg = load_run_config([])
     assert cfg.dataset.name == "cmnist" and cfg.federation.num_clients == 10
+    # the default pipeline (docs/results.md): AGRE-KD against the mean of the ERM bases, prior-corrected
+    assert (cfg.aggregator.name, cfg.aggregator.biased, cfg.aggregator.prior_correction) == ("agre", "mean_bases", True)
     job = cfg.client_job()
     assert ClientJob.from_yaml(job.to_yaml()) == job
 

@@ -45,3 +45,4 @@ def test_colored_mnist_default_run_is_non_degenerate(tmp_path):
     _check_consistent(summary, rounds=2)
     assert summary["test"]["accuracy"] > 0.3  # chance 0.1
     assert len(summary["test"]["group_counts"]) == 20
+    assert summary["aggregator"] == "agre"  # the default pipeline: AGRE-KD with the federated options
