@@ -68,6 +68,10 @@ def _claim(claims: Path, cell: str, seed: int) -> bool:
             return True
 
 
+def _finished(path: Path) -> set[tuple[str, int]]:
+    return {(r["cell"], r["seed"]) for r in read_rows(path)}
+
+
 def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
                 make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None],
                 args: argparse.Namespace) -> None:
@@ -81,7 +85,7 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
         torch.set_num_threads(args.threads)
     claims = path.with_suffix(".claims")
     claims.mkdir(exist_ok=True)
-    finished = {(r["cell"], r["seed"]) for r in read_rows(path)}
+    finished = _finished(path)
     order = cells[::-1] if args.reverse else cells  # a reversed worker meets the forward one mid-seed
     todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in order if (c, s) not in finished]
     print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} not finished", flush=True)
@@ -89,8 +93,8 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
     for cell, seed in todo:
         if args.max_cells and ran == args.max_cells:
             break
-        if not _claim(claims, cell, seed):
-            continue
+        if not _claim(claims, cell, seed) or (cell, seed) in _finished(path):
+            continue  # another worker runs it, or finished it since this one started
         ran += 1
         if seed != cache_seed:
             cache, cache_seed = TrainedTeacherCache(client_app), seed
