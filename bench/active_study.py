@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from studies import ROOT, mean_std, read_rows, run_cell, run_missing, study_arguments, write_section  # noqa: E402
+from studies import ROOT, mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
 
 from server.inprocess import TrainedTeacherCache  # noqa: E402
 
@@ -121,10 +121,7 @@ def report() -> None:
 
 
 def main() -> None:
-    args = study_arguments(__doc__)
-    if not args.report_only:
-        run_missing(NAME, RESULTS, list(CELLS), SEEDS, make_row, report, args)
-    report()
+    study_main(__doc__, NAME, RESULTS, list(CELLS), SEEDS, make_row, report)
 
 if __name__ == "__main__":
     main()

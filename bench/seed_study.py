@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from studies import ROOT, mean_std, read_rows, run_cell, run_missing, study_arguments, write_section
+from studies import ROOT, mean_std, read_rows, run_cell, study_main, write_section
 
 from fedkd.results import read_metrics
 from server.inprocess import TrainedTeacherCache
@@ -244,10 +244,7 @@ def report() -> None:
 
 
 def main() -> None:
-    args = study_arguments(__doc__)
-    if not args.report_only:
-        run_missing(NAME, RESULTS, list(CELLS), SEEDS, make_row, report, args)
-    report()
+    study_main(__doc__, NAME, RESULTS, list(CELLS), SEEDS, make_row, report)
 
 if __name__ == "__main__":
     main()

@@ -107,6 +107,15 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
     report()
 
 
+def study_main(doc: str, name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
+               make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None]) -> None:
+    """A study script's command line: run what is missing (unless --report-only), then rebuild the report."""
+    args = study_arguments(doc)
+    if not args.report_only:
+        run_missing(name, path, cells, seeds, make_row, report, args)
+    report()
+
+
 def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "–"
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from torch import nn
 
 from fedkd.compression import COMPRESSIONS, Compression, CompressionError
 from fedkd.config import ClientJob
@@ -200,3 +202,14 @@ def parse_query_reply(content: RecordDict, num_queried: int, num_classes: int, w
         logits=_logits(record, LOGITS, num_queried, num_classes, compression),
         base_logits=_logits(record, BASE_LOGITS, num_queried, num_classes, compression) if with_base else None,
     )
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of a message's content (its RecordDict) in Flower's protobuf wire format."""
+    return recorddict_to_proto(content).ByteSize()
+
+
+def fedavg_bytes_per_client_round(model: nn.Module) -> int:
+    """What one client would move in one FedAvg round of ``model``, for comparison: its weights down, its update
+    up."""
+    return 2 * payload_bytes(RecordDict({"arrays": ArrayRecord(model.state_dict())}))

@@ -14,7 +14,6 @@ from flwr.serverapp import Grid
 from fedkd import protocol
 from fedkd.aggregation import AGGREGATORS, AggregationInputs
 from fedkd.baselines import centralized_reports, ensemble_report, one_hot_report
-from fedkd.communication import fedavg_bytes_per_client_round, payload_bytes
 from fedkd.compression import COMPRESSIONS
 from fedkd.config import RunConfig
 from fedkd.data import federated_data
@@ -153,7 +152,7 @@ class FederatedDistillation:
         up = {str(partition_of[n]): b for n, b in sorted(self.bytes["up"].items())}
         return {"bytes_down": down, "bytes_up": up, "bytes_down_total": sum(down.values()),
                 "bytes_up_total": sum(up.values()),
-                "fedavg_bytes_per_client": fedavg_bytes_per_client_round(self.student)}
+                "fedavg_bytes_per_client": protocol.fedavg_bytes_per_client_round(self.student)}
 
     def _query(self, grid: Grid, nodes: list[int], server_round: int, indices: np.ndarray, with_base: bool,
                split: str = "transfer") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -270,12 +269,12 @@ class FederatedDistillation:
                     for node in nodes]
         for message in messages:
             node = message.metadata.dst_node_id
-            self.bytes["down"][node] = self.bytes["down"].get(node, 0) + payload_bytes(message.content)
+            self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(message.content)
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
         for reply in replies:
             if not reply.has_error():
                 node = reply.metadata.src_node_id
-                self.bytes["up"][node] = self.bytes["up"].get(node, 0) + payload_bytes(reply.content)
+                self.bytes["up"][node] = self.bytes["up"].get(node, 0) + protocol.payload_bytes(reply.content)
         self.display.phase(server_round, phase, len(replies), len(nodes))
         failed = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
         if failed:

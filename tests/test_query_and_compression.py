@@ -8,7 +8,6 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from fedkd import protocol
-from fedkd.communication import payload_bytes
 from fedkd.compression import COMPRESSIONS, CompressionError
 from fedkd.config import QueryConfig
 from fedkd.query import (
@@ -156,10 +155,10 @@ def test_measured_bytes_are_the_arrays_plus_framing():
         sizes[name] = data
         npy_headers = sum(len(a.data) - a.numpy().nbytes for a in arrays)  # Flower ships arrays as .npy bytes
         assert npy_headers == 128 * len(arrays)
-        framing = payload_bytes(reply) - data - npy_headers  # protobuf keys, dtype and shape, the metrics record
+        framing = protocol.payload_bytes(reply) - data - npy_headers  # protobuf keys, dtype, shape, the metrics
         assert 0 < framing < 64 * len(arrays) + 160, (name, framing)
     assert sizes["fp32"] == 64 * 10 * 4 and sizes["fp16"] == 64 * 10 * 2
     assert sizes["int8"] == 64 * 10 + 64 * 8 and sizes["topk"] == 64 * 3 * (1 + 4)
-    small = payload_bytes(RecordDict({"a": ArrayRecord({"x": Array(np.zeros(10, np.float32))})}))
-    large = payload_bytes(RecordDict({"a": ArrayRecord({"x": Array(np.zeros(1010, np.float32))})}))
+    small = protocol.payload_bytes(RecordDict({"a": ArrayRecord({"x": Array(np.zeros(10, np.float32))})}))
+    large = protocol.payload_bytes(RecordDict({"a": ArrayRecord({"x": Array(np.zeros(1010, np.float32))})}))
     assert 4000 <= large - small <= 4004  # 1000 more float32 values, plus at most a few length-prefix bytes
