@@ -97,6 +97,7 @@ class StudentConfig(TrainingConfig):
     defaults belong to one objective or option each."""
 
     temperature: float
+    min_steps: int = 0  # at least this many minibatch steps per round (whole epochs over a small queried pool)
     beta: float = 0.5  # robust_kd: trade-off between average (0) and worst-class (1) risk
     robust_eta: float = 0.1  # robust_kd: exponentiated-gradient step on the class weights
     robust_period: int = 10  # robust_kd: minibatch steps between class-weight updates
@@ -329,6 +330,8 @@ def validate(raw: dict[str, Any]) -> RunConfig:
             _fail(f"{name}.momentum", model.momentum, "must lie in [0, 1)")
         if model.weight_decay < 0:
             _fail(f"{name}.weight_decay", model.weight_decay, "must be >= 0")
+    if student.min_steps < 0 or int(student.min_steps) != student.min_steps:
+        _fail("student.min_steps", student.min_steps, "must be an integer >= 0 (0 = exactly student.epochs)")
     _check_choice("teacher.objective", teacher.objective, TEACHER_OBJECTIVES)
     _check_positive("teacher.la_tau", teacher.la_tau)
     _check_positive("teacher.dro_eta", teacher.dro_eta)

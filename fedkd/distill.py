@@ -193,8 +193,9 @@ def distill_student(
     aggregator: Aggregator,
     generator: np.random.Generator,
 ) -> float:
-    """``cfg.epochs`` epochs of the student objective on transfer inputs ``x``; the aggregator gives the targets
-    of every minibatch (it may look at the current student, as AGRE-KD does)."""
+    """``cfg.epochs`` epochs of the student objective on transfer inputs ``x``, or more whole epochs until at least
+    ``cfg.min_steps`` minibatch steps ran (so a small queried pool gets the same compute as the full one); the
+    aggregator gives the targets of every minibatch (it may look at the current student, as AGRE-KD does)."""
     inputs = torch.from_numpy(x)
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
@@ -204,4 +205,10 @@ def distill_student(
         return objective.loss(logits, targets, weights)
 
     cfg = objective.cfg
-    return run_epochs(model, optimizer, len(x), batch_loss, cfg.epochs, cfg.batch_size, generator)
+    return run_epochs(model, optimizer, len(x), batch_loss, distill_epochs(cfg, len(x)), cfg.batch_size, generator)
+
+
+def distill_epochs(cfg: StudentConfig, num_examples: int) -> int:
+    """``cfg.epochs``, raised to the fewest whole epochs over ``num_examples`` that make ``cfg.min_steps`` steps."""
+    steps_per_epoch = -(-num_examples // cfg.batch_size)
+    return max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))

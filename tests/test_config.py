@@ -41,6 +41,8 @@ from fedkd.config import ClientJob, ConfigError, load_run_config
         (["query.compression=zip"], "query.compression"),
         (["query.compression=topk", "query.top_k=10"], "query.top_k"),
         (["query.top_k=0"], "query.top_k"),
+        (["student.min_steps=-1"], "student.min_steps"),
+        (["student.min_steps=2.5"], "student.min_steps"),
     ],
 )
 def test_bad_values_name_their_key(overrides, key):

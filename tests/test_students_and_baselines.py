@@ -78,3 +78,33 @@ def test_baselines_land_in_the_summary_marked(tmp_path):
     assert baselines["centralized_erm"]["non_federated"] and baselines["centralized_group_dro"]["non_federated"]
     assert "non_federated" not in baselines["ensemble"] and "non_federated" not in baselines["one_hot"]
     assert all(0 <= b["worst_group_accuracy"] <= b["accuracy"] <= 1 for b in baselines.values())
+
+
+def test_min_steps_raises_the_epochs_over_a_small_pool_to_whole_epochs():
+    """student.min_steps: a 100-point pool at batch 32 is 4 steps an epoch, so min_steps=10 means 3 epochs
+    (12 steps, the fewest whole epochs reaching 10); epochs already above it are kept; minibatches counted."""
+    from fedkd.aggregation import Aggregator
+    from fedkd.distill import KD, distill_epochs, distill_student
+    from fedkd.training import sgd
+
+    cfg = load_run_config(["student.batch_size=32", "student.epochs=2", "student.min_steps=10"]).student
+    assert distill_epochs(cfg, 100) == 3
+    assert distill_epochs(cfg, 1000) == 2  # 32 steps an epoch: epochs already make min_steps
+    assert distill_epochs(cfg, 1) == 10  # a one-point pool: one step per epoch
+
+    class CountingUniform(Aggregator):
+        batches: list[int] = []
+
+        def prepare(self, inputs) -> None:
+            pass
+
+        def targets(self, idx, student, x, student_logits):
+            self.batches.append(len(idx))
+            return torch.full((len(idx), 10), 0.1), None
+
+    model = build_model("cnn", (3, 28, 28), 10, seed=0)
+    counter = CountingUniform(load_run_config(["aggregator=mean"]).aggregator)
+    x = np.random.default_rng(0).random((100, 3, 28, 28), dtype=np.float32)
+    distill_student(model, sgd(model, 0.01, 0.0, 0.0), KD(cfg, model, None, 10), x, counter,
+                    np.random.default_rng(0))
+    assert len(counter.batches) == 12 and sum(counter.batches) == 300
