@@ -8,9 +8,10 @@ is 387 points, so a 5 % budget is 18 soft labels and every student stayed near c
 
 Budgets are totals over the run, as a fraction of the transfer pool, spread evenly over the rounds; a point is
 queried at most once. All cells of a dataset and seed share the same trained teachers (TrainedTeacherCache), so
-strategies are compared on identical teachers. Every run takes the same number of
-distillation steps (student.min_steps = 4 epochs over the full pool), so a budget changes the labels, not the compute. Rows go to docs/active_study.jsonl as they finish; the table goes
-to its own section of docs/results.md and the plot to docs/active_study.png.
+strategies are compared on identical teachers. Every run takes the same number of distillation steps
+(student.min_steps = 4 epochs over the full pool), so a budget changes the labels, not the compute. Rows go to
+docs/active_study.jsonl as they finish; the table goes to its own section of docs/results.md and the plot to
+docs/active_study.png.
 """
 
 from __future__ import annotations
