@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator  # noqa: E402
 from studies import ROOT, mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
 
 from server.inprocess import TrainedTeacherCache  # noqa: E402
@@ -92,7 +93,12 @@ def plot(rows: list[dict]) -> None:
                 ax.axhline(np.mean([r[key] for r in full]), color="black", linestyle="--",
                            label="all points every round")
             ax.set_xscale("log")
-            ax.set_xlabel("soft labels queried per teacher (whole run)")
+            ticks = [(np.mean([r["soft_labels_queried"] for r in rows if r["cell"] == f"{dataset} | random {b:.0%}"]),
+                      b) for b in BUDGETS if any(r["cell"] == f"{dataset} | random {b:.0%}" for r in rows)]
+            ax.xaxis.set_major_locator(FixedLocator([t for t, _ in ticks]))
+            ax.xaxis.set_major_formatter(FixedFormatter([f"{t:.0f}\n({b:.0%})" for t, b in ticks]))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlabel("soft labels queried per teacher, whole run (budget, % of pool)")
             ax.set_ylabel(key.replace("_", " "))
             ax.set_title(dataset)
             ax.grid(alpha=0.3)
