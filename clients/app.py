@@ -45,5 +45,5 @@ def query_softlabels(msg: Message, context: Context) -> Message:
     request = protocol.parse_query_request(msg.content)
     pid = partition_id(context)
     logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base,
-                                       request.split)
+                                       request.split, request.round)
     return Message(protocol.query_reply(pid, logits, base, request.compression), reply_to=msg)

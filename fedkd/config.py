@@ -6,6 +6,7 @@ Bad values raise one ``ConfigError`` naming the key and how to fix it, before an
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,56 @@ class QueryConfig:
         """A fraction or count (``per_round``/``total``) as a number of points of a pool of ``pool_size``."""
         return max(1, int(round(value * pool_size))) if value <= 1.0 else int(value)
 
+    def round_budget(self, pool_size: int, num_queries: int, num_candidates: int) -> int:
+        """Points to ask about this round: ``per_round`` (the whole pool for ``all``), within what ``total``
+        leaves after ``num_queries`` and within the ``num_candidates`` still askable."""
+        budget = num_candidates if self.name == "all" else self.budget(self.per_round, pool_size)
+        if self.total > 0:
+            budget = min(budget, self.budget(self.total, pool_size) - num_queries)
+        return max(0, min(budget, num_candidates))
+
+    def planned_queries(self, pool_size: int, num_rounds: int) -> int:
+        """Soft-label vectors asked of each client over ``num_rounds`` (what a privacy budget must cover)."""
+        asked = 0
+        for _ in range(num_rounds):
+            candidates = pool_size if self.requery or self.name == "all" else pool_size - asked
+            asked += self.round_budget(pool_size, asked, candidates)
+        return asked
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """A ``privacy=`` setting (issue 5; conf/privacy/). Give a target ``epsilon`` for the whole run (σ calibrated
+    from it), or ``noise_multiplier`` σ (ε reported), or both (σ as given, ``epsilon`` a cap the run stops at)."""
+
+    name: str
+    epsilon: float | None = None  # target ε for the whole run (all rounds, all queries)
+    delta: float = 1e-5
+    noise_multiplier: float | None = None  # σ: noise std / sensitivity (gnmax: std of the vote noise)
+    clip: float = 1.0  # c: L2 bound of a client's soft-label vector; dpsgd: of a per-sample gradient
+    threshold: float = 0.0  # gnmax: confident-GNMax threshold T on the top vote count (0 = plain GNMax)
+    threshold_sigma: float = 0.0  # gnmax: σ1 of the threshold check
+    count_noise: float = 0.0  # dpsgd: σ of the noisy class counts a client sends when the aggregator needs them
+
+    def unit_is_client(self) -> bool:
+        """Client-level guarantee (replacing a whole client) rather than example-level (dpsgd)."""
+        return self.name in ("central_gaussian", "local_gaussian", "gnmax")
+
+
+@dataclass(frozen=True)
+class ClientPrivacy:
+    """The part of the privacy setting a client acts on (travels in the job): DP-SGD for its teacher, noise on
+    its own soft labels, noise on the class counts it sends. ``name`` is "none" for server-side mechanisms."""
+
+    name: str = "none"
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip: float = 1.0
+    num_rounds: int = 1  # dpsgd: rounds of local training the target ε covers
+    temperature: float = 1.0  # local_gaussian: the τ at which soft labels are clipped and noised
+    count_noise: float = 0.0  # σ of the released class counts; 0 = the client sends none
+
 
 @dataclass(frozen=True)
 class FederationConfig:
@@ -160,9 +211,17 @@ class ClientJob:
     partition: PartitionConfig
     teacher: TeacherConfig
     erm_base: bool = False  # keep an ERM base beside the teacher (the biased model AGRE-KD asks for)
+    privacy: ClientPrivacy = ClientPrivacy()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=True)
+
+    def training_key(self) -> str:
+        """What determines how the client trains its teacher and what its train reply says: the job without the
+        privacy fields that act only on soft-label answers (local noise)."""
+        if self.privacy.name == "local_gaussian":
+            return dataclasses.replace(self, privacy=ClientPrivacy()).to_yaml()
+        return self.to_yaml()
 
     @classmethod
     def from_yaml(cls, text: str) -> ClientJob:
@@ -174,6 +233,7 @@ class ClientJob:
             partition=PartitionConfig(**raw["partition"]),
             teacher=TeacherConfig(**raw["teacher"]),
             erm_base=bool(raw["erm_base"]),
+            privacy=ClientPrivacy(**raw.get("privacy", {})),
         )
 
 
@@ -190,8 +250,20 @@ class RunConfig:
     federation: FederationConfig
     baselines: BaselinesConfig
     query: QueryConfig
+    privacy: PrivacyConfig = PrivacyConfig(name="none")
 
-    def client_job(self, erm_base: bool = False) -> ClientJob:
+    def client_job(self, erm_base: bool = False, release_counts: bool = False,
+                   noise_multiplier: float | None = None) -> ClientJob:
+        """The job every client gets; ``noise_multiplier`` is the σ the server calibrated (local_gaussian),
+        ``release_counts`` whether the aggregator needs the clients' class counts."""
+        p = self.privacy
+        privacy = ClientPrivacy()
+        if p.name in ("dpsgd", "local_gaussian"):
+            privacy = ClientPrivacy(
+                name=p.name, epsilon=p.epsilon if p.name == "dpsgd" else None, delta=p.delta,
+                noise_multiplier=noise_multiplier if noise_multiplier is not None else p.noise_multiplier,
+                clip=p.clip, num_rounds=self.federation.num_rounds, temperature=self.student.temperature,
+                count_noise=p.count_noise if release_counts else 0.0)
         return ClientJob(
             seed=self.seed,
             num_clients=self.federation.num_clients,
@@ -199,6 +271,7 @@ class RunConfig:
             partition=self.partition,
             teacher=self.teacher,
             erm_base=erm_base,
+            privacy=privacy,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,6 +287,7 @@ _SECTIONS = {
     "federation": FederationConfig,
     "baselines": BaselinesConfig,
     "query": QueryConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -255,7 +329,7 @@ def _section(name: str, raw: Any, cls: type) -> Any:
     return cls(**raw)
 
 
-_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "float | None": (int, float, type(None))}
 
 
 def _check_choice(key: str, value: str, choices: list[str] | tuple[str, ...] | dict) -> None:
@@ -282,6 +356,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     from fedkd.data.sources import SOURCES
     from fedkd.distill import STUDENT_OBJECTIVES
     from fedkd.models import MODELS
+    from fedkd.privacy import PRIVACY_MECHANISMS
     from fedkd.query import QUERY_STRATEGIES
     from fedkd.teachers import TEACHER_OBJECTIVES
 
@@ -374,6 +449,8 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     _check_positive("federation.round_timeout", fed.round_timeout)
     _check_positive("baselines.one_hot_epochs", sections["baselines"].one_hot_epochs, integer=True)
     _check_query(sections["query"], QUERY_STRATEGIES, COMPRESSIONS)
+    _check_privacy(sections["privacy"], sections["aggregator"], sections["query"], teacher, student,
+                   PRIVACY_MECHANISMS)
 
     return RunConfig(
         seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), **sections
@@ -396,6 +473,58 @@ def _check_query(query: QueryConfig, strategies: dict, compressions: dict) -> No
     _check_positive("query.top_k", query.top_k, integer=True)
 
 
+def needs_class_counts(agg: AggregatorConfig) -> bool:
+    """Whether the aggregator reads the clients' class counts (metadata that a privacy setting must cover)."""
+    return agg.name == "support" or (agg.name == "agre" and (agg.prior_correction or agg.with_support))
+
+
+def _check_privacy(p: PrivacyConfig, agg: AggregatorConfig, query: QueryConfig, teacher: TeacherConfig,
+                   student: StudentConfig, mechanisms: dict) -> None:
+    _check_choice("privacy.name", p.name, mechanisms)
+    if p.name == "none":
+        return
+    if p.epsilon is None and p.noise_multiplier is None:
+        _fail("privacy.epsilon", None, f"privacy={p.name} needs a target privacy.epsilon (σ is calibrated from it) "
+              "or a privacy.noise_multiplier")
+    if p.epsilon is not None and not (p.epsilon > 0 and math.isfinite(p.epsilon)):
+        _fail("privacy.epsilon", p.epsilon, "must be a finite number > 0 (for no privacy use privacy=none)")
+    if p.noise_multiplier is not None and not p.noise_multiplier > 0:
+        _fail("privacy.noise_multiplier", p.noise_multiplier, "must be > 0")
+    if not 0.0 < p.delta < 1.0:
+        _fail("privacy.delta", p.delta, "must lie strictly between 0 and 1 (and below 1/n; e.g. 1e-5)")
+    _check_positive("privacy.clip", p.clip)
+    if p.threshold < 0:
+        _fail("privacy.threshold", p.threshold, "must be >= 0 (0 = plain GNMax, every query answered)")
+    if p.name == "gnmax" and p.threshold > 0 and not p.threshold_sigma > 0:
+        _fail("privacy.threshold_sigma", p.threshold_sigma, "confident GNMax (privacy.threshold > 0) needs σ1 > 0")
+    if p.name == "gnmax" and p.threshold > 0 and p.noise_multiplier is None:
+        _fail("privacy.noise_multiplier", None, "confident GNMax is not calibrated from a target ε here: give σ "
+              "(privacy.noise_multiplier) and σ1 (privacy.threshold_sigma); privacy.epsilon then caps the run")
+    if p.count_noise < 0:
+        _fail("privacy.count_noise", p.count_noise, "must be >= 0")
+    if p.name == "gnmax" and agg.name != "vote":
+        _fail("aggregator.name", agg.name, "privacy=gnmax releases the noisy argmax of the teachers' votes; it "
+              "replaces the aggregator: use aggregator=vote (a weighted vote has no bounded sensitivity)")
+    if query.name == "rad" or student.objective == "softened":
+        key, value = ("query.name", query.name) if query.name == "rad" else ("student.objective", student.objective)
+        _fail(key, value, f"needs the teachers' soft labels on the server's labeled split every round, a release "
+              f"privacy={p.name} does not account for; use query=all|random|margin|entropy and student=kd|robust_kd")
+    if p.name == "dpsgd" and teacher.objective != "erm":
+        _fail("teacher.objective", teacher.objective, "privacy=dpsgd trains teachers with Opacus DP-SGD on "
+              "cross-entropy; the other objectives use the shard in ways DP-SGD does not cover: use teacher=erm")
+    if needs_class_counts(agg):
+        if p.unit_is_client():
+            _fail("aggregator.name", agg.name, f"this aggregator reads the clients' class counts, whose sensitivity "
+                  f"to replacing a client is unbounded under client-level privacy={p.name}: use aggregator=mean, "
+                  "vote, entropy_reduction or agre without prior_correction/with_support")
+        if not p.count_noise > 0:
+            _fail("privacy.count_noise", p.count_noise, f"aggregator={agg.name} reads the clients' class counts: "
+                  "under privacy=dpsgd they are released with Gaussian noise, so set privacy.count_noise > 0")
+        if p.epsilon is not None and p.noise_multiplier is None:
+            _fail("privacy.noise_multiplier", None, "with noisy class counts the DP-SGD noise is not calibrated "
+                  "from a target ε here: give privacy.noise_multiplier (ε is then reported, counts included)")
+
+
 def check_against_data(cfg: RunConfig) -> None:
     """Checks that need the data: enough pool examples for the clients, a partition that can be drawn."""
     from fedkd.data import build_benchmark, federated_data
@@ -413,7 +542,7 @@ def check_against_data(cfg: RunConfig) -> None:
             f"more clients than the {pool_size} examples of the {cfg.dataset.name} client pool",
         )
     try:
-        federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed)
+        data = federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed)
     except PartitionError as err:
         _fail(
             "partition",
@@ -421,6 +550,25 @@ def check_against_data(cfg: RunConfig) -> None:
             f"{err}; try fewer clients (federation.num_clients), a larger partition.alpha "
             "or a smaller partition.min_partition_size",
         )
+
+    p = cfg.privacy
+    if p.name != "none":
+        if p.unit_is_client():
+            n, unit = cfg.federation.num_clients, "clients (the privacy unit is a client)"
+        else:
+            n, unit = min(len(data.shard(i)) for i in range(cfg.federation.num_clients)), \
+                "examples in the smallest client shard (the privacy unit is an example)"
+        if p.delta >= 1.0 / n:
+            _fail("privacy.delta", p.delta, f"must be below 1/n = {1.0 / n:.3g} with n = {n} {unit}; e.g. 1e-5")
+        from fedkd.aggregation import AGGREGATORS
+        from fedkd.privacy import PRIVACY_MECHANISMS, PrivacyBudgetError
+
+        try:
+            PRIVACY_MECHANISMS[p.name](p).plan(cfg, len(bench["transfer"]),
+                                               [len(data.shard(i)) for i in range(cfg.federation.num_clients)],
+                                               AGGREGATORS[cfg.aggregator.name].needs_base)
+        except PrivacyBudgetError as err:
+            _fail("privacy.epsilon", p.epsilon, str(err))
 
 
 def load_run_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -59,8 +59,14 @@ def summary_table(summary: dict) -> Table:
     table.add_row("teachers mean worst-group accuracy", f"{teachers['mean_worst_group_accuracy']:.4f}")
     table.add_row("teachers best / worst worst-group", f"{teachers['best_worst_group_accuracy']:.4f} / "
                   f"{teachers['worst_worst_group_accuracy']:.4f}")
+    if summary.get("epsilon_spent") is not None:
+        table.add_row(f"privacy {summary['privacy']['mechanism']}: ε spent (δ)",
+                      f"{summary['epsilon_spent']:.3f} ({summary['delta']:.0e})")
     for name, report in summary.get("baselines", {}).items():
         label = name.replace("_", " ") + (", NON-FEDERATED" if report.get("non_federated") else "")
+        if "skipped" in report:
+            table.add_row(f"{label}", f"skipped: {report['skipped']}")
+            continue
         table.add_row(f"{label}: acc / wga",
                       f"{report['accuracy']:.4f} / {report['worst_group_accuracy']:.4f}")
     per_group = test["per_group_accuracy"]

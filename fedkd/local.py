@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from opacus.accountants.analysis.rdp import compute_rdp
 
-from fedkd.config import ClientJob
+from fedkd.config import ClientJob, ClientPrivacy
 from fedkd.data import Benchmark, federated_data
 from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
+from fedkd.privacy import ORDERS, epsilon_from_rdp, gaussian_rdp, local_noise, noisy_class_counts
 from fedkd.protocol import TeacherReport
-from fedkd.teachers import TeacherModels, train_teacher
+from fedkd.teachers import DPSGD_HISTORY, TeacherModels, train_teacher
 from fedkd.training import predict_logits
 
+RELEASED_COUNTS = "released_class_counts"
 LocalState = dict[str, dict[str, torch.Tensor]]  # "teacher", "base" (state dicts), "extra" (objective state)
 
 
@@ -55,7 +58,11 @@ def train_local_teacher(
     generator = np.random.default_rng([job.seed, partition_id, server_round])
     torch.manual_seed(job.seed * 7919 + partition_id * 104729 + server_round)
     loss = train_teacher(models, shard, bench.num_classes, bench.num_groups, job.teacher, job.erm_base, generator,
-                         lambda: _new_model(job, bench, partition_id))
+                         lambda: _new_model(job, bench, partition_id), job.privacy)
+    class_counts = np.bincount(shard.y, minlength=bench.num_classes)
+    group_counts_ = group_counts(shard.g, bench.num_groups)
+    if job.privacy.name != "none":
+        class_counts, group_counts_ = _released_counts(models, class_counts, job, partition_id), [0] * bench.num_groups
     train_pred = predict_logits(models.teacher, shard.x).argmax(1).numpy()
     test = bench["test"]
     test_pred = predict_logits(models.teacher, test.x).argmax(1).numpy()
@@ -66,18 +73,44 @@ def train_local_teacher(
         train_accuracy=accuracy(train_pred, shard.y),
         test_accuracy=accuracy(test_pred, test.y),
         test_worst_group_accuracy=worst_group_accuracy(test_pred, test.y, test.g),
-        class_counts=np.bincount(shard.y, minlength=bench.num_classes).tolist(),
-        group_counts=group_counts(shard.g, bench.num_groups),
+        class_counts=[int(c) for c in class_counts],
+        group_counts=group_counts_,
+        epsilon=_client_epsilon(models, job.privacy),
     )
     return _state(models), report
 
 
+def _released_counts(models: TeacherModels, counts: np.ndarray, job: ClientJob, partition_id: int) -> np.ndarray:
+    """Under a privacy setting a client sends no exact statistic of its shard: its class counts go out once with
+    Gaussian noise (σ = ``count_noise``, accounted in its ε) when the aggregator needs them, else as zeros; the
+    same noisy counts are sent again every round (a repeat costs nothing)."""
+    if not job.privacy.count_noise > 0:
+        return np.zeros_like(counts)
+    if RELEASED_COUNTS not in models.extra:
+        rng = np.random.default_rng([job.seed, partition_id, 99])
+        models.extra[RELEASED_COUNTS] = torch.from_numpy(noisy_class_counts(counts, job.privacy.count_noise, rng))
+    return models.extra[RELEASED_COUNTS].numpy()
+
+
+def _client_epsilon(models: TeacherModels, privacy: ClientPrivacy) -> float:
+    """The client's example-level ε so far under DP-SGD (Opacus' RDP accountant history, plus the noisy class
+    counts if it sent them); 0 when it trains without DP-SGD."""
+    if privacy.name != "dpsgd" or DPSGD_HISTORY not in models.extra:
+        return 0.0
+    rdp = sum((np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=int(n), orders=list(ORDERS)))
+               for s, q, n in models.extra[DPSGD_HISTORY].tolist()), np.zeros_like(ORDERS))
+    if RELEASED_COUNTS in models.extra:
+        rdp = rdp + gaussian_rdp(privacy.count_noise)
+    return epsilon_from_rdp(rdp, privacy.delta)
+
+
 def query_local_teacher(
     job: ClientJob, partition_id: int, state: LocalState | None, indices: np.ndarray, with_base: bool = False,
-    split: str = "transfer",
+    split: str = "transfer", server_round: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The teacher's logits [n, C] on the requested points of ``split`` (the public transfer pool, or the
-    server's val/test views every node can build), and its ERM base's when asked."""
+    server's val/test views every node can build), and its ERM base's when asked; under local_gaussian both are
+    released with the client's own noise (``fedkd.privacy.local_noise``)."""
     if not state or "teacher" not in state:
         raise RuntimeError(f"client {partition_id} was asked for soft labels before it trained a teacher")
     if with_base and "base" not in state:
@@ -91,4 +124,11 @@ def query_local_teacher(
     x = points.x[indices]
     logits = predict_logits(models.teacher, x).numpy().astype(np.float32)
     base = predict_logits(models.base, x).numpy().astype(np.float32) if with_base else None
+    if job.privacy.name == "local_gaussian":
+        if split != "transfer":
+            raise ValueError(f"under local_gaussian a client answers only transfer-pool queries, not {split!r}")
+        noise = torch.Generator().manual_seed(int(np.random.SeedSequence([job.seed, partition_id, server_round, 7])
+                                                  .generate_state(1)[0]))
+        logits = local_noise(logits, job.privacy, job.privacy.temperature, noise)
+        base = None if base is None else local_noise(base, job.privacy, job.privacy.temperature, noise)
     return logits, base

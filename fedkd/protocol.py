@@ -70,8 +70,9 @@ class TeacherReport:
     train_accuracy: float
     test_accuracy: float
     test_worst_group_accuracy: float
-    class_counts: list[int]
-    group_counts: list[int]
+    class_counts: list[int]  # under a privacy setting: noisy (dpsgd, when the aggregator needs them) or zeros
+    group_counts: list[int]  # under a privacy setting: zeros
+    epsilon: float = 0.0  # privacy=dpsgd: the client's example-level ε so far (Opacus); 0 otherwise
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from fedkd.config import TeacherConfig
+from fedkd.config import ClientPrivacy, TeacherConfig
 from fedkd.data import Split
 from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.registry import Registry
 from fedkd.training import run_epochs, sgd
 
 TEACHER_OBJECTIVES = Registry("teacher objective")
+DPSGD_HISTORY = "dpsgd_history"  # Opacus RDP accountant history [k, 3]: (noise multiplier, sample rate, steps)
+DPSGD_SIGMA = "dpsgd_sigma"
 
 
 @dataclass
@@ -161,8 +164,52 @@ class DFR(ERM):
         return loss
 
 
+def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: ClientPrivacy) -> float:
+    """One round of DP-SGD on cross-entropy (Abadi et al. 2016) through Opacus: Poisson-sampled minibatches of
+    expected size ``cfg.batch_size``, per-sample gradients clipped to ``privacy.clip``, Gaussian noise σ·clip. σ is
+    the client's (given, or calibrated for its target ε over all rounds); Opacus' RDP accountant continues from
+    the history kept in ``models.extra``, and the client's ε after this round is stored there too. The teacher is
+    its own ERM base (DP-SGD teachers are ERM)."""
+    from opacus import PrivacyEngine
+
+    from fedkd.privacy import dpsgd_noise_multiplier
+
+    sigma = dpsgd_noise_multiplier(privacy, len(shard), cfg.epochs, cfg.batch_size)
+    engine = PrivacyEngine(accountant="rdp")
+    history = models.extra.get(DPSGD_HISTORY)
+    if history is not None:
+        engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history.tolist()]
+    loader = DataLoader(TensorDataset(torch.from_numpy(shard.x), torch.from_numpy(shard.y)),
+                        batch_size=cfg.batch_size)
+    model = models.teacher
+    private_model, optimizer, private_loader = engine.make_private(
+        module=model, optimizer=sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay), data_loader=loader,
+        noise_multiplier=sigma, max_grad_norm=privacy.clip, poisson_sampling=True)
+    private_model.train()
+    last = 0.0
+    for _ in range(cfg.epochs):
+        losses = []
+        for xb, yb in private_loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(private_model(xb), yb) if len(xb) else private_model(xb).sum()
+            loss.backward()
+            optimizer.step()
+            if len(xb):
+                losses.append(loss.item())
+        last = float(np.mean(losses)) if losses else last
+    private_model._close()
+    models.base = models.teacher
+    models.extra[DPSGD_HISTORY] = torch.tensor(engine.accountant.history, dtype=torch.float64)
+    models.extra[DPSGD_SIGMA] = torch.tensor(sigma, dtype=torch.float64)
+    return last
+
+
 def train_teacher(models: TeacherModels, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
-                  keep_base: bool, generator: np.random.Generator, new_model: Callable[[], nn.Module]) -> float:
-    """One round of the configured objective on the shard; returns the last epoch's mean loss."""
+                  keep_base: bool, generator: np.random.Generator, new_model: Callable[[], nn.Module],
+                  privacy: ClientPrivacy | None = None) -> float:
+    """One round of the configured objective on the shard (with DP-SGD under ``privacy=dpsgd``); returns the
+    last epoch's mean loss."""
+    if privacy is not None and privacy.name == "dpsgd":
+        return fit_dpsgd(models, shard, cfg, privacy)
     objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg)
     return objective.fit(models, shard, keep_base, generator, new_model)

@@ -104,7 +104,7 @@ class TrainedTeacherCache:
         job = request.job
         if not TEACHER_OBJECTIVES[job.teacher.objective].base_on_request:
             job = dataclasses.replace(job, erm_base=False)
-        key = (job.to_yaml(), context.node_config["partition-id"], request.round)
+        key = (job.training_key(), context.node_config["partition-id"], request.round)
         if key in self._store:
             self.hits += 1
             state, content = self._store[key]

@@ -15,13 +15,14 @@ from fedkd import protocol
 from fedkd.aggregation import AGGREGATORS, AggregationInputs
 from fedkd.baselines import centralized_reports, ensemble_report, one_hot_report
 from fedkd.compression import COMPRESSIONS
-from fedkd.config import RunConfig
+from fedkd.config import RunConfig, needs_class_counts
 from fedkd.data import federated_data
 from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.display import RunDisplay
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
 from fedkd.metrics import group_report, worst_group_accuracy
 from fedkd.models import build_model
+from fedkd.privacy import PRIVACY_MECHANISMS, RdpLedger, ReleasedTargets
 from fedkd.query import QUERY_STRATEGIES, QueryContext, SoftLabelPool
 from fedkd.results import RunDirectory
 from fedkd.training import predict_logits, sgd
@@ -41,8 +42,20 @@ class FederatedDistillation:
         self.run_dir = run_dir
         self.display = display
         self.aggregator = AGGREGATORS[cfg.aggregator.name](cfg.aggregator)
-        self.job = cfg.client_job(erm_base=self.aggregator.needs_base)
-        self.data = federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed).benchmark
+        federated = federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed)
+        self.data = federated.benchmark
+        self.privacy = PRIVACY_MECHANISMS[cfg.privacy.name](cfg.privacy)
+        self.privacy_plan = self.privacy.plan(cfg, len(self.data["transfer"]),
+                                              [len(federated.shard(i)) for i in range(cfg.federation.num_clients)],
+                                              self.aggregator.needs_base)
+        self.ledger = RdpLedger(cfg.privacy.delta)
+        self.released = ReleasedTargets(len(self.data["transfer"]), self.data.num_classes)
+        self.noise_generator = torch.Generator().manual_seed(cfg.seed * 7919 + 5)
+        self.privacy_rng = np.random.default_rng([cfg.seed, 5])
+        self.client_epsilon = 0.0
+        self.job = cfg.client_job(erm_base=self.aggregator.needs_base,
+                                  release_counts=needs_class_counts(cfg.aggregator),
+                                  noise_multiplier=self.privacy_plan.noise_multiplier)
         self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed)
         self.optimizer = sgd(self.student, cfg.student.lr, cfg.student.momentum, cfg.student.weight_decay)
         self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student, self.student, self.data["val"],
@@ -76,22 +89,23 @@ class FederatedDistillation:
                 teacher_error = self._teacher_error(val_logits)
                 if self.objective.needs_val_softlabels:
                     self.objective.observe_val(torch.softmax(val_logits / self.cfg.student.temperature, -1).mean(0))
-            query_record = self._query_new_points(grid, nodes, server_round, teacher_error)
-            indices, teacher_logits, base_logits = self.pool.answers()
+            class_counts = torch.tensor([t.class_counts for t in reports])
+            if self.privacy.unit == "example":
+                self.client_epsilon = max(t.epsilon for t in reports)
+            query_record = self._query_new_points(grid, nodes, server_round, teacher_error, class_counts)
 
             self.display.phase(server_round, "aggregating and distilling")
-            self.aggregator.prepare(AggregationInputs(
-                teacher_logits=teacher_logits,
-                temperature=self.cfg.student.temperature,
-                class_counts=torch.tensor([t.class_counts for t in reports]),
-                base_logits=base_logits,
-                groups=transfer.g[indices],
-                group_names=self.data.group_names,
-                seed=self.cfg.seed,
-            ))
+            if self.privacy.server_release:
+                indices, aggregator = self.released.indices, self.released
+            else:
+                indices, teacher_logits, base_logits = self.pool.answers()
+                aggregator = self.aggregator
+                aggregator.prepare(self._aggregation_inputs(indices, teacher_logits, base_logits, class_counts))
             torch.manual_seed(self.cfg.seed * 7919 + server_round)
-            loss = distill_student(self.student, self.optimizer, self.objective, transfer.x[indices],
-                                   self.aggregator, self.generator)
+            loss = None
+            if len(indices):
+                loss = distill_student(self.student, self.optimizer, self.objective, transfer.x[indices],
+                                       aggregator, self.generator)
 
             self.display.phase(server_round, "evaluating")
             model, student_choice = self._round_model()
@@ -105,6 +119,7 @@ class FederatedDistillation:
                 "aggregator": self.cfg.aggregator.name,
                 "aggregator_stats": self.aggregator.round_stats(),
                 "query": query_record,
+                **self._privacy_columns(),
                 "communication": self._communication(partition_of),
                 **_teacher_summary(reports),
                 "teachers": [vars(t) for t in reports],
@@ -118,17 +133,31 @@ class FederatedDistillation:
         baselines = self._baselines(grid, nodes, server_round)
         return self._finish(record, baselines, time.perf_counter() - start)
 
+    def _aggregation_inputs(self, indices: np.ndarray, teacher_logits: torch.Tensor, base_logits: torch.Tensor | None,
+                            class_counts: torch.Tensor) -> AggregationInputs:
+        return AggregationInputs(
+            teacher_logits=teacher_logits,
+            temperature=self.cfg.student.temperature,
+            class_counts=class_counts,
+            base_logits=base_logits,
+            groups=self.data["transfer"].g[indices],
+            group_names=self.data.group_names,
+            seed=self.cfg.seed,
+        )
+
     def _query_new_points(self, grid: Grid, nodes: list[int], server_round: int,
-                          teacher_error: float | None) -> dict:
-        """Pick this round's transfer points with the query strategy under the budget, ask every client about
-        them and add the answers to the pool; returns what was done, for metrics.jsonl."""
+                          teacher_error: float | None, class_counts: torch.Tensor) -> dict:
+        """Pick this round's transfer points with the query strategy under the budget (and, with a privacy cap,
+        under what ε has left), ask every client about them and add the answers to the pool (or, with a
+        server-side privacy mechanism, release noisy targets for them); returns what was done, for metrics.jsonl."""
         cfg = self.cfg.query
         candidates = self.pool.candidates(cfg.requery or cfg.name == "all")
-        budget = len(candidates) if cfg.name == "all" else cfg.budget(cfg.per_round, self.pool.pool_size)
-        if cfg.total > 0:
-            budget = min(budget, cfg.budget(cfg.total, self.pool.pool_size) - self.pool.num_queries)
-        budget = max(0, min(budget, len(candidates)))
+        budget = cfg.round_budget(self.pool.pool_size, self.pool.num_queries, len(candidates))
+        wanted = budget
+        if self.privacy_plan.cap is not None and self.privacy.unit == "client":
+            budget = self._affordable(budget)
         chosen = np.zeros(0, dtype=np.int64)
+        release_stats = {}
         if budget > 0:
             context = None
             if self.query.needs_student:
@@ -137,9 +166,50 @@ class FederatedDistillation:
             chosen = self.query.select(candidates, budget, context, self.query_generator)
             logits, base = self._query(grid, nodes, server_round, chosen, self.aggregator.needs_base)
             self.pool.add(chosen, logits, base)
+            if self.privacy.server_release:
+                release = self.privacy.release(
+                    self.privacy_plan, self._aggregation_inputs(chosen, logits, base, class_counts), self.aggregator,
+                    self.student, torch.from_numpy(self.data["transfer"].x[chosen]), self.noise_generator,
+                    self.privacy_rng)
+                self.released.add(chosen[release.answered], release.targets)
+                self.ledger.add(release.rdp, len(chosen), release.rdp_data_dependent)
+                release_stats = release.stats
+            elif self.privacy.client_noise:
+                self.ledger.add(self.privacy.query_rdp(self.privacy_plan, len(chosen)), len(chosen))
         return {"strategy": cfg.name, "budget": budget, "num_new": int(len(chosen)),
                 "pool_size": int(self.pool.queried.sum()), "soft_labels_queried": self.pool.num_queries,
-                "teacher_error_val": teacher_error, **self.query.last_stats}
+                "teacher_error_val": teacher_error, "stopped_by_privacy_budget": budget < wanted,
+                **release_stats, **self.query.last_stats}
+
+    def _affordable(self, budget: int) -> int:
+        """The most of ``budget`` queries whose worst-case cost keeps ε within the privacy cap (ε grows with the
+        number of queries, so a bisection finds it)."""
+        low, high = 0, budget
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.ledger.epsilon_if(self.privacy.query_rdp(self.privacy_plan, mid)) <= self.privacy_plan.cap:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def _privacy_columns(self) -> dict:
+        """``epsilon_spent`` and ``delta`` (None: no privacy, ε = ∞), and the mechanism's details."""
+        if self.cfg.privacy.name == "none":
+            return {"epsilon_spent": None, "delta": None, "privacy": {"mechanism": "none"}}
+        p = self.cfg.privacy
+        spent = self.client_epsilon if self.privacy.unit == "example" else self.ledger.epsilon()
+        details = {"mechanism": p.name, "unit": self.privacy.unit,
+                   "noise_multiplier": self.privacy_plan.noise_multiplier,
+                   "planned_epsilon": self.privacy_plan.planned_epsilon, "cap": self.privacy_plan.cap,
+                   "invocations": self.ledger.invocations}
+        if self.privacy_plan.sensitivity is not None:
+            details["sensitivity"] = self.privacy_plan.sensitivity
+        if p.name == "gnmax":
+            details["epsilon_data_dependent"] = self.ledger.epsilon_data_dependent()
+        if self.privacy.unit == "example":
+            details["client_noise_multipliers"] = self.privacy_plan.client_noise_multipliers
+        return {"epsilon_spent": spent, "delta": p.delta, "privacy": details}
 
     def _teacher_error(self, val_logits: torch.Tensor) -> float:
         """Error rate of the teachers' ensemble (mean probability) on the server's labeled split."""
@@ -174,7 +244,10 @@ class FederatedDistillation:
     def _baselines(self, grid: Grid, nodes: list[int], server_round: int) -> dict:
         cfg = self.cfg.baselines
         out = {}
-        if cfg.ensemble:
+        if cfg.ensemble and self.cfg.privacy.name != "none":
+            out["ensemble"] = {"skipped": "the teachers' answers on the test split would be a release outside the "
+                                          f"privacy={self.cfg.privacy.name} accounting"}
+        elif cfg.ensemble:
             test_logits, _ = self._query(grid, nodes, server_round, np.arange(len(self.data["test"])), False, "test")
             out["ensemble"] = ensemble_report(test_logits, self.data)
         if cfg.one_hot:
@@ -240,6 +313,7 @@ class FederatedDistillation:
                 "worst_worst_group_accuracy": min(t["test_worst_group_accuracy"] for t in last["teachers"]),
             },
             "baselines": baselines,
+            **self._privacy_columns(),
             "communication": {**self.totals, "soft_labels_queried": self.pool.num_queries,
                               "uplink_ratio_to_fedavg": self.totals["bytes_up_total"] / (self.totals[
                                   "fedavg_bytes_total"] / 2)},
