@@ -169,7 +169,8 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class ClientPrivacy:
     """The part of the privacy setting a client acts on (travels in the job): DP-SGD for its teacher, noise on
-    its own soft labels, noise on the class counts it sends. ``name`` is "none" for server-side mechanisms."""
+    its own soft labels, noise on the class counts it sends; under any ``name`` but "none" it sends no exact
+    statistic of its shard."""
 
     name: str = "none"
     epsilon: float | None = None
@@ -217,11 +218,12 @@ class ClientJob:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=True)
 
     def training_key(self) -> str:
-        """What determines how the client trains its teacher and what its train reply says: the job without the
-        privacy fields that act only on soft-label answers (local noise)."""
-        if self.privacy.name == "local_gaussian":
-            return dataclasses.replace(self, privacy=ClientPrivacy()).to_yaml()
-        return self.to_yaml()
+        """What determines how the client trains its teacher and what its train reply says: the whole job under
+        DP-SGD; under the other privacy settings only that the client withholds its counts (their noise acts on
+        soft-label answers, or on the server)."""
+        if self.privacy.name in ("none", "dpsgd"):
+            return self.to_yaml()
+        return dataclasses.replace(self, privacy=ClientPrivacy(name="withheld")).to_yaml()
 
     @classmethod
     def from_yaml(cls, text: str) -> ClientJob:
@@ -257,7 +259,7 @@ class RunConfig:
         """The job every client gets; ``noise_multiplier`` is the σ the server calibrated (local_gaussian),
         ``release_counts`` whether the aggregator needs the clients' class counts."""
         p = self.privacy
-        privacy = ClientPrivacy()
+        privacy = ClientPrivacy(name=p.name, delta=p.delta)
         if p.name in ("dpsgd", "local_gaussian"):
             privacy = ClientPrivacy(
                 name=p.name, epsilon=p.epsilon if p.name == "dpsgd" else None, delta=p.delta,

@@ -225,6 +225,7 @@ def test_gnmax_run_counts_answered_and_refused_queries(tmp_path):
         assert r["query"]["answered"] + r["query"]["refused"] == r["query"]["num_new"] == 40
         assert r["privacy"]["epsilon_data_dependent"] <= r["epsilon_spent"] + 1e-9
     assert summary["baselines"]["ensemble"]["skipped"]
+    assert all(t["class_counts"] == [0] * 10 and t["group_counts"] == [0] * 20 for t in records[-1]["teachers"])
 
 
 @pytest.mark.parametrize(("override", "key"), [
@@ -255,3 +256,12 @@ def test_membership_auc_on_hand_made_losses():
     assert out["auc"] == pytest.approx(15 / 16)  # one pair of 16 ranked wrongly: 0.4 (member) > 0.35
     assert out["per_group_auc"] == {"a": 1.0, "b": pytest.approx(3 / 4)}
     assert membership_auc(members, members, groups, groups, ("a", "b"))["auc"] == 0.5
+
+
+def test_a_private_run_is_reproducible(tmp_path):
+    overrides = [*BUDGET, "privacy=local_gaussian", "privacy.epsilon=4"]
+    _, first = _run(overrides, tmp_path / "a")
+    _, second = _run(overrides, tmp_path / "b")
+    for a, b in zip(first, second, strict=True):
+        a.pop("wall_seconds"), b.pop("wall_seconds")
+        assert a == b
