@@ -209,6 +209,7 @@ class FederatedDistillation:
             details["epsilon_data_dependent"] = self.ledger.epsilon_data_dependent()
         if self.privacy.unit == "example":
             details["client_noise_multipliers"] = self.privacy_plan.client_noise_multipliers
+            del details["invocations"]  # DP-SGD steps are counted by each client's own accountant
         return {"epsilon_spent": spent, "delta": p.delta, "privacy": details}
 
     def _teacher_error(self, val_logits: torch.Tensor) -> float:
