@@ -167,6 +167,7 @@ def plot(rows: list[dict]) -> None:
                 if xs:
                     ax.plot(xs, acc, "o-", color=colour, label=f"{aggregator}: mean accuracy")
                     ax.plot(xs, wga, "s--", color=colour, label=f"{aggregator}: worst-group accuracy")
+            ax.axhline(0.1, color="grey", linestyle=":", label="chance (10 classes)")
             ax.set_xscale("log")
             ax.set_xticks([*EPSILONS, 32.0], [f"{e:g}" for e in EPSILONS] + ["∞"])
             ax.set_xlabel("ε (log scale; ∞ = no privacy)")
