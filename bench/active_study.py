@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator  # noqa: E402
-from studies import ROOT, mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
+from studies import ROOT, mean_std, provenance, read_rows, run_cell, study_main, write_section  # noqa: E402
 
 from server.inprocess import TrainedTeacherCache  # noqa: E402
 
@@ -110,12 +110,10 @@ def plot(rows: list[dict]) -> None:
 
 def report() -> None:
     rows = read_rows(RESULTS)
-    hours = sum(r["seconds"] for r in rows) / 3600
     lines = [
         "## Active distillation under a soft-label budget (issue 4)", "",
-        "Command (resumable): `nohup .venv/bin/python bench/active_study.py > docs/active_study.log 2>&1 &`. "
-        f"Raw rows: `docs/active_study.jsonl`; plot: `docs/active_study.png`. {len(rows)} runs in {hours:.2f} h "
-        f"(in-process grid, CPU). Base overrides `{' '.join(BASE)}`; budgets are "
+        provenance("active_study", rows) + " "
+        f"Base overrides `{' '.join(BASE)}`; budgets are "
         "totals over the 3 rounds as a fraction of the transfer pool (a third each round, no point asked twice); "
         "all strategies of a dataset and seed distill from the same trained teachers, with the same number of "
         "distillation steps. Test accuracy and "

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
-from studies import ROOT, mean_std, read_rows, study_main, write_section  # noqa: E402
+from studies import ROOT, mean_std, provenance, read_rows, study_main, write_section  # noqa: E402
 
 from clients.app import STATE_PREFIX  # noqa: E402
 from fedkd.config import load_run_config  # noqa: E402
@@ -184,12 +184,10 @@ def plot(rows: list[dict]) -> None:
 
 def report() -> None:
     rows = read_rows(RESULTS)
-    hours = sum(r["seconds"] for r in rows) / 3600
     lines = [
         "## Privacy–utility (issue 5)", "",
-        "Command (resumable): `nohup .venv/bin/python bench/privacy_study.py > docs/privacy_study.log 2>&1 &`. "
-        f"Raw rows: `docs/privacy_study.jsonl`; plot: `docs/privacy_study.png`. {len(rows)} runs in {hours:.2f} h "
-        f"(in-process grid, CPU). Base overrides `{' '.join(BASE)}`, δ = 1e-5. ε is the whole run's: client-level "
+        provenance("privacy_study", rows) + " "
+        f"Base overrides `{' '.join(BASE)}`, δ = 1e-5. ε is the whole run's: client-level "
         "for central_gaussian / local_gaussian / gnmax (gnmax: data-independent), example-level per client for "
         "dpsgd. Mean ± std over seeds (n). 'largest group drop' is the group whose accuracy fell most against "
         "ε = ∞ with the same aggregator (mean over seeds). MIA AUC: loss-threshold attack, 0.5 = nothing seen.", "",

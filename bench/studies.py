@@ -134,3 +134,10 @@ def write_section(marker: str, lines: list[str]) -> None:
         REPORT.write_text(head + text + rest.split(end, 1)[1])
     else:
         REPORT.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
+
+
+def provenance(stem: str, rows: list[dict]) -> str:
+    """The report's first sentences: how to rerun the study, where its rows and plot are, how much it ran."""
+    hours = sum(r["seconds"] for r in rows) / 3600
+    return (f"Command (resumable): `nohup .venv/bin/python bench/{stem}.py > docs/{stem}.log 2>&1 &`. Raw rows: "
+            f"`docs/{stem}.jsonl`; plot: `docs/{stem}.png`. {len(rows)} runs in {hours:.2f} h (in-process grid, CPU).")
