@@ -210,9 +210,47 @@ def report() -> None:
         lines.append(f"| {cell} | {len(got)} | {eps if got else '–'} | {mean_std([r['accuracy'] for r in got])} | "
                      f"{mean_std([r['worst_group_accuracy'] for r in got])} | {drop} | "
                      f"{mean_std([r['teacher_auc'] for r in got])} | {mean_std([r['student_auc'] for r in got])} |")
+    lines += _group_drop_tables(rows)
     write_section("privacy_study", lines)
     if rows:
         plot(rows)
+
+
+def _group_columns(names: list[str]) -> dict[str, list[str]]:
+    """Columns of the per-group drop table: every group when there are at most 10 (MNIST-LT's classes, head
+    first), else the groups pooled by their kind (Colored MNIST: aligned vs conflicting)."""
+    if len(names) <= 10:
+        return {name: [name] for name in names}
+    kinds: dict[str, list[str]] = {}
+    for name in names:
+        kinds.setdefault(name.split("-", 1)[-1], []).append(name)
+    return kinds
+
+
+def _group_drop_tables(rows: list[dict], eps: float = 8.0) -> list[str]:
+    """Accuracy lost per group at ``eps`` against ε = ∞ with the same aggregator (mean over the seeds both have)."""
+    lines = []
+    for dataset in DATASETS:
+        refs = {a: [r for r in rows if r["cell"] == f"{dataset} | none | {a} | inf"] for a in ("mean", "agre", "vote")}
+        names = next((list(r[0]["per_group_accuracy"]) for r in refs.values() if r), None)
+        if names is None:
+            continue
+        columns = _group_columns(names)
+        lines += ["", f"Accuracy lost per group at ε = {eps:g} against ε = ∞ (same aggregator), {dataset}; "
+                  "positive = worse, mean over seeds:", "",
+                  "| mechanism | aggregator | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+        for mechanism, aggregators in MECHANISMS.items():
+            for aggregator in aggregators:
+                got = [r for r in rows if r["cell"] == f"{dataset} | {mechanism} | {aggregator} | {eps:g}"]
+                if not got or not refs[aggregator]:
+                    continue
+                cells = []
+                for groups in columns.values():
+                    before = np.mean([r["per_group_accuracy"][g] for r in refs[aggregator] for g in groups])
+                    after = np.mean([r["per_group_accuracy"][g] for r in got for g in groups])
+                    cells.append(f"{before - after:+.3f}")
+                lines.append(f"| {mechanism} | {aggregator} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
