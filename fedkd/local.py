@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from opacus.accountants.analysis.rdp import compute_rdp
 
 from fedkd.config import ClientJob, ClientPrivacy
 from fedkd.data import Benchmark, federated_data
 from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
-from fedkd.privacy import ORDERS, epsilon_from_rdp, gaussian_rdp, local_noise, noisy_class_counts
+from fedkd.privacy import dpsgd_history_epsilon, local_noise, noisy_class_counts
 from fedkd.protocol import TeacherReport
 from fedkd.teachers import DPSGD_HISTORY, TeacherModels, train_teacher
 from fedkd.training import predict_logits
@@ -97,11 +96,8 @@ def _client_epsilon(models: TeacherModels, privacy: ClientPrivacy) -> float:
     counts if it sent them); 0 when it trains without DP-SGD."""
     if privacy.name != "dpsgd" or DPSGD_HISTORY not in models.extra:
         return 0.0
-    rdp = sum((np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=int(n), orders=list(ORDERS)))
-               for s, q, n in models.extra[DPSGD_HISTORY].tolist()), np.zeros_like(ORDERS))
-    if RELEASED_COUNTS in models.extra:
-        rdp = rdp + gaussian_rdp(privacy.count_noise)
-    return epsilon_from_rdp(rdp, privacy.delta)
+    count_noise = privacy.count_noise if RELEASED_COUNTS in models.extra else 0.0
+    return dpsgd_history_epsilon(models.extra[DPSGD_HISTORY].tolist(), privacy.delta, count_noise)
 
 
 def query_local_teacher(

@@ -15,6 +15,7 @@ ships; the data-independent cost it falls back to is Opacus' Gaussian curve.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -236,7 +237,6 @@ class PrivacyMechanism:
     """What a ``privacy=`` setting changes. Defaults: nothing (``privacy=none``)."""
 
     unit = "none"  # example | client
-    server_release = False  # the server releases noisy aggregates (central_gaussian, gnmax) instead of raw ones
     client_noise = False  # clients noise their own soft labels before sending (local_gaussian)
 
     def __init__(self, cfg: PrivacyConfig) -> None:
@@ -252,10 +252,16 @@ class PrivacyMechanism:
         """Worst-case (data-independent) RDP of answering ``count`` more queries."""
         return np.zeros_like(ORDERS)
 
+
+
+class ServerRelease(PrivacyMechanism, ABC):
+    """A mechanism in which the server releases noisy targets for the queried points (central_gaussian, gnmax);
+    the student distills on those released targets alone."""
+
+    @abstractmethod
     def release(self, plan: PrivacyPlan, inputs: AggregationInputs, aggregator: Aggregator, student: torch.nn.Module,
                 x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator) -> Release:
-        """Noisy targets for newly queried points (server-side mechanisms only)."""
-        raise NotImplementedError(f"privacy={self.cfg.name} releases nothing on the server")
+        """Noisy targets for newly queried points, and the RDP they cost."""
 
 
 def _gaussian_plan(cfg: PrivacyConfig, queries: int, releases_per_query: int, sensitivity: float | None = None,
@@ -328,21 +334,26 @@ def dpsgd_epsilon(sigma: float, shard_size: int, batch_size: int, epochs: int, d
     """ε of ``epochs`` of DP-SGD (Opacus' RDP accountant), plus one release of noisy class counts when
     ``count_noise`` > 0."""
     q = dpsgd_sample_rate(shard_size, batch_size)
-    steps = epochs * int(1 / q)
-    rdp = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS)))
+    return dpsgd_history_epsilon([(sigma, q, epochs * int(1 / q))], delta, count_noise)
+
+
+def dpsgd_history_epsilon(history: list[tuple[float, float, int]], delta: float, count_noise: float = 0.0) -> float:
+    """ε of an Opacus RDP-accountant history of (noise multiplier, sample rate, steps), plus one release of noisy
+    class counts when ``count_noise`` > 0 (which Opacus' accountant cannot hold)."""
+    rdp = sum((np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=int(n), orders=list(ORDERS)))
+               for s, q, n in history), np.zeros_like(ORDERS))
     if count_noise > 0:
         rdp = rdp + gaussian_rdp(count_noise)
     return epsilon_from_rdp(rdp, delta)
 
 
 @PRIVACY_MECHANISMS.register("central_gaussian")
-class CentralGaussian(PrivacyMechanism):
+class CentralGaussian(ServerRelease):
     """Trusted server, client-level DP: each client's tempered soft-label vector clipped to L2 ≤ c, the aggregate
     of every queried point released once with N(0, σ²Δ²I) added, Δ = ``aggregate_sensitivity``, and projected
     onto the simplex; the student trains on those released targets only. METHODS.md "central soft-label DP"."""
 
     unit = "client"
-    server_release = True
 
     def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], needs_base: bool) -> PrivacyPlan:
         queries = run.query.planned_queries(pool_size, run.federation.num_rounds)
@@ -394,13 +405,12 @@ class LocalGaussian(PrivacyMechanism):
 
 
 @PRIVACY_MECHANISMS.register("gnmax")
-class GNMaxVoting(PrivacyMechanism):
+class GNMaxVoting(ServerRelease):
     """PATE's noisy argmax of the teachers' votes (Papernot et al. 2018, GNMax and Confident GNMax): the student
     trains on one-hot answers; refused queries are counted and dropped. Data-independent RDP λ/σ² per answer and
     λ/(2σ₁²) per threshold check; the data-dependent bound of Theorem 6 reported beside it."""
 
     unit = "client"
-    server_release = True
 
     def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], needs_base: bool) -> PrivacyPlan:
         queries = run.query.planned_queries(pool_size, run.federation.num_rounds)

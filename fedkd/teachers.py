@@ -27,7 +27,6 @@ from fedkd.training import run_epochs, sgd
 
 TEACHER_OBJECTIVES = Registry("teacher objective")
 DPSGD_HISTORY = "dpsgd_history"  # Opacus RDP accountant history [k, 3]: (noise multiplier, sample rate, steps)
-DPSGD_SIGMA = "dpsgd_sigma"
 
 
 @dataclass
@@ -168,8 +167,8 @@ def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: 
     """One round of DP-SGD on cross-entropy (Abadi et al. 2016) through Opacus: Poisson-sampled minibatches of
     expected size ``cfg.batch_size``, per-sample gradients clipped to ``privacy.clip``, Gaussian noise σ·clip. σ is
     the client's (given, or calibrated for its target ε over all rounds); Opacus' RDP accountant continues from
-    the history kept in ``models.extra``, and the client's ε after this round is stored there too. The teacher is
-    its own ERM base (DP-SGD teachers are ERM)."""
+    the history kept in ``models.extra`` (the client's ε is computed from it). The teacher is its own ERM base
+    (DP-SGD teachers are ERM)."""
     from opacus import PrivacyEngine
 
     from fedkd.privacy import dpsgd_noise_multiplier
@@ -200,7 +199,6 @@ def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: 
     private_model._close()
     models.base = models.teacher
     models.extra[DPSGD_HISTORY] = torch.tensor(engine.accountant.history, dtype=torch.float64)
-    models.extra[DPSGD_SIGMA] = torch.tensor(sigma, dtype=torch.float64)
     return last
 
 

@@ -22,7 +22,7 @@ from fedkd.display import RunDisplay
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
 from fedkd.metrics import group_report, worst_group_accuracy
 from fedkd.models import build_model
-from fedkd.privacy import PRIVACY_MECHANISMS, RdpLedger, ReleasedTargets
+from fedkd.privacy import PRIVACY_MECHANISMS, RdpLedger, ReleasedTargets, ServerRelease
 from fedkd.query import QUERY_STRATEGIES, QueryContext, SoftLabelPool
 from fedkd.results import RunDirectory
 from fedkd.training import predict_logits, sgd
@@ -95,7 +95,7 @@ class FederatedDistillation:
             query_record = self._query_new_points(grid, nodes, server_round, teacher_error, class_counts)
 
             self.display.phase(server_round, "aggregating and distilling")
-            if self.privacy.server_release:
+            if isinstance(self.privacy, ServerRelease):
                 indices, aggregator = self.released.indices, self.released
             else:
                 indices, teacher_logits, base_logits = self.pool.answers()
@@ -166,7 +166,7 @@ class FederatedDistillation:
             chosen = self.query.select(candidates, budget, context, self.query_generator)
             logits, base = self._query(grid, nodes, server_round, chosen, self.aggregator.needs_base)
             self.pool.add(chosen, logits, base)
-            if self.privacy.server_release:
+            if isinstance(self.privacy, ServerRelease):
                 release = self.privacy.release(
                     self.privacy_plan, self._aggregation_inputs(chosen, logits, base, class_counts), self.aggregator,
                     self.student, torch.from_numpy(self.data["transfer"].x[chosen]), self.noise_generator,
