@@ -1,4 +1,8 @@
-"""Flower ClientApp: thin handlers that decode a message, call fedkd.local, and encode the reply."""
+"""Flower ClientApp: thin handlers that decode a message, call fedkd.local, and encode the reply.
+
+A handler that raises becomes a Flower error reply (the server logs it with the client's id); the node's
+teacher lives in ``context.state`` and, when the node has a state folder, on disk after every round, so that a
+restarted node or a resumed run continues from it."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedkd import protocol
+from fedkd.checkpoint import CLIENT_STATE_ENV, ClientStateStore
 from fedkd.local import query_local_teacher, train_local_teacher
 
 STATE_PREFIX = "fedkd."
@@ -13,12 +18,30 @@ STATE_PREFIX = "fedkd."
 app = ClientApp()
 
 
-def partition_id(context: Context) -> int:
-    """The node's shard: ``partition-id`` from node config (set by the simulation engine, or by
-    ``--node-config`` in a deployment)."""
-    if "partition-id" not in context.node_config:
-        raise ValueError("node config lacks 'partition-id'; start the SuperNode with --node-config 'partition-id=N'")
-    return int(context.node_config["partition-id"])
+class NodeConfigError(ValueError):
+    """The SuperNode's ``--node-config`` does not describe a shard of this federation."""
+
+
+def partition_id(context: Context, num_clients: int) -> int:
+    """The node's shard: ``partition-id`` from node config (set by the simulation engine, or by ``--node-config``
+    in a deployment), checked against ``num-partitions`` and the run's federation.num_clients."""
+    config = context.node_config
+    for key in ("partition-id", "num-partitions"):
+        if key not in config:
+            raise NodeConfigError(f"node config lacks {key!r}; start the SuperNode with "
+                                  f"--node-config 'partition-id=<0..N-1> num-partitions=<N>'")
+    try:
+        pid, num_partitions = int(config["partition-id"]), int(config["num-partitions"])
+    except (TypeError, ValueError) as err:
+        raise NodeConfigError(f"node config partition-id / num-partitions must be whole numbers: {err}") from err
+    if num_partitions != num_clients:
+        raise NodeConfigError(f"node config num-partitions={num_partitions} but the run has "
+                              f"federation.num_clients={num_clients}: start the nodes with "
+                              f"num-partitions={num_clients}")
+    if not 0 <= pid < num_partitions:
+        raise NodeConfigError(f"node config partition-id={pid} is outside 0..{num_partitions - 1} "
+                              f"(num-partitions={num_partitions})")
+    return pid
 
 
 def _load_state(context: Context) -> dict:
@@ -32,18 +55,36 @@ def _save_state(context: Context, state: dict) -> None:
         context.state[STATE_PREFIX + name] = ArrayRecord(tensors)
 
 
+def _saved_state(context: Context, request: protocol.TrainRequest, pid: int) -> dict:
+    """After a restart (a resumed run, a restarted node) the previous round's state comes from the node's folder;
+    training a fresh teacher in its place would silently change the run."""
+    store = ClientStateStore.for_node(context.node_config)
+    if store is None or not request.run_key:
+        raise RuntimeError(f"partition {pid} holds no teacher for round {request.round - 1} (the node restarted or "
+                           f"the run was resumed) and keeps no state on disk: give the node a state folder "
+                           f"(--node-config 'state-dir=<folder>' or {CLIENT_STATE_ENV})")
+    return store.load(request.run_key, pid, request.round - 1)
+
+
 @app.train("teacher")
 def train_teacher(msg: Message, context: Context) -> Message:
     request = protocol.parse_train_request(msg.content)
-    state, report = train_local_teacher(request.job, partition_id(context), request.round, _load_state(context))
+    pid = partition_id(context, request.job.num_clients)
+    state = _load_state(context)
+    if not state and request.round > 1:
+        state = _saved_state(context, request, pid)
+    state, report = train_local_teacher(request.job, pid, request.round, state)
     _save_state(context, state)
+    store = ClientStateStore.for_node(context.node_config)
+    if store is not None and request.run_key:
+        store.save(request.run_key, pid, request.round, state)
     return Message(protocol.train_reply(report), reply_to=msg)
 
 
 @app.query("softlabels")
 def query_softlabels(msg: Message, context: Context) -> Message:
     request = protocol.parse_query_request(msg.content)
-    pid = partition_id(context)
+    pid = partition_id(context, request.job.num_clients)
     logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base,
                                        request.split, request.round)
     return Message(protocol.query_reply(pid, logits, base, request.compression), reply_to=msg)

@@ -107,7 +107,7 @@ class AgreWeighting:
             base_logits = prior_corrected(base_logits, inputs.class_counts)
         self.probs = torch.softmax(teacher_logits / self.tau, dim=-1)  # [M, n, C]
         base_probs = torch.softmax(base_logits / self.tau, dim=-1)
-        self.biased_client = self._biased_client(cfg, len(self.probs), inputs.seed)
+        self.biased_client = self._biased_client(cfg, inputs.clients or tuple(range(len(self.probs))), inputs.seed)
         self.biased = base_probs.mean(0) if self.biased_client is None else base_probs[self.biased_client]
         self.support = None
         if cfg.with_support:
@@ -122,14 +122,17 @@ class AgreWeighting:
         self.degenerate = 0
 
     @staticmethod
-    def _biased_client(cfg: AggregatorConfig, num_clients: int, seed: int) -> int | None:
+    def _biased_client(cfg: AggregatorConfig, clients: tuple[int, ...], seed: int) -> int | None:
+        """Row of the teacher whose ERM base plays the biased model (None: the mean of all bases); ``clients``
+        are the rows' partition ids (fewer than the federation's when some dropped out)."""
         if cfg.biased == "mean_bases":
             return None
         if cfg.biased == "fixed_client":
-            if not 0 <= cfg.biased_client < num_clients:
-                raise ValueError(f"aggregator.biased_client={cfg.biased_client} is not a client (0..{num_clients - 1})")
-            return cfg.biased_client
-        return int(np.random.default_rng([seed, 2411]).integers(num_clients))
+            if cfg.biased_client not in clients:
+                raise ValueError(f"aggregator.biased_client={cfg.biased_client} is not among this round's clients "
+                                 f"{list(clients)}")
+            return clients.index(cfg.biased_client)
+        return int(np.random.default_rng([seed, 2411]).integers(len(clients)))
 
     def raw_weights(self, idx: np.ndarray, student: nn.Module, x: torch.Tensor,
                     student_logits: torch.Tensor) -> torch.Tensor:

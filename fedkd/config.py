@@ -189,7 +189,8 @@ class FederationConfig:
     num_clients: int
     num_rounds: int
     client_cpus: float
-    round_timeout: float
+    round_timeout: float  # seconds the server waits for the replies of one request
+    min_clients: int  # a round goes on with the clients that answered while at least this many did
 
 
 @dataclass(frozen=True)
@@ -449,6 +450,10 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     _check_positive("federation.num_rounds", fed.num_rounds, integer=True)
     _check_positive("federation.client_cpus", fed.client_cpus)
     _check_positive("federation.round_timeout", fed.round_timeout)
+    _check_positive("federation.min_clients", fed.min_clients, integer=True)
+    if fed.min_clients > fed.num_clients:
+        _fail("federation.min_clients", fed.min_clients,
+              f"must be at most federation.num_clients={fed.num_clients} (a round cannot wait for more clients)")
     _check_positive("baselines.one_hot_epochs", sections["baselines"].one_hot_epochs, integer=True)
     _check_query(sections["query"], QUERY_STRATEGIES, COMPRESSIONS)
     _check_privacy(sections["privacy"], sections["aggregator"], sections["query"], teacher, student,

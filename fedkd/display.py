@@ -35,6 +35,10 @@ class RunDisplay:
         text = phase if answered is None else f"{phase} · {answered}/{expected} clients answered"
         self.progress.update(self.task, round=server_round, phase=text)
 
+    def resume_at(self, completed_rounds: int) -> None:
+        self.progress.update(self.task, completed=completed_rounds, round=completed_rounds + 1, phase="resuming")
+        self.progress.console.print(f"resuming after round {completed_rounds}", highlight=False)
+
     def round_done(self, record: dict) -> None:
         test = record["test"]
         self.progress.advance(self.task)

@@ -5,6 +5,7 @@ A new objective is one class registered here plus one YAML file in conf/student/
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -52,9 +53,17 @@ class StudentObjective(ABC):
     look at the student and the server's labeled validation split."""
 
     needs_val_softlabels: bool = False  # ask the teachers about the labeled server split every round
+    state_keys: tuple[str, ...] = ()  # attributes that carry over between rounds (saved in checkpoints)
 
     def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
         self.cfg = cfg
+
+    def state_dict(self) -> dict:
+        return {key: copy.deepcopy(getattr(self, key)) for key in self.state_keys}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in self.state_keys:
+            setattr(self, key, copy.deepcopy(state[key]))
 
     def observe_val(self, val_probs: torch.Tensor) -> None:
         """Take the aggregated teachers' tempered probabilities [n_val, C] on the labeled server split."""
@@ -108,6 +117,8 @@ class RobustKD(StudentObjective):
         self.lam = torch.full((num_classes,), 1.0 / num_classes)
         self.steps = 0
 
+    state_keys = ("lam", "steps")
+
     def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         if self.steps % self.cfg.robust_period == 0:
             self.update_weights()
@@ -151,6 +162,15 @@ class ReliabilitySoftened(StudentObjective):
         self.alpha = torch.ones(num_classes)
         self.val_probs: torch.Tensor | None = None
         self.generator = torch.Generator().manual_seed(0)
+
+    state_keys = ("alpha", "val_probs")
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
 
     def observe_val(self, val_probs: torch.Tensor) -> None:
         super().observe_val(val_probs)

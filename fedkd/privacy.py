@@ -96,6 +96,14 @@ class RdpLedger:
         """ε after also spending ``rdp``: to stop before a target is exceeded."""
         return epsilon_from_rdp(self.rdp + rdp, self.delta)
 
+    def state_dict(self) -> dict:
+        return {"rdp": self.rdp.copy(), "rdp_data_dependent": self.rdp_data_dependent.copy(),
+                "invocations": self.invocations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rdp, self.rdp_data_dependent = state["rdp"].copy(), state["rdp_data_dependent"].copy()
+        self.invocations = state["invocations"]
+
 
 # ----------------------------------------------------------------------------------------- clipping, noise
 
@@ -494,6 +502,11 @@ class ReleasedTargets:
         """Targets of positions ``idx`` of the released points (in ``indices`` order)."""
         return self.q[torch.from_numpy(self.indices[idx])], None
 
+    def state_dict(self) -> dict:
+        return {"q": self.q.clone(), "mask": self.mask.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.q, self.mask = state["q"].clone(), state["mask"].copy()
 
 
 # ------------------------------------------------------------------------------------------- empirical check

@@ -1,7 +1,8 @@
 """The wire contract between the ServerApp and the ClientApps: message types, record keys, payload shapes
 and dtypes. Both sides encode and decode only through this module.
 
-server -> client ``train.teacher``      config["job"] (YAML of ClientJob), config["round"]
+server -> client ``train.teacher``      config["job"] (YAML of ClientJob), config["round"], config["run_key"]
+                                        (names the run's client checkpoints; "" = the node keeps none)
 client -> server                        metrics: TeacherReport fields
 server -> client ``query.softlabels``   config["job"], config["round"], config["with_base"], config["split"]
                                         ("transfer"; "val"/"test" for server-side evaluation and the
@@ -48,6 +49,7 @@ class ProtocolError(ValueError):
 class TrainRequest:
     job: ClientJob
     round: int
+    run_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,18 @@ def _parse_job(content: RecordDict) -> tuple[ClientJob, int]:
         raise ProtocolError(f"config record does not hold a valid job and round: {err}") from err
 
 
-def train_request(job: ClientJob, server_round: int) -> RecordDict:
-    return RecordDict({CONFIG: _job_config(job, server_round)})
+def train_request(job: ClientJob, server_round: int, run_key: str = "") -> RecordDict:
+    config = _job_config(job, server_round)
+    config["run_key"] = run_key
+    return RecordDict({CONFIG: config})
 
 
 def parse_train_request(content: RecordDict) -> TrainRequest:
     job, server_round = _parse_job(content)
-    return TrainRequest(job=job, round=server_round)
+    run_key = str(_record(content, CONFIG, ConfigRecord).get("run_key", ""))
+    if run_key and (not run_key.replace("-", "").replace("_", "").isalnum()):
+        raise ProtocolError(f"run_key {run_key!r} must be letters, digits, '-' and '_' (it names a folder)")
+    return TrainRequest(job=job, round=server_round, run_key=run_key)
 
 
 def train_reply(report: TeacherReport) -> RecordDict:

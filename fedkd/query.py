@@ -189,11 +189,13 @@ class QueryRAD(QueryStrategy):
 
 
 class SoftLabelPool:
-    """The transfer points queried so far and the teachers' logits (and ERM bases') they answered with; the
-    student distills on this pool. A re-queried point keeps only its latest answers."""
+    """The transfer points queried so far and the teachers' logits (and ERM bases') they answered with, one row
+    per client (partition id); the student distills on this pool. A re-queried point keeps only its latest
+    answers. A client that dropped out keeps its row; the round asks ``answers`` only for the clients still in."""
 
-    def __init__(self, pool_size: int) -> None:
+    def __init__(self, pool_size: int, num_clients: int) -> None:
         self.pool_size = pool_size
+        self.num_clients = num_clients
         self.queried = np.zeros(pool_size, dtype=bool)
         self.num_queries = 0  # soft-label vectors asked for, re-queries included (per teacher)
         self.logits: torch.Tensor | None = None
@@ -202,15 +204,21 @@ class SoftLabelPool:
     def candidates(self, requery: bool) -> np.ndarray:
         return np.arange(self.pool_size) if requery else np.flatnonzero(~self.queried)
 
-    def add(self, indices: np.ndarray, logits: torch.Tensor, base_logits: torch.Tensor | None) -> None:
-        """Store the answers [M, len(indices), C] of every teacher for ``indices``."""
+    def add(self, indices: np.ndarray, logits: torch.Tensor, base_logits: torch.Tensor | None,
+            clients: list[int] | None = None) -> None:
+        """Store the answers [M, len(indices), C] of the teachers of ``clients`` (partition ids; all by default)
+        for ``indices``."""
+        rows = list(range(self.num_clients)) if clients is None else list(clients)
         if self.logits is None:
-            self.logits = torch.zeros(logits.shape[0], self.pool_size, logits.shape[2], dtype=logits.dtype)
+            self.logits = torch.zeros(self.num_clients, self.pool_size, logits.shape[2], dtype=logits.dtype)
             if base_logits is not None:
                 self.base_logits = torch.zeros_like(self.logits)
-        self.logits[:, indices] = logits
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        for row, answers in zip(rows, logits, strict=True):
+            self.logits[row, index] = answers
         if base_logits is not None:
-            self.base_logits[:, indices] = base_logits
+            for row, answers in zip(rows, base_logits, strict=True):
+                self.base_logits[row, index] = answers
         self.queried[indices] = True
         self.num_queries += len(indices)
 
@@ -218,8 +226,20 @@ class SoftLabelPool:
     def indices(self) -> np.ndarray:
         return np.flatnonzero(self.queried)
 
-    def answers(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
-        """(indices, teachers' logits [M, n, C], bases' logits or None) of every point in the pool."""
+    def answers(self, clients: list[int] | None = None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+        """(indices, teachers' logits [M, n, C], bases' logits or None) of every point in the pool, for the
+        teachers of ``clients`` (partition ids; all by default)."""
+        rows = list(range(self.num_clients)) if clients is None else list(clients)
         idx = self.indices
-        base = None if self.base_logits is None else self.base_logits[:, idx]
-        return idx, self.logits[:, idx], base
+        index = torch.from_numpy(idx)
+        logits = self.logits[rows][:, index]
+        base = None if self.base_logits is None else self.base_logits[rows][:, index]
+        return idx, logits, base
+
+    def state_dict(self) -> dict:
+        return {"queried": self.queried.copy(), "num_queries": self.num_queries, "logits": self.logits,
+                "base_logits": self.base_logits}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queried, self.num_queries = state["queried"].copy(), state["num_queries"]
+        self.logits, self.base_logits = state["logits"], state["base_logits"]

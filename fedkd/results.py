@@ -18,6 +18,7 @@ from fedkd.config import RunConfig
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+DISCARDED_METRICS_FILE = "metrics.discarded.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
 STUDENT_FILE = "student.pt"
 SUMMARY_FILE = "summary.json"
@@ -50,6 +51,23 @@ class RunDirectory:
     def append_metrics(self, record: dict) -> None:
         with open(self.path / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def set_aside_metrics_after(self, server_round: int) -> None:
+        """Keep the metrics lines of rounds up to ``server_round``; later ones (written after the checkpoint a
+        resume starts from) move to ``metrics.discarded.jsonl``, so nothing written is lost."""
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        later = [line for line in lines if json.loads(line)["round"] > server_round]
+        if not later:
+            return
+        with open(self.path / DISCARDED_METRICS_FILE, "a") as f:
+            f.write("".join(line + "\n" for line in later))
+        kept = [line for line in lines if json.loads(line)["round"] <= server_round]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
 
     def write_predictions(self, split: str, y: np.ndarray, g: np.ndarray, pred: np.ndarray) -> None:
         with open(self.path / PREDICTIONS_FILE, "w", newline="") as f:

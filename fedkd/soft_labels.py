@@ -20,6 +20,7 @@ class AggregationInputs:
     groups: np.ndarray | None = None  # [n], group of each point: evaluation-only, for logging the weighting
     group_names: tuple[str, ...] = ()
     seed: int = 0
+    clients: tuple[int, ...] = ()  # partition id of each teacher row (empty: 0..M-1, every client answered)
 
 
 def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:

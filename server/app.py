@@ -17,25 +17,26 @@ app = ServerApp()
 
 
 def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory | None = None,
-                   console: Console | None = None) -> dict:
-    """Run a whole federated distillation on ``grid``; returns the summary (also in run_dir/summary.json)."""
+                   console: Console | None = None, resume: bool = False) -> dict:
+    """Run a whole federated distillation on ``grid``; returns the summary (also in run_dir/summary.json).
+    With ``resume``, continue the run in ``run_dir`` from its last checkpoint."""
     console = console or Console()
     if run_dir is None:
         run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
         run_dir.write_config(cfg)
     with RunDisplay(cfg.federation.num_rounds, console) as display:
-        summary = FederatedDistillation(cfg, run_dir, display).run(grid)
+        summary = FederatedDistillation(cfg, run_dir, display, resume).run(grid)
     console.print(summary_table(summary))
     return summary
 
 
-def server_app_for(cfg: RunConfig, run_dir: RunDirectory) -> ServerApp:
+def server_app_for(cfg: RunConfig, run_dir: RunDirectory, resume: bool = False) -> ServerApp:
     """A ServerApp bound to an already validated config (the ``fedkd`` command's simulation path)."""
     bound = ServerApp()
 
     @bound.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg, run_dir)
+        run_federation(grid, cfg, run_dir, resume=resume)
 
     return bound
 

@@ -27,18 +27,21 @@ CLIENT_EXCEPTION = 100
 
 
 class InProcessGrid(Grid):
-    """``num_nodes`` simulated SuperNodes with node ids 1..N and node config partition-id 0..N-1."""
+    """``num_nodes`` simulated SuperNodes with node ids ``first_node_id``.. and node config partition-id 0..N-1
+    (plus ``state-dir`` when given: where the nodes keep their states between runs, for resume)."""
 
-    def __init__(self, client_app: ClientApp | Callable[[Message, Context], Message], num_nodes: int) -> None:
+    def __init__(self, client_app: ClientApp | Callable[[Message, Context], Message], num_nodes: int,
+                 state_dir: str | None = None, first_node_id: int = 1) -> None:
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = RUN_ID
         TaskIdentity.node_id = SERVER_NODE_ID
         self.client_app = client_app
+        extra = {"state-dir": state_dir} if state_dir else {}
         self.contexts = {
-            pid + 1: Context(
+            pid + first_node_id: Context(
                 run_id=RUN_ID,
-                node_id=pid + 1,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_id=pid + first_node_id,
+                node_config={"partition-id": pid, "num-partitions": num_nodes, **extra},
                 state=RecordDict(),
                 run_config={},
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+import uuid
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from flwr.serverapp import Grid
 from fedkd import protocol
 from fedkd.aggregation import AGGREGATORS, AggregationInputs
 from fedkd.baselines import centralized_reports, ensemble_report, one_hot_report
+from fedkd.checkpoint import SERVER_CHECKPOINT, CheckpointError, atomic_save, load, restore_rng, rng_state
 from fedkd.compression import COMPRESSIONS
 from fedkd.config import RunConfig, needs_class_counts
 from fedkd.data import federated_data
@@ -22,7 +24,7 @@ from fedkd.display import RunDisplay
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
 from fedkd.metrics import group_report, worst_group_accuracy
 from fedkd.models import build_model
-from fedkd.privacy import PRIVACY_MECHANISMS, RdpLedger, ReleasedTargets, ServerRelease
+from fedkd.privacy import PRIVACY_MECHANISMS, RdpLedger, ReleasedTargets, ServerRelease, aggregate_sensitivity
 from fedkd.query import QUERY_STRATEGIES, QueryContext, SoftLabelPool
 from fedkd.results import RunDirectory
 from fedkd.training import predict_logits, sgd
@@ -31,14 +33,23 @@ NODE_WAIT_SECONDS = 120.0
 
 
 class FederationError(RuntimeError):
-    """Clients did not answer as the round needs (missing nodes, error replies, malformed content)."""
+    """Clients did not answer as the round needs (too few replies, error replies, malformed content)."""
+
+
+CHECKPOINT_FORMAT = 1
 
 
 class FederatedDistillation:
-    """Train teachers on the clients, aggregate their soft labels on the transfer pool, distill one student."""
+    """Train teachers on the clients, aggregate their soft labels on the transfer pool, distill one student.
 
-    def __init__(self, cfg: RunConfig, run_dir: RunDirectory, display: RunDisplay) -> None:
+    A client that fails (error reply) or does not answer within ``federation.round_timeout`` is dropped for the
+    rest of the run and recorded; a round goes on with the clients that answered while at least
+    ``federation.min_clients`` did, and the run stops with a ``FederationError`` otherwise. After every round the
+    whole server state is checkpointed, so ``resume=True`` continues a killed run exactly."""
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDirectory, display: RunDisplay, resume: bool = False) -> None:
         self.cfg = cfg
+        self.resume = resume
         self.run_dir = run_dir
         self.display = display
         self.aggregator = AGGREGATORS[cfg.aggregator.name](cfg.aggregator)
@@ -63,44 +74,59 @@ class FederatedDistillation:
         self.generator = np.random.default_rng([cfg.seed, 1])
         self.query = QUERY_STRATEGIES[cfg.query.name](cfg.query)
         self.query_generator = np.random.default_rng([cfg.seed, 4])
-        self.pool = SoftLabelPool(len(self.data["transfer"]))
+        self.pool = SoftLabelPool(len(self.data["transfer"]), cfg.federation.num_clients)
         self.bytes = {"down": {}, "up": {}}  # node id -> bytes this round
         self.totals = {"bytes_down_total": 0, "bytes_up_total": 0, "fedavg_bytes_total": 0}
         self.final_model: torch.nn.Module = self.student
         self.best_score: float | None = None
         self.best_round = 0
+        self.run_key = uuid.uuid4().hex  # names the clients' on-disk states of this run (kept on resume)
+        self.nodes: list[int] = []  # the nodes still in the federation
+        self.partition_of: dict[int, int] = {}  # node id -> partition id, learnt from replies
+        self.reports: dict[int, protocol.TeacherReport] = {}  # partition id -> this round's train report
+        self.dropped: list[dict] = []  # every client that failed or timed out, with round, phase and reason
+        self.round_failures: list[dict] = []
+        self.resumed_after: list[int] = []
+        self.earlier_wall_seconds = 0.0
+        self._last_record: dict | None = None
+
+    @property
+    def checkpoint_path(self):  # noqa: ANN201 - a Path
+        return self.run_dir.path / SERVER_CHECKPOINT
 
     def run(self, grid: Grid) -> dict:
         start = time.perf_counter()
-        nodes = self._wait_for_nodes(grid)
+        first_round = self._restore() + 1 if self.resume else 1
+        self.nodes = self._wait_for_nodes(grid)
+        record = self._last_record if self.resume else None
         transfer = self.data["transfer"]
-        for server_round in range(1, self.cfg.federation.num_rounds + 1):
+        for server_round in range(first_round, self.cfg.federation.num_rounds + 1):
             round_start = time.perf_counter()
             self.bytes = {"down": {}, "up": {}}
-            replies = self._ask(grid, nodes, protocol.TRAIN_TEACHER, protocol.train_request(self.job, server_round),
+            self.round_failures = []
+            replies = self._ask(grid, protocol.TRAIN_TEACHER,
+                                protocol.train_request(self.job, server_round, self.run_key),
                                 server_round, "training teachers")
-            partition_of = {r.metadata.src_node_id: protocol.parse_train_reply(r.content).partition_id
-                            for r in replies}
-            reports = sorted((protocol.parse_train_reply(r.content) for r in replies), key=lambda t: t.partition_id)
+            self._take_reports(replies, server_round)
 
             teacher_error = None
             if self.objective.needs_val_softlabels or self.query.needs_teacher_error:
-                val_logits, _ = self._query(grid, nodes, server_round, np.arange(len(self.data["val"])), False, "val")
+                val_logits, _, _ = self._query(grid, server_round, np.arange(len(self.data["val"])), False, "val")
                 teacher_error = self._teacher_error(val_logits)
                 if self.objective.needs_val_softlabels:
                     self.objective.observe_val(torch.softmax(val_logits / self.cfg.student.temperature, -1).mean(0))
-            class_counts = torch.tensor([t.class_counts for t in reports])
             if self.privacy.unit == "example":
-                self.client_epsilon = max(t.epsilon for t in reports)
-            query_record = self._query_new_points(grid, nodes, server_round, teacher_error, class_counts)
+                self.client_epsilon = max(self.client_epsilon, *(t.epsilon for t in self.reports.values()))
+            query_record = self._query_new_points(grid, server_round, teacher_error)
 
             self.display.phase(server_round, "aggregating and distilling")
+            clients = self._clients()
             if isinstance(self.privacy, ServerRelease):
                 indices, aggregator = self.released.indices, self.released
             else:
-                indices, teacher_logits, base_logits = self.pool.answers()
+                indices, teacher_logits, base_logits = self.pool.answers(clients)
                 aggregator = self.aggregator
-                aggregator.prepare(self._aggregation_inputs(indices, teacher_logits, base_logits, class_counts))
+                aggregator.prepare(self._aggregation_inputs(indices, teacher_logits, base_logits, clients))
             torch.manual_seed(self.cfg.seed * 7919 + server_round)
             loss = None
             if len(indices):
@@ -111,6 +137,7 @@ class FederatedDistillation:
             model, student_choice = self._round_model()
             test_report, _ = self._evaluate(model)
             self._keep_if_best(model, server_round)
+            reports = [self.reports[p] for p in clients]
             record = {
                 "round": server_round,
                 "test": test_report,
@@ -120,7 +147,9 @@ class FederatedDistillation:
                 "aggregator_stats": self.aggregator.round_stats(),
                 "query": query_record,
                 **self._privacy_columns(),
-                "communication": self._communication(partition_of),
+                "communication": self._communication(),
+                "participants": clients,
+                "failed_clients": self.round_failures,
                 **_teacher_summary(reports),
                 "teachers": [vars(t) for t in reports],
                 "wall_seconds": time.perf_counter() - round_start,
@@ -129,24 +158,50 @@ class FederatedDistillation:
             self.display.round_done(record)
             for key in ("bytes_down_total", "bytes_up_total"):
                 self.totals[key] += record["communication"][key]
-            self.totals["fedavg_bytes_total"] += record["communication"]["fedavg_bytes_per_client"] * len(nodes)
-        baselines = self._baselines(grid, nodes, server_round)
-        return self._finish(record, baselines, time.perf_counter() - start)
+            self.totals["fedavg_bytes_total"] += record["communication"]["fedavg_bytes_per_client"] * len(clients)
+            self._save_checkpoint(server_round, record, time.perf_counter() - start)
+        baselines = self._baselines(grid, self.cfg.federation.num_rounds)
+        return self._finish(record, baselines, self.earlier_wall_seconds + time.perf_counter() - start)
+
+    def _clients(self) -> list[int]:
+        """Partition ids of the clients still in the federation, in order (the teachers' row order)."""
+        return sorted(self.partition_of[n] for n in self.nodes if n in self.partition_of)
+
+    def _take_reports(self, replies: list[Message], server_round: int) -> None:
+        """Learn which node holds which partition from the train replies; after a resume, a node holding a
+        partition that had dropped out earlier stays out (the uninterrupted run went on without it)."""
+        gone = {d["partition"] for d in self.dropped}
+        self.reports = {}
+        for reply in replies:
+            report = protocol.parse_train_reply(reply.content)
+            node = reply.metadata.src_node_id
+            if report.partition_id in self.reports:
+                raise FederationError(f"two nodes answer for partition {report.partition_id}: give every SuperNode "
+                                      "its own --node-config partition-id")
+            self.partition_of[node] = report.partition_id
+            if report.partition_id in gone:
+                self.nodes.remove(node)
+                continue
+            self.reports[report.partition_id] = report
+        self._check_enough(server_round, "training teachers")
+
+    def _class_counts(self, clients: list[int]) -> torch.Tensor:
+        return torch.tensor([self.reports[p].class_counts for p in clients])
 
     def _aggregation_inputs(self, indices: np.ndarray, teacher_logits: torch.Tensor, base_logits: torch.Tensor | None,
-                            class_counts: torch.Tensor) -> AggregationInputs:
+                            clients: list[int]) -> AggregationInputs:
         return AggregationInputs(
             teacher_logits=teacher_logits,
             temperature=self.cfg.student.temperature,
-            class_counts=class_counts,
+            class_counts=self._class_counts(clients),
             base_logits=base_logits,
             groups=self.data["transfer"].g[indices],
             group_names=self.data.group_names,
             seed=self.cfg.seed,
+            clients=tuple(clients),
         )
 
-    def _query_new_points(self, grid: Grid, nodes: list[int], server_round: int,
-                          teacher_error: float | None, class_counts: torch.Tensor) -> dict:
+    def _query_new_points(self, grid: Grid, server_round: int, teacher_error: float | None) -> dict:
         """Pick this round's transfer points with the query strategy under the budget (and, with a privacy cap,
         under what ε has left), ask every client about them and add the answers to the pool (or, with a
         server-side privacy mechanism, release noisy targets for them); returns what was done, for metrics.jsonl."""
@@ -164,11 +219,12 @@ class FederatedDistillation:
                 student_logits = predict_logits(self.student, self.data["transfer"].x[candidates])
                 context = QueryContext(student_logits=student_logits, teacher_error=teacher_error)
             chosen = self.query.select(candidates, budget, context, self.query_generator)
-            logits, base = self._query(grid, nodes, server_round, chosen, self.aggregator.needs_base)
-            self.pool.add(chosen, logits, base)
+            logits, base, clients = self._query(grid, server_round, chosen, self.aggregator.needs_base)
+            self.pool.add(chosen, logits, base, clients)
             if isinstance(self.privacy, ServerRelease):
+                self._check_sensitivity(clients)
                 release = self.privacy.release(
-                    self.privacy_plan, self._aggregation_inputs(chosen, logits, base, class_counts), self.aggregator,
+                    self.privacy_plan, self._aggregation_inputs(chosen, logits, base, clients), self.aggregator,
                     self.student, torch.from_numpy(self.data["transfer"].x[chosen]), self.noise_generator,
                     self.privacy_rng)
                 self.released.add(chosen[release.answered], release.targets)
@@ -180,6 +236,20 @@ class FederatedDistillation:
                 "pool_size": int(self.pool.queried.sum()), "soft_labels_queried": self.pool.num_queries,
                 "teacher_error_val": teacher_error, "stopped_by_privacy_budget": budget < wanted,
                 **release_stats, **self.query.last_stats}
+
+    def _check_sensitivity(self, clients: list[int]) -> None:
+        """The server-side noise was calibrated for the aggregate of every client; fewer clients may make one
+        client's influence larger than the noise covers, and the run must not release with too little noise."""
+        planned = self.privacy_plan.sensitivity
+        if planned is None:
+            return
+        actual = aggregate_sensitivity(self.cfg.aggregator.name, self.cfg.privacy.clip, len(clients))
+        if actual > planned + 1e-12:
+            raise FederationError(
+                f"privacy={self.cfg.privacy.name}: only {len(clients)} of {self.cfg.federation.num_clients} clients "
+                f"answered, and the {self.cfg.aggregator.name} aggregate of {len(clients)} has sensitivity "
+                f"{actual:.4g} > the {planned:.4g} the noise was calibrated for; the run stops rather than release "
+                "under-noised targets (set federation.min_clients=federation.num_clients to stop at the first drop)")
 
     def _affordable(self, budget: int) -> int:
         """The most of ``budget`` queries whose worst-case cost keeps ε within the privacy cap (ε grows with the
@@ -217,20 +287,24 @@ class FederatedDistillation:
         pred = torch.softmax(val_logits, -1).mean(0).argmax(1).numpy()
         return float(np.mean(pred != self.data["val"].y))
 
-    def _communication(self, partition_of: dict[int, int]) -> dict:
-        """This round's payload bytes per client (by partition id), and what FedAvg of the student would move."""
-        down = {str(partition_of[n]): b for n, b in sorted(self.bytes["down"].items())}
-        up = {str(partition_of[n]): b for n, b in sorted(self.bytes["up"].items())}
+    def _communication(self) -> dict:
+        """This round's payload bytes per client (by partition id, or ``node-<id>`` for a node that failed before
+        its partition was known), and what FedAvg of the student would move."""
+        def client(node: int) -> str:
+            return str(self.partition_of[node]) if node in self.partition_of else f"node-{node}"
+
+        down = {client(n): b for n, b in sorted(self.bytes["down"].items())}
+        up = {client(n): b for n, b in sorted(self.bytes["up"].items())}
         return {"bytes_down": down, "bytes_up": up, "bytes_down_total": sum(down.values()),
                 "bytes_up_total": sum(up.values()),
                 "fedavg_bytes_per_client": protocol.fedavg_bytes_per_client_round(self.student)}
 
-    def _query(self, grid: Grid, nodes: list[int], server_round: int, indices: np.ndarray, with_base: bool,
-               split: str = "transfer") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Every teacher's logits [M, n, C] on ``indices`` of ``split`` (ordered by partition id), and its ERM
-        base's when ``with_base``."""
+    def _query(self, grid: Grid, server_round: int, indices: np.ndarray, with_base: bool,
+               split: str = "transfer") -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """The logits [M, n, C] on ``indices`` of ``split`` of every teacher that answered (ordered by partition
+        id), its ERM base's when ``with_base``, and the answering partition ids."""
         query = self.cfg.query
-        replies = self._ask(grid, nodes, protocol.QUERY_SOFTLABELS,
+        replies = self._ask(grid, protocol.QUERY_SOFTLABELS,
                             protocol.query_request(self.job, server_round, indices, with_base, split,
                                                    query.compression, query.top_k),
                             server_round, f"querying soft labels ({split})")
@@ -240,16 +314,16 @@ class FederatedDistillation:
                           for r in replies), key=lambda a: a.partition_id)
         logits = torch.from_numpy(np.stack([a.logits for a in answers]))
         base = torch.from_numpy(np.stack([a.base_logits for a in answers])) if with_base else None
-        return logits, base
+        return logits, base, [a.partition_id for a in answers]
 
-    def _baselines(self, grid: Grid, nodes: list[int], server_round: int) -> dict:
+    def _baselines(self, grid: Grid, server_round: int) -> dict:
         cfg = self.cfg.baselines
         out = {}
         if cfg.ensemble and self.cfg.privacy.name != "none":
             out["ensemble"] = {"skipped": "the teachers' answers on the test split would be a release outside the "
                                           f"privacy={self.cfg.privacy.name} accounting"}
         elif cfg.ensemble:
-            test_logits, _ = self._query(grid, nodes, server_round, np.arange(len(self.data["test"])), False, "test")
+            test_logits, _, _ = self._query(grid, server_round, np.arange(len(self.data["test"])), False, "test")
             out["ensemble"] = ensemble_report(test_logits, self.data)
         if cfg.one_hot:
             self.display.phase(server_round, "baseline: one-hot student on the labeled server split")
@@ -314,6 +388,8 @@ class FederatedDistillation:
                 "worst_worst_group_accuracy": min(t["test_worst_group_accuracy"] for t in last["teachers"]),
             },
             "baselines": baselines,
+            "dropped_clients": self.dropped,
+            "resumed_after_rounds": self.resumed_after,
             **self._privacy_columns(),
             "communication": {**self.totals, "soft_labels_queried": self.pool.num_queries,
                               "uplink_ratio_to_fedavg": self.totals["bytes_up_total"] / (self.totals[
@@ -337,29 +413,120 @@ class FederatedDistillation:
             time.sleep(1.0)
         return nodes[:wanted]
 
-    def _ask(self, grid: Grid, nodes: list[int], message_type: str, content, server_round: int,
-             phase: str) -> list[Message]:
+    def _ask(self, grid: Grid, message_type: str, content, server_round: int, phase: str) -> list[Message]:
+        """Send ``content`` to every node still in and return the replies that arrived without error; the others
+        are dropped (and logged with their client id) and the round goes on while ``min_clients`` remain."""
+        nodes = list(self.nodes)
         self.display.phase(server_round, phase, 0, len(nodes))
         messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
                     for node in nodes]
         for message in messages:
             node = message.metadata.dst_node_id
             self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(message.content)
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
+        timeout = self.cfg.federation.round_timeout
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        answered, good = set(), []
         for reply in replies:
-            if not reply.has_error():
-                node = reply.metadata.src_node_id
-                self.bytes["up"][node] = self.bytes["up"].get(node, 0) + protocol.payload_bytes(reply.content)
-        self.display.phase(server_round, phase, len(replies), len(nodes))
-        failed = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
-        if failed:
-            raise FederationError(f"{message_type} failed on {len(failed)} client(s): " + "; ".join(failed))
-        if len(replies) != len(nodes):
-            answered = {r.metadata.src_node_id for r in replies}
-            missing = [n for n in nodes if n not in answered]
-            raise FederationError(f"{message_type}: no reply within {self.cfg.federation.round_timeout}s "
-                                  f"from node(s) {missing}")
-        return replies
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            if reply.has_error():
+                self._drop(node, server_round, phase, f"error reply (code {reply.error.code}): {reply.error.reason}")
+                continue
+            self.bytes["up"][node] = self.bytes["up"].get(node, 0) + protocol.payload_bytes(reply.content)
+            good.append(reply)
+        for node in nodes:
+            if node not in answered:
+                self._drop(node, server_round, phase, f"no reply within federation.round_timeout={timeout:g} s")
+        self.display.phase(server_round, phase, len(good), len(nodes))
+        self._check_enough(server_round, phase)
+        return good
+
+    def _drop(self, node: int, server_round: int, phase: str, reason: str) -> None:
+        partition = self.partition_of.get(node)
+        failure = {"round": server_round, "phase": phase, "node_id": node, "partition": partition, "reason": reason}
+        self.round_failures.append(failure)
+        self.dropped.append(failure)
+        self.nodes.remove(node)
+        self.display.console.print(
+            f"[yellow]round {server_round}: client {partition if partition is not None else '?'} (node {node}) "
+            f"dropped while {phase}: {reason}[/]", highlight=False, soft_wrap=True)
+
+    def _check_enough(self, server_round: int, phase: str) -> None:
+        needed = self.cfg.federation.min_clients
+        if len(self.nodes) >= needed:
+            return
+        failures = "; ".join(f"client {f['partition']} (node {f['node_id']}), {f['phase']}: {f['reason']}"
+                             for f in self.dropped) or "none failed; too few nodes"
+        resume = (f"; the checkpoint of round {server_round - 1} is in {self.checkpoint_path}: fix the clients and "
+                  f"continue with `fedkd resume={self.run_dir.path}`") if self.checkpoint_path.exists() else ""
+        raise FederationError(
+            f"round {server_round} ({phase}): {len(self.nodes)} clients left, fewer than federation.min_clients="
+            f"{needed}; failed: {failures}{resume}")
+
+    def _save_checkpoint(self, server_round: int, record: dict, wall_seconds: float) -> None:
+        """Everything the next round needs, written atomically after the round's metrics line."""
+        atomic_save({
+            "format": CHECKPOINT_FORMAT,
+            "round": server_round,
+            "config": self.cfg.to_dict(),
+            "run_key": self.run_key,
+            "student": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "objective": self.objective.state_dict(),
+            "pool": self.pool.state_dict(),
+            "released": self.released.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "client_epsilon": self.client_epsilon,
+            "rng": {"distill": rng_state(self.generator), "query": rng_state(self.query_generator),
+                    "privacy": rng_state(self.privacy_rng), "noise": self.noise_generator.get_state(),
+                    "torch": torch.get_rng_state()},
+            "totals": dict(self.totals),
+            "best": {"score": self.best_score, "round": self.best_round,
+                     "model": self.final_model.state_dict() if self.cfg.student.select_best_round else None},
+            "dropped": self.dropped,
+            "resumed_after": self.resumed_after,
+            "last_record": record,
+            "wall_seconds": self.earlier_wall_seconds + wall_seconds,
+        }, self.checkpoint_path)
+
+    def _restore(self) -> int:
+        """Load the last checkpoint of this run directory; returns its round. Metrics lines of later rounds (a
+        round that finished after the checkpoint was read, or a kill between the two writes) are set aside in
+        ``metrics.discarded.jsonl``, not deleted."""
+        state = load(self.checkpoint_path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.checkpoint_path} has format {state.get('format')}, this fedkd reads "
+                                  f"{CHECKPOINT_FORMAT}")
+        if state["config"] != self.cfg.to_dict():
+            raise CheckpointError(f"{self.checkpoint_path} was written by a run with another config than "
+                                  f"{self.run_dir.path / 'config.yaml'}")
+        self.run_key = state["run_key"]
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.objective.load_state_dict(state["objective"])
+        self.pool.load_state_dict(state["pool"])
+        self.released.load_state_dict(state["released"])
+        self.ledger.load_state_dict(state["ledger"])
+        self.client_epsilon = state["client_epsilon"]
+        rng = state["rng"]
+        restore_rng(self.generator, rng["distill"])
+        restore_rng(self.query_generator, rng["query"])
+        restore_rng(self.privacy_rng, rng["privacy"])
+        self.noise_generator.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+        self.totals = dict(state["totals"])
+        best = state["best"]
+        self.best_score, self.best_round = best["score"], best["round"]
+        if best["model"] is not None:
+            self.final_model = copy.deepcopy(self.student)
+            self.final_model.load_state_dict(best["model"])
+        self.dropped = list(state["dropped"])
+        self.resumed_after = [*state["resumed_after"], state["round"]]
+        self._last_record = state["last_record"]
+        self.earlier_wall_seconds = state["wall_seconds"]
+        self.run_dir.set_aside_metrics_after(state["round"])
+        self.display.resume_at(state["round"])
+        return state["round"]
 
 
 def _teacher_summary(reports: list[protocol.TeacherReport]) -> dict:

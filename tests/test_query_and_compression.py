@@ -88,7 +88,7 @@ def test_rad_selects_exactly_b_points_from_its_support():
 
 
 def test_pool_keeps_the_latest_answers_and_counts_every_query():
-    pool = SoftLabelPool(6)
+    pool = SoftLabelPool(6, 2)
     pool.add(np.array([1, 4]), torch.ones(2, 2, 3), None)
     pool.add(np.array([4, 5]), torch.full((2, 2, 3), 2.0), None)
     idx, logits, base = pool.answers()
