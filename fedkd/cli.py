@@ -2,6 +2,7 @@
 
     fedkd                                   # the default run
     fedkd dataset=mnist_lt partition=dirichlet partition.alpha=0.3 federation.num_clients=5
+    fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_s0      # continue a killed run from its last checkpoint
 """
 
 from __future__ import annotations
@@ -12,27 +13,36 @@ import time
 from pathlib import Path
 
 import hydra
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, CheckpointError, load
 from fedkd.config import CONF_DIR, ConfigError, RunConfig, check_against_data, validate
-from fedkd.results import RunDirectory, read_summary
+from fedkd.results import CONFIG_FILE, SUMMARY_FILE, RunDirectory, read_summary
+
+CLIENT_STATE_DIR = "client_state"
 
 
-def simulate(cfg: RunConfig, console: Console | None = None) -> dict:
-    """Run ``cfg`` through Flower's simulation engine (Ray), one SuperNode per client."""
+def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirectory | None = None,
+             resume: bool = False) -> dict:
+    """Run ``cfg`` through Flower's simulation engine (Ray), one SuperNode per client; with ``resume``, continue
+    the run in ``run_dir`` from its last checkpoint. The simulated clients keep their states in the run directory
+    (``client_state/``), which is what lets a resumed run pick up their teachers."""
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
     from server.app import server_app_for
 
     console = console or Console()
-    run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
-    run_dir.write_config(cfg)
-    console.print(f"fedkd: run directory {run_dir.path}")
+    if run_dir is None:
+        run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
+        run_dir.write_config(cfg)
+    console.print(f"fedkd: {'resuming' if resume else 'run'} directory {run_dir.path}")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ[CLIENT_STATE_ENV] = str((run_dir.path / CLIENT_STATE_DIR).resolve())  # Ray's workers inherit it
     run_simulation(
-        server_app=server_app_for(cfg, run_dir),
+        server_app=server_app_for(cfg, run_dir, resume),
         client_app=client_app,
         num_supernodes=cfg.federation.num_clients,
         backend_config={
@@ -40,25 +50,61 @@ def simulate(cfg: RunConfig, console: Console | None = None) -> dict:
             "init_args": {"include_dashboard": False, "log_to_driver": True},
         },
     )
-    if not (Path(run_dir.path) / "summary.json").exists():
+    if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")
     return read_summary(run_dir.path)
+
+
+def resume_target(path: str | Path) -> tuple[RunConfig, RunDirectory]:
+    """The config and directory of a run to continue, after checking that it can be: its config.yaml is valid,
+    it has a checkpoint, and it has rounds left."""
+    folder = Path(path)
+    if not (folder / CONFIG_FILE).is_file():
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: not a run directory (no {CONFIG_FILE}); "
+                          "give the folder a run printed as 'run directory'")
+    cfg = validate(yaml.safe_load((folder / CONFIG_FILE).read_text()))
+    check_against_data(cfg)
+    checkpoint = folder / SERVER_CHECKPOINT
+    if not checkpoint.exists():
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: no {SERVER_CHECKPOINT} (the run stopped before "
+                          "its first round ended); start it again instead")
+    try:
+        done = load(checkpoint)["round"]
+    except CheckpointError as err:
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: {err}") from err
+    if done >= cfg.federation.num_rounds and (folder / SUMMARY_FILE).exists():
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: the run finished all {done} rounds; nothing "
+                          "to resume")
+    return cfg, RunDirectory(folder)
+
+
+def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig, RunDirectory | None]:
+    try:
+        if composed.get("resume") is None:
+            cfg = validate(OmegaConf.to_container(composed, resolve=True))
+            check_against_data(cfg)
+            return cfg, None
+        from hydra.core.hydra_config import HydraConfig
+
+        others = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+        if others:
+            raise ConfigError(f"invalid config: resume continues a run with its own config.yaml; drop the other "
+                              f"overrides {others}")
+        return resume_target(composed.resume)
+    except ConfigError as err:
+        console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(composed: DictConfig) -> None:
     start = time.perf_counter()
     console = Console()
+    cfg, run_dir = _config_or_exit(composed, console)
     try:
-        cfg = validate(OmegaConf.to_container(composed, resolve=True))
-        check_against_data(cfg)
-    except ConfigError as err:
-        console.print(f"[bold red]fedkd: {err}[/]", highlight=False)
-        sys.exit(2)
-    try:
-        summary = simulate(cfg, console)
+        summary = simulate(cfg, console, run_dir, resume=run_dir is not None)
     except RuntimeError as err:
-        console.print(f"[bold red]fedkd: {err}[/]", highlight=False)
+        console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
         sys.exit(1)
     console.print(
         f"fedkd: done in {time.perf_counter() - start:.1f} s wall: accuracy {summary['test']['accuracy']:.4f}, "

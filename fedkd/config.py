@@ -363,6 +363,10 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     from fedkd.query import QUERY_STRATEGIES
     from fedkd.teachers import TEACHER_OBJECTIVES
 
+    if raw.get("resume") is not None:
+        _fail("resume", raw["resume"], "resume is an option of the `fedkd` command (fedkd resume=<run dir>), "
+              "which reads the run's own config.yaml; it cannot be combined with a composed config here")
+    raw = {k: v for k, v in raw.items() if k != "resume"}
     top_known = {"seed", "name", "runs_dir", *_SECTIONS}
     for key in raw:
         if key not in top_known:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from fedkd.checkpoint import SERVER_CHECKPOINT, load
 from fedkd.metrics import worst_group_accuracy
 from fedkd.results import read_metrics, read_predictions, read_summary
 
@@ -47,3 +53,70 @@ def test_colored_mnist_default_run_is_non_degenerate(tmp_path):
     assert summary["test"]["accuracy"] > 0.3  # chance 0.1
     assert len(summary["test"]["group_counts"]) == 20
     assert summary["aggregator"] == "agre"  # the default pipeline: AGRE-KD with the federated options
+
+
+def _process_tree(pid: int) -> list:
+    parent = psutil.Process(pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(tmp_path):
+    """SIGKILL of `fedkd` and its whole process tree (Ray included) once round 2 of 4 is checkpointed, then
+    `fedkd resume=<run dir>`: the metrics equal those of an uninterrupted run, bit for bit."""
+    overrides = ["federation.num_clients=2", "federation.num_rounds=4", "teacher.epochs=1", "student.epochs=1",
+                 "query=random", "query.per_round=300"]
+    whole = _fedkd(tmp_path / "whole", *overrides)
+
+    runs = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fedkd", *overrides, f"runs_dir={runs}"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            checkpoints = list(runs.glob(f"*/*/{SERVER_CHECKPOINT}"))
+            if checkpoints and load(checkpoints[0])["round"] >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        tree = _process_tree(proc.pid)
+    finally:
+        for p in tree or [psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    psutil.wait_procs(tree, timeout=30)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    (run_dir,) = [p for p in runs.glob("*/*") if p.is_dir()]
+    assert not (run_dir / "summary.json").exists()
+    done = load(run_dir / SERVER_CHECKPOINT)["round"]
+    assert 2 <= done < 4
+    resumed = subprocess.run([sys.executable, "-m", "fedkd", f"resume={run_dir}"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming after round {done}" in resumed.stdout
+    summary = read_summary(run_dir)
+    assert summary["resumed_after_rounds"] == [done]
+    for key in ("test", "teachers", "communication"):
+        assert summary[key] == whole[key], key
+    strip = [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(run_dir)]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(whole["run_dir"])]
+
+
+def test_resume_refuses_other_overrides_and_finished_runs(tmp_path):
+    from clients.app import app as client_app
+    from fedkd.config import load_run_config
+    from server.app import run_federation
+    from server.inprocess import InProcessGrid
+
+    cfg = load_run_config(["federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1",
+                           "student.epochs=1", f"runs_dir={tmp_path}"])
+    summary = run_federation(InProcessGrid(client_app, 2), cfg)
+    for args, message in (([f"resume={summary['run_dir']}", "seed=3"], "drop the other overrides ['seed=3']"),
+                          ([f"resume={summary['run_dir']}"], "the run finished all 1 rounds"),
+                          ([f"resume={tmp_path}"], "not a run directory")):
+        proc = subprocess.run([sys.executable, "-m", "fedkd", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stdout.replace("\n", ""), proc.stdout
