@@ -68,6 +68,7 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message_id = str(next(self._ids))
+            message.metadata.__dict__["_message_id"] = message_id  # as Flower's grids do on push
             self._replies[message_id] = self._deliver(message)
             ids.append(message_id)
         return ids

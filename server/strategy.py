@@ -425,9 +425,12 @@ class FederatedDistillation:
             self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(message.content)
         timeout = self.cfg.federation.round_timeout
         replies = list(grid.send_and_receive(messages, timeout=timeout))
+        # the grid has set each message's id; an error reply for a node that went offline comes from the
+        # SuperLink (src_node_id 1), so the node is the addressee of the message the reply answers
+        addressee = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         answered, good = set(), []
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = addressee.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             answered.add(node)
             if reply.has_error():
                 self._drop(node, server_round, phase, f"error reply (code {reply.error.code}): {reply.error.reason}")

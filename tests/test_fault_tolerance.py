@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import FAST
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 
 from clients.app import NodeConfigError, partition_id
 from clients.app import app as client_app
@@ -45,6 +45,22 @@ class SilentNodeGrid(InProcessGrid):
         replies = list(super().send_and_receive(messages, timeout=timeout))
         return [r for r in replies if not (r.metadata.src_node_id == self.silent_node
                                            and int(messages[0].metadata.group_id) >= self.silent_from)]
+
+
+class OfflineNodeGrid(InProcessGrid):
+    """Node ``node`` goes offline before round ``server_round``: the SuperLink answers for it with Flower's
+    NODE_UNAVAILABLE error reply, sent from the SuperLink's own id (1), not the node's."""
+
+    def __init__(self, num_nodes: int, node: int, server_round: int) -> None:
+        super().__init__(client_app, num_nodes, first_node_id=2)
+        self.offline_node, self.offline_from = node, server_round
+
+    def _deliver(self, message: Message) -> Message:
+        if message.metadata.dst_node_id == self.offline_node and int(message.metadata.group_id) >= self.offline_from:
+            reply = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+            reply.metadata.__dict__["_src_node_id"] = 1
+            return reply
+        return super()._deliver(message)
 
 
 class Killed(BaseException):
@@ -101,6 +117,14 @@ def test_a_silent_client_times_out_and_is_recorded(tmp_path):
     assert failure["node_id"] == 3 and failure["partition"] == 2
     assert failure["reason"] == "no reply within federation.round_timeout=600 s"
     assert records[1]["participants"] == [0, 1]
+
+
+def test_an_offline_node_is_named_by_the_message_its_error_reply_answers(tmp_path):
+    cfg = _cfg(tmp_path, "federation.min_clients=2")
+    summary = run_federation(OfflineNodeGrid(3, node=3, server_round=2), cfg)
+    (failure,) = summary["dropped_clients"]
+    assert (failure["node_id"], failure["partition"], failure["round"]) == (3, 1, 2)
+    assert failure["reason"] == "error reply (code 5): Error: Node Unavailable"
 
 
 def test_fewer_than_min_clients_stops_the_run_with_the_reason_and_the_resume_command(tmp_path):
