@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup demo test lint flwr-run clean
+.PHONY: setup demo test lint flwr-run deploy-local certs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,14 @@ lint: $(INSTALLED)
 flwr-run: $(INSTALLED)
 	$(BIN)/python scripts/flwr_run_local.py $(OVERRIDES)
 
+## a SuperLink and N SuperNodes as separate processes on loopback (TLS=1: TLS + SuperNode authentication)
+N ?= 2
+deploy-local: $(INSTALLED)
+	$(BIN)/python scripts/deploy_local.py --nodes $(N) $(if $(TLS),--tls) $(OVERRIDES)
+
+## throwaway CA, SuperLink certificate and node keys for a TLS deployment: make certs DIR=<folder> N=<nodes>
+certs: $(INSTALLED)
+	$(BIN)/python scripts/make_certs.py $(DIR) --nodes $(N)
+
 clean:
-	rm -rf $(VENV) .flwr *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .flwr .flwr-deploy *.egg-info .pytest_cache .ruff_cache

@@ -217,8 +217,43 @@ def run_status(deployment: Deployment, run_id: str) -> dict:
         time.sleep(1.0)
 
 
+def start_superlink(deployment: Deployment, port: int, certs: Path | None) -> subprocess.Popen:
+    link = deployment.start("superlink", superlink_args(port, certs))
+    wait_listening(deployment, "superlink", link, port)
+    return link
+
+
+def register_node(deployment: Deployment, public_key: Path) -> None:
+    """`flwr supernode register`: only registered keys may connect to a SuperLink with node authentication."""
+    registered = deployment.flwr("supernode", "register", str(public_key), CONNECTION, "--format", "json")
+    if registered.returncode != 0 or '"success": true' not in registered.stdout.replace("\n", ""):
+        raise DeployError(f"registering {public_key} failed: {registered.stdout}{registered.stderr}")
+
+
+def start_supernode(deployment: Deployment, name: str, superlink_port: int, port: int, node_config: str,
+                    certs: Path | None, key: Path | None) -> subprocess.Popen:
+    node = deployment.start(name, supernode_args(superlink_port, port, node_config, certs, key))
+    wait_listening(deployment, name, node, port)
+    return node
+
+
 def deploy(args: argparse.Namespace) -> int:
+    """Check everything, start the SuperLink and the SuperNodes, run the job, stop them all."""
     sys.path.insert(0, str(ROOT))
+    home = args.home.resolve()
+    node_texts = args.node_configs or [f"partition-id={i} num-partitions={args.nodes}" for i in range(args.nodes)]
+    if len(node_texts) != args.nodes:
+        raise DeployError(f"--node-configs gives {len(node_texts)} configs for --nodes {args.nodes}")
+    configs = check_node_configs(node_texts, args.nodes)
+    node_texts = [t if "state-dir" in c else f'{t} state-dir="{home / "state" / f"node-{i}"}"'
+                  for i, (t, c) in enumerate(zip(node_texts, configs, strict=True))]
+    if args.node_ports and len(args.node_ports) != args.nodes:
+        raise DeployError(f"--node-ports gives {len(args.node_ports)} ports for --nodes {args.nodes}")
+    explicit = [p for p in [args.port, *(args.node_ports or [])] if p is not None]
+    for port in explicit:
+        check_port_free(port)
+    if args.tls and args.certs is not None:
+        check_certs(args.certs, args.nodes)
     from fedkd.config import load_run_config
 
     overrides = list(args.overrides)
@@ -228,13 +263,6 @@ def deploy(args: argparse.Namespace) -> int:
     if cfg.federation.num_clients != args.nodes:
         raise DeployError(f"federation.num_clients={cfg.federation.num_clients} but --nodes {args.nodes}: one "
                           "SuperNode per client; drop the override or make them equal")
-    home = args.home.resolve()
-    node_texts = args.node_configs or [f"partition-id={i} num-partitions={args.nodes}" for i in range(args.nodes)]
-    if len(node_texts) != args.nodes:
-        raise DeployError(f"--node-configs gives {len(node_texts)} configs for --nodes {args.nodes}")
-    configs = check_node_configs(node_texts, args.nodes)
-    node_texts = [t if "state-dir" in c else f"{t} state-dir={home / 'state' / f'node-{i}'}"
-                  for i, (t, c) in enumerate(zip(node_texts, configs, strict=True))]
     certs = None
     if args.tls:
         certs = (args.certs or home / "certs").resolve()
@@ -243,11 +271,6 @@ def deploy(args: argparse.Namespace) -> int:
 
             write_credentials(certs, [HOST, "localhost"], args.nodes)
         check_certs(certs, args.nodes)
-    explicit = [p for p in [args.port, *(args.node_ports or [])] if p is not None]
-    for port in explicit:
-        check_port_free(port)
-    if args.node_ports and len(args.node_ports) != args.nodes:
-        raise DeployError(f"--node-ports gives {len(args.node_ports)} ports for --nodes {args.nodes}")
     superlink_port = args.port or free_ports(1, set(explicit))[0]
     node_ports = args.node_ports or free_ports(args.nodes, {superlink_port, *explicit})
 
@@ -259,19 +282,15 @@ def deploy(args: argparse.Namespace) -> int:
     deployment = Deployment(home)
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        link = deployment.start("superlink", superlink_args(superlink_port, certs))
-        wait_listening(deployment, "superlink", link, superlink_port)
-        print(f"deploy-local: SuperLink on {HOST}:{superlink_port} (pid {link.pid}), FLWR_HOME={home}")
+        link = start_superlink(deployment, superlink_port, certs)
+        print(f"deploy-local: SuperLink on {HOST}:{superlink_port} (pid {link.pid}), FLWR_HOME={home}"
+              + (", TLS and SuperNode authentication on" if certs else ""))
         for i, (text, port) in enumerate(zip(node_texts, node_ports, strict=True)):
             key = None
             if certs:
+                register_node(deployment, certs / f"node-{i}.pub")
                 key = certs / f"node-{i}.key"
-                registered = deployment.flwr("supernode", "register", str(certs / f"node-{i}.pub"), CONNECTION,
-                                             "--format", "json")
-                if registered.returncode != 0 or '"success": true' not in registered.stdout.replace("\n", ""):
-                    raise DeployError(f"registering node {i}'s key failed: {registered.stdout}{registered.stderr}")
-            node = deployment.start(f"supernode-{i}", supernode_args(superlink_port, port, text, certs, key))
-            wait_listening(deployment, f"supernode-{i}", node, port)
+            node = start_supernode(deployment, f"supernode-{i}", superlink_port, port, text, certs, key)
             print(f"deploy-local: SuperNode {i} (pid {node.pid}) on {HOST}:{port}, node config '{text}'")
         return run_job(deployment, overrides)
     finally:
