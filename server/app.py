@@ -8,7 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from fedkd.config import RunConfig, load_run_config
+from fedkd.config import ConfigError, RunConfig, load_run_config
 from fedkd.display import RunDisplay, summary_table
 from fedkd.results import RunDirectory
 from server.strategy import FederatedDistillation
@@ -43,6 +43,20 @@ def server_app_for(cfg: RunConfig, run_dir: RunDirectory, resume: bool = False) 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """``flwr run .``: the same defaults as ``fedkd``; Hydra overrides come in run config ``overrides``."""
+    """``flwr run .``: the same defaults as ``fedkd``; Hydra overrides come in run config ``overrides``, and run
+    config ``resume`` (a run directory, as the SuperLink's working directory sees it) continues a killed run."""
+    serve(grid, context)
+
+
+def serve(grid: Grid, context: Context) -> dict:
+    resume = str(context.run_config.get("resume", ""))
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
-    run_federation(grid, load_run_config(overrides))
+    if not resume:
+        return run_federation(grid, load_run_config(overrides))
+    from fedkd.cli import resume_target
+
+    if overrides:
+        raise ConfigError(f"invalid config: resume continues a run with its own config.yaml; drop the overrides "
+                          f"{overrides}")
+    cfg, run_dir = resume_target(resume)
+    return run_federation(grid, cfg, run_dir, resume=True)

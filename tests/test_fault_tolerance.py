@@ -257,3 +257,20 @@ def test_a_misconfigured_node_comes_back_as_an_error_reply_naming_it(tmp_path):
     assert failure["node_id"] == 2 and failure["partition"] is None
     assert "NodeConfigError: node config partition-id=5 is outside 0..2" in failure["reason"]
     assert read_summary(summary["run_dir"])["dropped_clients"] == [failure]
+
+
+def test_the_flower_server_app_resumes_from_run_config(tmp_path):
+    from server.app import serve
+
+    cfg = _cfg(tmp_path, "federation.num_rounds=3")
+    run_dir = RunDirectory.create(cfg.runs_dir, "killed")
+    run_dir.write_config(cfg)
+    with pytest.raises(Killed):
+        run_federation(KillingGrid(3, str(tmp_path / "nodes"), server_round=3), cfg, run_dir)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={"overrides": "", "resume": str(run_dir.path)})
+    summary = serve(InProcessGrid(client_app, 3, state_dir=str(tmp_path / "nodes")), context)
+    assert summary["resumed_after_rounds"] == [2] and [r["round"] for r in read_metrics(run_dir.path)] == [1, 2, 3]
+    context.run_config["overrides"] = "seed=2"
+    with pytest.raises(ConfigError, match="drop the overrides"):
+        serve(InProcessGrid(client_app, 3), context)
