@@ -6,6 +6,10 @@ restarted node or a resumed run continues from it."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
@@ -66,6 +70,19 @@ def _saved_state(context: Context, request: protocol.TrainRequest, pid: int) -> 
     return store.load(request.run_key, pid, request.round - 1)
 
 
+@contextlib.contextmanager
+def client_threads(threads: int) -> Iterator[None]:
+    """Run the client's work on ``threads`` torch threads (the job's federation.client_cpus), then restore the
+    process's setting: parallel reductions sum in an order that depends on the thread count, so this is what
+    makes a client compute the same bits in a Ray worker, a SuperNode's process and the in-process grid."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @app.train("teacher")
 def train_teacher(msg: Message, context: Context) -> Message:
     request = protocol.parse_train_request(msg.content)
@@ -73,7 +90,8 @@ def train_teacher(msg: Message, context: Context) -> Message:
     state = _load_state(context)
     if not state and request.round > 1:
         state = _saved_state(context, request, pid)
-    state, report = train_local_teacher(request.job, pid, request.round, state)
+    with client_threads(request.job.threads):
+        state, report = train_local_teacher(request.job, pid, request.round, state)
     _save_state(context, state)
     store = ClientStateStore.for_node(context.node_config)
     if store is not None and request.run_key:
@@ -85,6 +103,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
 def query_softlabels(msg: Message, context: Context) -> Message:
     request = protocol.parse_query_request(msg.content)
     pid = partition_id(context, request.job.num_clients)
-    logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base,
-                                       request.split, request.round)
+    with client_threads(request.job.threads):
+        logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices,
+                                           request.with_base, request.split, request.round)
     return Message(protocol.query_reply(pid, logits, base, request.compression), reply_to=msg)

@@ -188,7 +188,7 @@ class FederationConfig:
 
     num_clients: int
     num_rounds: int
-    client_cpus: float
+    client_cpus: float  # CPUs per simulated client, and the torch threads every client uses on any engine
     round_timeout: float  # seconds the server waits for the replies of one request
     min_clients: int  # a round goes on with the clients that answered while at least this many did
 
@@ -214,6 +214,7 @@ class ClientJob:
     teacher: TeacherConfig
     erm_base: bool = False  # keep an ERM base beside the teacher (the biased model AGRE-KD asks for)
     privacy: ClientPrivacy = ClientPrivacy()
+    threads: int = 1  # torch threads of the client's work, on every engine (federation.client_cpus)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=True)
@@ -237,6 +238,7 @@ class ClientJob:
             teacher=TeacherConfig(**raw["teacher"]),
             erm_base=bool(raw["erm_base"]),
             privacy=ClientPrivacy(**raw.get("privacy", {})),
+            threads=int(raw.get("threads", 1)),
         )
 
 
@@ -275,6 +277,7 @@ class RunConfig:
             teacher=self.teacher,
             erm_base=erm_base,
             privacy=privacy,
+            threads=max(1, int(round(self.federation.client_cpus))),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ FAST = [
     "federation.num_rounds=2",
     "teacher.epochs=1",
     "student.epochs=1",
+    "federation.client_cpus=2",  # in-process clients on both cores (results do not depend on the engine)
 ]
 
 
