@@ -3,6 +3,7 @@
     fedkd                                   # the default run
     fedkd dataset=mnist_lt partition=dirichlet partition.alpha=0.3 federation.num_clients=5
     fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_s0      # continue a killed run from its last checkpoint
+    fedkd -m aggregator=mean,agre seed=0,1,2   # a sweep: jobs one after another, under multirun/<date>/<time>/
 """
 
 from __future__ import annotations
@@ -26,21 +27,30 @@ CLIENT_STATE_DIR = "client_state"
 
 def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirectory | None = None,
              resume: bool = False) -> dict:
-    """Run ``cfg`` through Flower's simulation engine (Ray), one SuperNode per client; with ``resume``, continue
-    the run in ``run_dir`` from its last checkpoint. The simulated clients keep their states in the run directory
-    (``client_state/``), which is what lets a resumed run pick up their teachers."""
-    from flwr.simulation import run_simulation
-
+    """Run ``cfg`` through Flower's simulation engine (Ray), one SuperNode per client, or with
+    ``engine=inprocess`` on the in-process grid (the same ClientApp and round loop, no Ray); with ``resume``,
+    continue the run in ``run_dir`` from its last checkpoint. The simulated clients keep their states in the run
+    directory (``client_state/``), which is what lets a resumed run pick up their teachers."""
     from clients.app import app as client_app
-    from server.app import server_app_for
 
     console = console or Console()
     if run_dir is None:
         run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
         run_dir.write_config(cfg)
     console.print(f"fedkd: {'resuming' if resume else 'run'} directory {run_dir.path}")
+    state_dir = str((run_dir.path / CLIENT_STATE_DIR).resolve())
+    if cfg.engine == "inprocess":
+        from server.app import run_federation
+        from server.inprocess import InProcessGrid
+
+        return run_federation(InProcessGrid(client_app, cfg.federation.num_clients, state_dir=state_dir), cfg,
+                              run_dir, console, resume)
+    from flwr.simulation import run_simulation
+
+    from server.app import server_app_for
+
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ[CLIENT_STATE_ENV] = str((run_dir.path / CLIENT_STATE_DIR).resolve())  # Ray's workers inherit it
+    os.environ[CLIENT_STATE_ENV] = state_dir  # Ray's workers inherit it
     run_simulation(
         server_app=server_app_for(cfg, run_dir, resume),
         client_app=client_app,
@@ -78,19 +88,39 @@ def resume_target(path: str | Path) -> tuple[RunConfig, RunDirectory]:
     return cfg, RunDirectory(folder)
 
 
-def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig, RunDirectory | None]:
+def _sweep_run_directory(cfg: RunConfig) -> RunDirectory | None:
+    """In a Hydra multirun (``fedkd -m``), the job's own folder ``multirun/<date>/<time>/<job>_<name>`` is its run
+    directory; None in a single run (a fresh ``runs/<date>/<time>_<name>``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra_cfg.runtime.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    if any(path.iterdir()):
+        raise ConfigError(f"invalid config: hydra.sweep.dir: the job folder {path} is not empty; a run never "
+                          "overwrites another: pick a new hydra.sweep.dir")
+    run_dir = RunDirectory(path)
+    run_dir.write_config(cfg)
+    return run_dir
+
+
+def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig, RunDirectory | None, bool]:
+    """The validated config, the run directory to use (None: a fresh one) and whether it is a resume."""
     try:
         if composed.get("resume") is None:
             cfg = validate(OmegaConf.to_container(composed, resolve=True))
             check_against_data(cfg)
-            return cfg, None
+            return cfg, _sweep_run_directory(cfg), False
         from hydra.core.hydra_config import HydraConfig
 
         others = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
         if others:
             raise ConfigError(f"invalid config: resume continues a run with its own config.yaml; drop the other "
                               f"overrides {others}")
-        return resume_target(composed.resume)
+        return (*resume_target(composed.resume), True)
     except ConfigError as err:
         console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -100,9 +130,9 @@ def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig, 
 def _main(composed: DictConfig) -> None:
     start = time.perf_counter()
     console = Console()
-    cfg, run_dir = _config_or_exit(composed, console)
+    cfg, run_dir, resume = _config_or_exit(composed, console)
     try:
-        summary = simulate(cfg, console, run_dir, resume=run_dir is not None)
+        summary = simulate(cfg, console, run_dir, resume=resume)
     except RuntimeError as err:
         console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
         sys.exit(1)

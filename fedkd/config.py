@@ -16,6 +16,9 @@ import yaml
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+ENGINES = ("simulation", "inprocess")
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key and a valid alternative."""
 
@@ -256,6 +259,7 @@ class RunConfig:
     baselines: BaselinesConfig
     query: QueryConfig
     privacy: PrivacyConfig = PrivacyConfig(name="none")
+    engine: str = "simulation"  # simulation (Flower's engine, Ray) | inprocess (the same apps, no Ray)
 
     def client_job(self, erm_base: bool = False, release_counts: bool = False,
                    noise_multiplier: float | None = None) -> ClientJob:
@@ -371,12 +375,14 @@ def validate(raw: dict[str, Any]) -> RunConfig:
               "which reads the run's own config.yaml; it cannot be combined with a composed config here")
     raw = {k: v for k, v in raw.items() if k != "resume"}
     top_known = {"seed", "name", "runs_dir", *_SECTIONS}
+    raw = {"engine": "simulation", **raw}  # configs written before the key existed ran on the simulation engine
     for key in raw:
-        if key not in top_known:
-            _fail(key, raw[key], f"unknown top-level key; known: {sorted(top_known)}")
+        if key not in top_known | {"engine"}:
+            _fail(key, raw[key], f"unknown top-level key; known: {sorted(top_known | {'engine'})}")
     for key in top_known:
         if key not in raw:
             _fail(key, None, "missing")
+    _check_choice("engine", raw["engine"], ENGINES)
     sections = {name: _section(name, raw[name], cls) for name, cls in _SECTIONS.items()}
     ds: DatasetConfig = sections["dataset"]
     part: PartitionConfig = sections["partition"]
@@ -467,7 +473,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
                    PRIVACY_MECHANISMS)
 
     return RunConfig(
-        seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), **sections
+        seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), engine=raw["engine"], **sections
     )
 
 
