@@ -28,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
@@ -228,6 +229,7 @@ def _override_key(key: str) -> str:
 
 
 def _format_value(value: Any) -> str:
+    """A config value as it reads in an override: null, true, 0.5."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -274,6 +276,7 @@ def table_metrics(groups: Sequence[Group]) -> list[Metric]:
 
 
 def format_cell(values: Sequence[float], fmt: str) -> str:
+    """``mean ± std`` for the printed and Markdown tables; ``mean ± —`` for one run, ``–`` for none."""
     mean, std = mean_std(values)
     if math.isnan(mean):
         return "–"
@@ -300,6 +303,7 @@ TABLE_NOTE = (f"mean ± sample std (ddof=1) over the runs of a group; {NO_STD} =
 
 
 def rich_table(groups: Sequence[Group]) -> Table:
+    """The table printed to the terminal (same cells as report.md)."""
     table = Table(title="fedkd report: final students", caption=TABLE_NOTE)
     table.add_column("group", overflow="fold")
     table.add_column("n", justify="right")
@@ -308,7 +312,7 @@ def rich_table(groups: Sequence[Group]) -> Table:
     for metric in metrics:
         table.add_column(metric.title, justify="right")
     for group in groups:
-        table.add_row(group.label, str(len(group.runs)), " ".join(map(str, group.seeds)),
+        table.add_row(escape(group.label), str(len(group.runs)), " ".join(map(str, group.seeds)),
                       *(format_cell(group.values(m.key), m.fmt) for m in metrics))
     return table
 
@@ -326,10 +330,12 @@ def write_csv(groups: Sequence[Group], path: Path) -> None:
 
 
 def _csv_value(value: Any) -> Any:
+    """Config values as written in an override (null, true, (1, 2)); numbers and text as they are."""
     return _format_value(value) if isinstance(value, bool | tuple) or value is None else value
 
 
 def write_markdown(groups: Sequence[Group], skipped: Sequence[tuple[Path, str]], path: Path) -> None:
+    """report.md: the table to paste into notes or docs, and which runs were left out and why."""
     metrics = table_metrics(groups)
     header = ["group", "n", "seeds", *(m.title for m in metrics)]
     lines = ["# fedkd report", "", TABLE_NOTE + ".", "", "| " + " | ".join(header) + " |",
@@ -347,8 +353,10 @@ def write_markdown(groups: Sequence[Group], skipped: Sequence[tuple[Path, str]],
 
 
 def _colour(index: int) -> Any:
-    """One colour per group, the same in every plot."""
-    return matplotlib.colormaps["tab10" if index < 10 else "tab20"](index % 20)
+    """One colour per group, the same in every plot: tab10, then tab20's light shades of those ten."""
+    if index < 10:
+        return matplotlib.colormaps["tab10"](index)
+    return matplotlib.colormaps["tab20"]((2 * (index - 10) + 1) % 20)
 
 
 def _save(fig: Figure, path: Path, files: list[Path]) -> None:
@@ -404,16 +412,20 @@ def plot_rounds(groups: Sequence[Group], path: Path, files: list[Path]) -> None:
     _save(fig, path, files)
 
 
+def _per_group(run: Run) -> dict[str, float]:
+    """Final per-group test accuracy (empty for a summary without it)."""
+    return run.summary["test"].get("per_group_accuracy", {})
+
+
 def plot_group_bars(groups: Sequence[Group], path: Path, files: list[Path]) -> None:
     """Per-group accuracy of the final students: which groups a method gives up (WGA names only the worst)."""
-    names = list(dict.fromkeys(n for g in groups for r in g.runs for n in r.summary["test"]["per_group_accuracy"]))
+    names = list(dict.fromkeys(n for g in groups for r in g.runs for n in _per_group(r)))
     width = 0.8 / len(groups)
     fig = Figure(figsize=(min(max(8.0, 2 + 0.22 * len(names) * (len(groups) + 1)), 30.0), 5.5), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(names))
     for i, group in enumerate(groups):
-        stats = [mean_std([r.summary["test"]["per_group_accuracy"][n] for r in group.runs
-                           if n in r.summary["test"]["per_group_accuracy"]]) for n in names]
+        stats = [mean_std([_per_group(r)[n] for r in group.runs if n in _per_group(r)]) for n in names]
         means = np.array([s[0] for s in stats])
         stds = np.nan_to_num(np.array([s[1] for s in stats]))
         ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=stds if len(group.runs) > 1 else None, capsize=2,
@@ -476,13 +488,20 @@ def agre_weights(run: Run) -> dict[tuple[int, int], float]:
     return cells
 
 
-def plot_agre_heatmap(group: Group, path: Path, files: list[Path]) -> None:
-    """Teacher weights per client and round, mean over seeds: which clients AGRE-KD trusted, and when."""
+def agre_weight_matrix(group: Group) -> tuple[list[int], list[int], np.ndarray]:
+    """Partition ids, rounds, and the teacher weights [client, round] averaged over the group's runs (NaN where a
+    client answered in no run: it had dropped out)."""
     per_run = [w for w in map(agre_weights, group.runs) if w]
     clients = sorted({c for w in per_run for c, _ in w})
     rounds = sorted({r for w in per_run for _, r in w})
     stack = np.array([[[w.get((c, r), np.nan) for r in rounds] for c in clients] for w in per_run])
-    matrix = np.nanmean(stack, axis=0)
+    answered = (~np.isnan(stack)).sum(0)
+    return clients, rounds, np.where(answered > 0, np.nansum(stack, axis=0) / np.maximum(answered, 1), np.nan)
+
+
+def plot_agre_heatmap(group: Group, path: Path, files: list[Path]) -> None:
+    """Teacher weights per client and round, mean over seeds: which clients AGRE-KD trusted, and when."""
+    clients, rounds, matrix = agre_weight_matrix(group)
     fig = Figure(figsize=(min(max(6.0, 2.5 + 0.8 * len(rounds)), 18.0), min(max(3.8, 1.8 + 0.45 * len(clients)), 14.0)),
                  layout="constrained")
     ax = fig.subplots()
@@ -544,7 +563,17 @@ def _log_axis(ax: Axes, xs: Sequence[float]) -> None:
 
 
 def _slug(text: str) -> str:
+    """A file name part from a group label (``aggregator=agre`` -> ``aggregator_agre``), short enough for any disk."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "all_runs"
+
+
+def _unused(path: Path, files: list[Path]) -> Path:
+    """``path``, or with a numeric suffix when this report already wrote it (two labels, one slug)."""
+    candidate, number = path, 1
+    while candidate in files:
+        number += 1
+        candidate = path.with_stem(f"{path.stem}-{number}")
+    return candidate
 
 
 def write_plots(groups: Sequence[Group], out: Path) -> list[Path]:
@@ -554,12 +583,13 @@ def write_plots(groups: Sequence[Group], out: Path) -> list[Path]:
     with matplotlib.rc_context(STYLE):
         if any(r.records for g in groups for r in g.runs):
             plot_rounds(groups, out / "rounds.png", files)
-        plot_group_bars(groups, out / "per_group_accuracy.png", files)
+        if any(_per_group(r) for g in groups for r in g.runs):
+            plot_group_bars(groups, out / "per_group_accuracy.png", files)
         if len(groups) > 1:
             plot_pareto(groups, out / "pareto.png", files)
         for group in groups:
             if any(agre_weights(r) for r in group.runs):
-                plot_agre_heatmap(group, out / f"agre_weights_{_slug(group.label)}.png", files)
+                plot_agre_heatmap(group, _unused(out / f"agre_weights_{_slug(group.label)}.png", files), files)
         if varying & (BUDGET_KEYS | {"query.name"}):
             plot_sweep(groups, BUDGET_KEYS, "soft_labels_queried", "soft labels queried per teacher, whole run",
                        "Query budget", out / "query_budget.png", files)
@@ -583,7 +613,8 @@ def build_report(patterns: Sequence[str], out: Path, console: Console | None = N
     console = console or Console()
     runs, skipped = load_runs(find_run_dirs(patterns))
     for path, reason in skipped:
-        console.print(f"[yellow]warning: skipped {path}: {reason}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning: skipped {escape(str(path))}: {escape(reason)}[/]", highlight=False,
+                      soft_wrap=True)
     if not runs:
         raise FileNotFoundError(f"no finished run directory (with {CONFIG_FILE} and {SUMMARY_FILE}) under "
                                 f"{' '.join(patterns)}")
@@ -620,11 +651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = build_report(args.runs, args.out or default_out(args.runs), console)
     except FileNotFoundError as err:
-        console.print(f"[bold red]fedkd report: {err}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]fedkd report: {escape(str(err))}[/]", highlight=False, soft_wrap=True)
         return 1
     runs = sum(len(g.runs) for g in report.groups)
     console.print(f"fedkd report: {runs} runs in {len(report.groups)} groups ({len(report.skipped)} skipped); wrote:",
                   highlight=False)
     for path in report.files:
-        console.print(f"  {path}", highlight=False, soft_wrap=True)
+        console.print(f"  {escape(str(path))}", highlight=False, soft_wrap=True)
     return 0

@@ -25,6 +25,7 @@ from fedkd.config import load_run_config
 from fedkd.report import (
     Group,
     Run,
+    agre_weight_matrix,
     beta_curves,
     build_report,
     default_out,
@@ -120,6 +121,31 @@ def test_plots_the_runs_allow_are_valid_pngs_and_no_others(built):
     for name in COMMON_PLOTS:
         image = imread(out / name)
         assert (out / name).stat().st_size > 0 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_agre_heatmap_is_the_mean_over_seeds_of_the_logged_teacher_weights(runs_root, built):
+    report, _, _ = built
+    agre = next(g for g in report.groups if g.overrides == {"aggregator.name": "agre"})
+    logged = []
+    for path in sorted(runs_root.rglob("metrics.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        if records[0]["aggregator"] == "agre" and (path.parent / "summary.json").exists():
+            assert all(r["participants"] == [0, 1, 2] for r in records)
+            logged.append([r["aggregator_stats"]["mean_weight_per_teacher"] for r in records])  # [round, teacher]
+    clients, rounds, matrix = agre_weight_matrix(agre)
+    assert (clients, rounds, len(logged)) == ([0, 1, 2], [1, 2], 2)
+    np.testing.assert_allclose(matrix, np.mean(logged, axis=0).T, rtol=1e-12)
+    assert all(not agre_weight_matrix(g)[0] for g in report.groups if g is not agre)
+
+
+def test_agre_weights_follow_the_participants_of_each_round():
+    weights = "mean_weight_per_teacher"
+    records = [{"round": 1, "aggregator_stats": {weights: [0.2, 0.3, 0.5]}, "participants": [0, 1, 2]},
+               {"round": 2, "aggregator_stats": {weights: [0.6, 0.4]}, "participants": [0, 2]}]
+    runs = [Run(Path(f"/r{s}"), {"seed": s}, {}, records) for s in (0, 1)]
+    clients, rounds, matrix = agre_weight_matrix(Group({}, runs))
+    assert (clients, rounds) == ([0, 1, 2], [1, 2])
+    np.testing.assert_array_equal(matrix, [[0.2, 0.6], [0.3, np.nan], [0.5, 0.4]])  # client 1 dropped in round 2
 
 
 def test_incomplete_run_is_skipped_with_a_warning(built):
