@@ -505,7 +505,8 @@ def plot_agre_heatmap(group: Group, path: Path, files: list[Path]) -> None:
     fig = Figure(figsize=(min(max(6.0, 2.5 + 0.8 * len(rounds)), 18.0), min(max(3.8, 1.8 + 0.45 * len(clients)), 14.0)),
                  layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=float(np.nanmax(matrix)))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")  # grey: the client had dropped out
+    image = ax.imshow(matrix, aspect="auto", cmap=cmap, vmin=0.0, vmax=float(np.nanmax(matrix)))
     fig.colorbar(image, ax=ax, label="mean normalised teacher weight")
     ax.set_xticks(range(len(rounds)), [str(r) for r in rounds])
     ax.set_yticks(range(len(clients)), [f"client {c}" for c in clients])
@@ -516,9 +517,8 @@ def plot_agre_heatmap(group: Group, path: Path, files: list[Path]) -> None:
     if len(rounds) <= ANNOTATE_CELLS and len(clients) <= ANNOTATE_CELLS:
         middle = float(np.nanmax(matrix)) / 2
         for (row, col), value in np.ndenumerate(matrix):
-            if not np.isnan(value):
-                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
-                        color="black" if value > middle else "white")
+            ax.text(col, row, "dropped" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color="black" if np.isnan(value) or value > middle else "white")
     _save(fig, path, files)
 
 
@@ -644,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "accuracy vs worst-group accuracy, AGRE-KD teacher weights, and query-budget and "
                     "privacy-utility curves when the runs vary those.")
     parser.add_argument("runs", nargs="+", help="run directories, folders holding them (searched recursively) or "
-                                                "globs, e.g. runs/2026-11-24 'multirun/**'")
+                                                "globs, e.g. runs/2026-11-24 'runs/*/*_agre_*'")
     parser.add_argument("--out", type=Path, help="output folder (default: <first dir>/report, or ./report)")
     args = parser.parse_args(argv)
     console = _console()
