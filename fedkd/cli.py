@@ -4,6 +4,7 @@
     fedkd dataset=mnist_lt partition=dirichlet partition.alpha=0.3 federation.num_clients=5
     fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_s0      # continue a killed run from its last checkpoint
     fedkd -m aggregator=mean,agre seed=0,1,2   # a sweep: jobs one after another, under multirun/<date>/<time>/
+    fedkd report runs/2026-11-24 [--out DIR]   # table and plots of finished runs (fedkd.report)
 """
 
 from __future__ import annotations
@@ -144,5 +145,10 @@ def _main(composed: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. ``fedkd report ...`` is dispatched before Hydra sees the command line: it has its own
+    options (argparse), which Hydra would reject as overrides."""
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        from fedkd.report import main as report_main
+
+        sys.exit(report_main(sys.argv[2:]))
     _main()
