@@ -3,15 +3,16 @@ under one sweep folder; `engine=inprocess` runs the same apps without Ray."""
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 
+import numpy as np
 import yaml
 
 from fedkd.results import read_metrics, read_summary
 
-FAST = ["federation.num_clients=2", "federation.num_rounds=2", "teacher.epochs=1", "student.epochs=1",
-        "baselines.ensemble=false"]
+FAST = ["federation.num_clients=2", "federation.num_rounds=2", "teacher.epochs=1", "baselines.ensemble=false"]
 
 
 def test_a_sweep_of_two_aggregators_and_two_seeds_runs_from_one_command(tmp_path):
@@ -32,6 +33,28 @@ def test_a_sweep_of_two_aggregators_and_two_seeds_runs_from_one_command(tmp_path
     assert first["0_cmnist_mean_s0"]["teachers"] != first["1_cmnist_mean_s1"]["teachers"]
     assert first["0_cmnist_mean_s0"]["teachers"] == first["2_cmnist_agre_s0"]["teachers"]
     assert not (tmp_path / "runs").exists()  # a sweep writes under its sweep folder only
+
+    # `fedkd report` turns the sweep into the table (checked against the runs' summary.json) and the plots
+    report = subprocess.run([sys.executable, "-m", "fedkd", "report", str(tmp_path / "sweep"), "--out",
+                             str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert "4 runs in 2 groups (0 skipped)" in report.stdout
+    with open(tmp_path / "report" / "report.csv", newline="") as f:
+        rows = {row["group"]: row for row in csv.DictReader(f)}
+    assert sorted(rows) == ["aggregator=agre", "aggregator=mean"]
+    for aggregator in ("mean", "agre"):
+        tests = [read_summary(p)["test"] for p in runs if f"_{aggregator}_" in p.name]
+        row = rows[f"aggregator={aggregator}"]
+        assert row["n"] == "2" and row["seeds"] == "0 1"
+        for key in ("accuracy", "worst_group_accuracy", "mean_group_accuracy"):
+            values = np.array([t[key] for t in tests])
+            assert float(row[f"{key}_mean"]) == values.mean()
+            assert np.isclose(float(row[f"{key}_std"]), values.std(ddof=1), rtol=0, atol=1e-12)
+    assert len({float(rows[g]["accuracy_mean"]) for g in rows}) == 2  # trained students, not chance twice
+    for plot in ("rounds.png", "per_group_accuracy.png", "pareto.png", "agre_weights_aggregator_agre.png"):
+        assert (tmp_path / "report" / plot).stat().st_size > 10_000, plot
+    assert not (tmp_path / "report" / "query_budget.png").exists()
+    assert not (tmp_path / "report" / "privacy_utility.png").exists()
 
 
 def test_a_sweep_refuses_to_write_into_a_used_job_folder(tmp_path):
