@@ -442,3 +442,18 @@ def test_tiny_federated_run_on_cifar10_lt(tmp_path):
     assert last["round"] == 2 and sum(last["test"]["group_counts"].values()) == 20
     assert set(last["test"]["per_group_accuracy"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog",
                                                       "frog", "horse", "ship", "truck"}
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("+dataset.image_size=0", "dataset.image_size"), ("+dataset.max_examples=-1", "dataset.max_examples"),
+     ("dataset.data_root=' '", "dataset.data_root")],
+)
+def test_new_dataset_keys_are_validated(override, key):
+    with pytest.raises(ConfigError, match=rf"invalid config: {key} = "):
+        load_run_config([*FAST, override])
+
+
+def test_dpsgd_refuses_resnet_teachers():
+    with pytest.raises(ConfigError, match=r"teacher\.arch = 'resnet18_cifar'.*BatchNorm"):
+        load_run_config([*FAST, "privacy=dpsgd", "privacy.epsilon=8", "teacher.arch=resnet18_cifar"])
