@@ -25,7 +25,8 @@ def ensemble_report(teacher_logits: torch.Tensor, bench: Benchmark) -> dict:
 
 def _trained_report(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int, seed: int) -> dict:
     teacher_cfg = dataclasses.replace(cfg.teacher, objective=objective, epochs=epochs)
-    model = build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed)
+    model = build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed,
+                        pretrained_path=cfg.student.pretrained_path)
     torch.manual_seed(seed)
     train_teacher(TeacherModels(teacher=model, base=None), bench[split], bench.num_classes, bench.num_groups,
                   teacher_cfg, False, np.random.default_rng([seed, 5]), lambda: model)

@@ -36,6 +36,9 @@ class DatasetConfig:
     test_per_class: int = 100
     val_per_class: int = 20
     transfer_fraction: float = 0.25
+    data_root: str = "data"  # folder of the real datasets on disk (relative to each process's working directory)
+    image_size: int = 64  # waterbirds, celeba: side of the square RGB inputs
+    max_examples: int = 0  # waterbirds, celeba: at most this many official training images (seeded draw); 0 = all
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class TeacherConfig(TrainingConfig):
     dfr_steps: int = 200  # dfr: full-batch steps per subset
     dfr_lr: float = 0.01
     dfr_l2: float = 0.001
+    pretrained_path: str = ""  # state dict of the model's body (torchvision ResNet format) to start from; "" = none
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class StudentConfig(TrainingConfig):
     dfr_lr: float = 0.01
     dfr_l2: float = 0.001
     select_best_round: bool = False  # keep the round with the best validation worst-group accuracy
+    pretrained_path: str = ""  # state dict of the model's body (torchvision ResNet format) to start from; "" = none
 
 
 @dataclass(frozen=True)
@@ -405,6 +410,11 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     _check_positive("dataset.val_per_class", ds.val_per_class, integer=True)
     if not 0.0 < ds.transfer_fraction < 1.0:
         _fail("dataset.transfer_fraction", ds.transfer_fraction, "must lie strictly between 0 and 1")
+    if not ds.data_root.strip():
+        _fail("dataset.data_root", ds.data_root, "must name the folder of the datasets on disk (e.g. data)")
+    _check_positive("dataset.image_size", ds.image_size, integer=True)
+    if ds.max_examples < 0:
+        _fail("dataset.max_examples", ds.max_examples, "must be >= 0 (0 = every official training image)")
 
     _check_choice("partition.name", part.name, PARTITIONERS)
     _check_choice("partition.by", part.by, ("label", "group"))
@@ -421,6 +431,9 @@ def validate(raw: dict[str, Any]) -> RunConfig:
             _fail(f"{name}.momentum", model.momentum, "must lie in [0, 1)")
         if model.weight_decay < 0:
             _fail(f"{name}.weight_decay", model.weight_decay, "must be >= 0")
+        if model.pretrained_path and not Path(model.pretrained_path).is_file():
+            _fail(f"{name}.pretrained_path", model.pretrained_path, "no such file; weights are never downloaded: "
+                  "save a state dict there (e.g. torchvision's resnet18-f37072fd.pth) or leave it empty")
     if student.min_steps < 0 or int(student.min_steps) != student.min_steps:
         _fail("student.min_steps", student.min_steps, "must be an integer >= 0 (0 = exactly student.epochs)")
     _check_choice("teacher.objective", teacher.objective, TEACHER_OBJECTIVES)
@@ -529,6 +542,9 @@ def _check_privacy(p: PrivacyConfig, agg: AggregatorConfig, query: QueryConfig, 
         key, value = ("query.name", query.name) if query.name == "rad" else ("student.objective", student.objective)
         _fail(key, value, f"needs the teachers' soft labels on the server's labeled split every round, a release "
               f"privacy={p.name} does not account for; use query=all|random|margin|entropy and student=kd|robust_kd")
+    if p.name == "dpsgd" and teacher.arch.startswith("resnet"):
+        _fail("teacher.arch", teacher.arch, "privacy=dpsgd: Opacus computes no per-sample gradients through the "
+              "BatchNorm layers of ResNet-18; use teacher.arch=cnn or mlp")
     if p.name == "dpsgd" and teacher.objective != "erm":
         _fail("teacher.objective", teacher.objective, "privacy=dpsgd trains teachers with Opacus DP-SGD on "
               "cross-entropy; the other objectives use the shard in ways DP-SGD does not cover: use teacher=erm")
@@ -546,11 +562,18 @@ def _check_privacy(p: PrivacyConfig, agg: AggregatorConfig, query: QueryConfig, 
 
 
 def check_against_data(cfg: RunConfig) -> None:
-    """Checks that need the data: enough pool examples for the clients, a partition that can be drawn."""
+    """Checks that need the data: its files under data_root, a construction its images allow, enough pool examples
+    for the clients, a partition that can be drawn."""
     from fedkd.data import build_benchmark, federated_data
+    from fedkd.data.ondisk import MissingDataError
     from fedkd.data.partition import PartitionError
 
-    bench = build_benchmark(cfg.dataset, cfg.seed)
+    try:
+        bench = build_benchmark(cfg.dataset, cfg.seed)
+    except MissingDataError as err:
+        _fail("dataset.data_root", cfg.dataset.data_root, f"dataset={cfg.dataset.name} needs files there:\n{err}")
+    except ValueError as err:
+        _fail("dataset", cfg.dataset.name, str(err))
     pool_size = len(bench["pool"])
     if cfg.query.compression == "topk" and cfg.query.top_k >= bench.num_classes:
         _fail("query.top_k", cfg.query.top_k, f"must be below the {bench.num_classes} classes of {cfg.dataset.name} "

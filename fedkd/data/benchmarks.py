@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
 from fedkd.config import DatasetConfig
+from fedkd.data.ondisk import GroupTable, load_images, read_celeba, read_cifar, read_waterbirds
 from fedkd.data.sources import ImageSource, load_source
 from fedkd.registry import Registry
 
@@ -90,24 +92,32 @@ def split_per_class(
     cfg: DatasetConfig,
     rng: np.random.Generator,
     keep: Callable[[int, int], int] | None = None,
+    official_test: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Source indices of each split, drawn class by class.
 
     test and val take ``test_per_class`` / ``val_per_class`` images of every class (balanced); of the rest,
     ``keep(c, n_rest)`` images are kept (all by default; the long-tail profile otherwise) and a fraction
-    ``transfer_fraction`` of them becomes the public transfer pool, the remainder the client pool.
+    ``transfer_fraction`` of them becomes the public transfer pool, the remainder the client pool. With an
+    ``official_test`` mask (a dataset's own train/test split), test and val come from the official test images
+    and pool and transfer from the training images, so that no test image is ever trained on.
     """
     out: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    need = cfg.test_per_class + cfg.val_per_class
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        need = cfg.test_per_class + cfg.val_per_class
-        if len(idx) <= need:
+        if official_test is None:
+            held, rest = idx, idx[need:]
+        else:
+            held, rest = idx[official_test[idx]], idx[~official_test[idx]]
+        if len(held) < need or len(rest) == 0:
+            where = "images" if official_test is None else "official test images"
             raise ValueError(
-                f"class {c} has {len(idx)} images, not enough for test_per_class + val_per_class = {need}"
+                f"class {c} has {len(held)} {where}, not enough for test_per_class + val_per_class = {need}"
+                + (" and a training pool" if official_test is None else "")
             )
-        out["test"].append(idx[: cfg.test_per_class])
-        out["val"].append(idx[cfg.test_per_class : need])
-        rest = idx[need:]
+        out["test"].append(held[: cfg.test_per_class])
+        out["val"].append(held[cfg.test_per_class : need])
         if keep is not None:
             rest = rest[: keep(int(c), len(rest))]
         n_transfer = int(round(cfg.transfer_fraction * len(rest)))
@@ -182,7 +192,7 @@ def build_cmnist(cfg: DatasetConfig, seed: int) -> Benchmark:
     Groups: ``digit_colour`` (digit x colour, 100 groups) or ``digit_alignment`` (digit x aligned/conflicting,
     20 groups); the AGRE-KD paper does not say which it uses.
     """
-    source = load_source(cfg.source)
+    source = load_source(cfg.source, cfg.data_root)
     if cfg.group_by == "digit_colour":
         names = tuple(f"digit{d}-colour{c}" for d in range(10) for c in range(10))
 
@@ -201,7 +211,7 @@ def build_cmnist(cfg: DatasetConfig, seed: int) -> Benchmark:
 def build_cmnist2(cfg: DatasetConfig, seed: int) -> Benchmark:
     """Binary Colored MNIST (IRM-style label digit < 5 vs >= 5): colour agrees with the label with probability
     ``bias_ratio`` in pool/transfer and is independent of it in val/test; 4 groups = label x colour."""
-    source = load_source(cfg.source)
+    source = load_source(cfg.source, cfg.data_root)
     names = tuple(f"label{y}-colour{c}" for y in range(2) for c in range(2))
     return _coloured_benchmark(
         "cmnist2", cfg, seed, source, lambda d: (d >= 5).astype(np.int64), 2, lambda y, a: y * 2 + a, names
@@ -214,25 +224,139 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> np.ndarr
     return np.floor(n_max * (1.0 / imbalance) ** (c / (num_classes - 1))).astype(np.int64)
 
 
+def _long_tail_benchmark(
+    name: str,
+    cfg: DatasetConfig,
+    seed: int,
+    labels: np.ndarray,
+    images_at: Callable[[np.ndarray], np.ndarray],
+    group_names: tuple[str, ...],
+    imbalance: float,
+    official_test: np.ndarray | None = None,
+) -> Benchmark:
+    """Pool and transfer follow the exponential long-tail profile (class 0 the head, n_max the smallest class's
+    training images), val and test are balanced; groups are the classes. ``images_at(idx)`` gives float32
+    [n, C, H, W] inputs, so that only the images a split keeps are converted."""
+    train = labels if official_test is None else labels[~official_test]
+    n_max = min(np.bincount(train)) - (cfg.test_per_class + cfg.val_per_class if official_test is None else 0)
+    counts = long_tail_counts(n_max, len(group_names), imbalance)
+    indices = split_per_class(labels, cfg, _rng(seed, f"{name}/split"), lambda c, n: counts[c], official_test)
+    splits = {}
+    for split, idx in indices.items():
+        y = labels[idx]
+        splits[split] = Split(x=images_at(idx), y=y, g=y.copy(), a=np.zeros_like(y), source_index=idx)
+    return Benchmark(
+        name=name,
+        num_classes=len(group_names),
+        group_names=group_names,
+        splits=splits,
+        description={"imbalance": imbalance, "group_by": "class", "profile": counts.tolist()},
+    )
+
+
 @BENCHMARKS.register("mnist_lt")
 def build_mnist_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
     """MNIST-LT: pool and transfer follow the exponential long-tail profile (class 0 the head), val and test
     are balanced; groups are the classes."""
-    source = load_source(cfg.source)
+    source = load_source(cfg.source, cfg.data_root)
     num_classes = int(source.labels.max()) + 1
-    n_rest = min(np.bincount(source.labels)) - cfg.test_per_class - cfg.val_per_class
-    counts = long_tail_counts(n_rest, num_classes, cfg.imbalance)
-    indices = split_per_class(source.labels, cfg, _rng(seed, "mnist_lt/split"), keep=lambda c, n: counts[c])
+    return _long_tail_benchmark("mnist_lt", cfg, seed, source.labels, lambda idx: source.images[idx][:, None],
+                                tuple(f"class{c}" for c in range(num_classes)), cfg.imbalance)
+
+
+def _cifar(name: str, cfg: DatasetConfig, seed: int, num_classes: int, imbalance: float) -> Benchmark:
+    """CIFAR from torchvision's files in ``data_root``. Splits: pool and transfer from the official training set
+    (50000 images; 5000 / 500 per class for CIFAR-10 / CIFAR-100) with the long-tail profile, test and val
+    balanced from the official test set (1000 / 100 per class), so test_per_class + val_per_class must fit in it.
+    ``source_index`` counts training images first, then test images. Groups are the classes, named from the
+    meta file."""
+    data = read_cifar(Path(cfg.data_root), num_classes)
+    images = np.concatenate([data.train_x, data.test_x])
+    labels = np.concatenate([data.train_y, data.test_y])
+    official_test = np.arange(len(labels)) >= len(data.train_y)
+    return _long_tail_benchmark(name, cfg, seed, labels, lambda idx: (images[idx] / 255.0).astype(np.float32),
+                                data.class_names, imbalance, official_test)
+
+
+@BENCHMARKS.register("cifar10_lt")
+def build_cifar10_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
+    """CIFAR-10-LT (Cao et al. 2019 profile) with imbalance ``dataset.imbalance``; see ``_cifar`` for the splits."""
+    return _cifar("cifar10_lt", cfg, seed, 10, cfg.imbalance)
+
+
+@BENCHMARKS.register("cifar100_lt")
+def build_cifar100_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
+    """CIFAR-100-LT (fine labels) with imbalance ``dataset.imbalance``; see ``_cifar`` for the splits."""
+    return _cifar("cifar100_lt", cfg, seed, 100, cfg.imbalance)
+
+
+@BENCHMARKS.register("cifar10")
+def build_cifar10(cfg: DatasetConfig, seed: int) -> Benchmark:
+    """Balanced CIFAR-10 (the long-tail construction at imbalance 1; ``dataset.imbalance`` is not used)."""
+    return _cifar("cifar10", cfg, seed, 10, 1.0)
+
+
+@BENCHMARKS.register("cifar100")
+def build_cifar100(cfg: DatasetConfig, seed: int) -> Benchmark:
+    """Balanced CIFAR-100 (the long-tail construction at imbalance 1; ``dataset.imbalance`` is not used)."""
+    return _cifar("cifar100", cfg, seed, 100, 1.0)
+
+
+def _spurious_benchmark(name: str, cfg: DatasetConfig, seed: int, table: GroupTable,
+                        class_names: tuple[str, str], attribute_names: tuple[str, str]) -> Benchmark:
+    """A binary task with a binary spurious attribute and official train/val/test splits (Waterbirds, CelebA);
+    groups g = 2 y + a, named ``<class>-<attribute>``.
+
+    Split mapping: pool and transfer come from the official train split (at most ``max_examples`` of it, a seeded
+    uniform draw that keeps the spurious correlation; 0 = all), divided group by group with ``transfer_fraction``;
+    val takes up to ``val_per_class`` images of every group from the official val split and test up to
+    ``test_per_class`` of every group from the official test split (so both are group-balanced as far as the
+    smallest groups allow; a large value keeps the whole official split). Images are decoded, center-cropped and
+    resized to ``image_size`` only for the examples kept.
+    """
+    rng = _rng(seed, f"{name}/split")
+    g = 2 * table.y + table.a
+    train = np.flatnonzero(table.official_split == 0)
+    if 0 < cfg.max_examples < len(train):
+        train = np.sort(rng.choice(train, cfg.max_examples, replace=False))
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for group in range(4):
+        members = rng.permutation(train[g[train] == group])
+        n_transfer = int(round(cfg.transfer_fraction * len(members)))
+        parts["transfer"].append(members[:n_transfer])
+        parts["pool"].append(members[n_transfer:])
+        for split, official, per_group in (("val", 1, cfg.val_per_class), ("test", 2, cfg.test_per_class)):
+            held = rng.permutation(np.flatnonzero((table.official_split == official) & (g == group)))
+            if len(held) == 0:
+                raise ValueError(f"{name}: the official {split} split has no image of group {group}; every "
+                                 "group must be present in val and test")
+            parts[split].append(held[:per_group])
     splits = {}
-    for split, idx in indices.items():
-        y = source.labels[idx]
-        splits[split] = Split(x=source.images[idx][:, None], y=y, g=y.copy(), a=np.zeros_like(y), source_index=idx)
+    for split, chosen in parts.items():
+        idx = np.sort(np.concatenate(chosen))
+        x = load_images([table.paths[i] for i in idx], cfg.image_size)
+        splits[split] = Split(x=x, y=table.y[idx], g=g[idx], a=table.a[idx], source_index=idx)
     return Benchmark(
-        name="mnist_lt",
-        num_classes=num_classes,
-        group_names=tuple(f"class{c}" for c in range(num_classes)),
+        name=name,
+        num_classes=2,
+        group_names=tuple(f"{c}-{a}" for c in class_names for a in attribute_names),
         splits=splits,
-        description={"imbalance": cfg.imbalance, "group_by": "class", "profile": counts.tolist()},
+        description={"group_by": "class_attribute", "image_size": cfg.image_size, "max_examples": cfg.max_examples},
     )
 
 
+@BENCHMARKS.register("waterbirds")
+def build_waterbirds(cfg: DatasetConfig, seed: int) -> Benchmark:
+    """Waterbirds (Sagawa et al. 2020): landbird / waterbird against a land / water background, 4 groups; the
+    folder ``waterbird_complete95_forest2water2`` in ``data_root``. See ``_spurious_benchmark`` for the splits."""
+    table = read_waterbirds(Path(cfg.data_root))
+    return _spurious_benchmark("waterbirds", cfg, seed, table, ("landbird", "waterbird"), ("land", "water"))
+
+
+@BENCHMARKS.register("celeba")
+def build_celeba(cfg: DatasetConfig, seed: int) -> Benchmark:
+    """CelebA blond-hair classification (target Blond_Hair, spurious attribute Male; Sagawa et al. 2020), 4 groups,
+    from torchvision's ``celeba`` folder in ``data_root``. The full set (202599 images) does not fit in memory
+    as float arrays: cap the training images with ``max_examples``. See ``_spurious_benchmark`` for the splits."""
+    table = read_celeba(Path(cfg.data_root), "Blond_Hair", "Male")
+    return _spurious_benchmark("celeba", cfg, seed, table, ("not_blond", "blond"), ("female", "male"))
