@@ -7,7 +7,7 @@ restarted node or a resumed run continues from it."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
@@ -26,26 +26,33 @@ class NodeConfigError(ValueError):
     """The SuperNode's ``--node-config`` does not describe a shard of this federation."""
 
 
+def check_partition(config: Mapping[str, object], num_clients: int) -> int:
+    """The shard a node config names: ``partition-id`` in 0..N-1 and ``num-partitions`` equal to the run's
+    federation.num_clients. Shared by the ClientApp (at run time) and scripts/deploy_local.py (before any process
+    starts); the message completes "node config ..."."""
+    for key in ("partition-id", "num-partitions"):
+        if key not in config:
+            raise NodeConfigError(f"lacks {key!r}; start the SuperNode with "
+                                  f"--node-config 'partition-id=<0..{num_clients - 1}> num-partitions={num_clients}'")
+    pid, num_partitions = config["partition-id"], config["num-partitions"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, num_partitions)):
+        raise NodeConfigError(f"partition-id={pid!r} / num-partitions={num_partitions!r}: must be whole numbers")
+    if num_partitions != num_clients:
+        raise NodeConfigError(f"num-partitions={num_partitions} but the run has federation.num_clients="
+                              f"{num_clients}: start the nodes with num-partitions={num_clients}")
+    if not 0 <= pid < num_partitions:
+        raise NodeConfigError(f"partition-id={pid} is outside 0..{num_partitions - 1} "
+                              f"(num-partitions={num_partitions})")
+    return pid
+
+
 def partition_id(context: Context, num_clients: int) -> int:
     """The node's shard: ``partition-id`` from node config (set by the simulation engine, or by ``--node-config``
     in a deployment), checked against ``num-partitions`` and the run's federation.num_clients."""
-    config = context.node_config
-    for key in ("partition-id", "num-partitions"):
-        if key not in config:
-            raise NodeConfigError(f"node config lacks {key!r}; start the SuperNode with "
-                                  f"--node-config 'partition-id=<0..N-1> num-partitions=<N>'")
     try:
-        pid, num_partitions = int(config["partition-id"]), int(config["num-partitions"])
-    except (TypeError, ValueError) as err:
-        raise NodeConfigError(f"node config partition-id / num-partitions must be whole numbers: {err}") from err
-    if num_partitions != num_clients:
-        raise NodeConfigError(f"node config num-partitions={num_partitions} but the run has "
-                              f"federation.num_clients={num_clients}: start the nodes with "
-                              f"num-partitions={num_clients}")
-    if not 0 <= pid < num_partitions:
-        raise NodeConfigError(f"node config partition-id={pid} is outside 0..{num_partitions - 1} "
-                              f"(num-partitions={num_partitions})")
-    return pid
+        return check_partition(context.node_config, num_clients)
+    except NodeConfigError as err:
+        raise NodeConfigError(f"node config {err}") from None
 
 
 def _load_state(context: Context) -> dict:

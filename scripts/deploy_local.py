@@ -73,23 +73,17 @@ def parse_node_config(text: str, num_clients: int) -> dict:
     """A SuperNode's ``--node-config`` string, checked the way the ClientApp will read it."""
     from flwr.common.config import parse_config_args
 
+    from clients.app import NodeConfigError, check_partition
+
     try:
         config = parse_config_args([text])
     except Exception as err:  # noqa: BLE001 - Flower raises plain ValueErrors and others
         raise DeployError(f"node config {text!r} cannot be parsed: {err}; write it as 'partition-id=0 "
                           f"num-partitions={num_clients}'") from err
-    for key in ("partition-id", "num-partitions"):
-        if key not in config:
-            raise DeployError(f"node config {text!r} lacks {key}: write it as 'partition-id=<0..{num_clients - 1}> "
-                              f"num-partitions={num_clients}'")
-    pid, parts = config["partition-id"], config["num-partitions"]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, parts)):
-        raise DeployError(f"node config {text!r}: partition-id and num-partitions must be whole numbers")
-    if parts != num_clients:
-        raise DeployError(f"node config {text!r}: num-partitions={parts} but the run has "
-                          f"federation.num_clients={num_clients}")
-    if not 0 <= pid < parts:
-        raise DeployError(f"node config {text!r}: partition-id={pid} is outside 0..{parts - 1}")
+    try:
+        check_partition(config, num_clients)
+    except NodeConfigError as err:
+        raise DeployError(f"node config {text!r} {err}") from None
     return config
 
 

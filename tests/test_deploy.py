@@ -146,7 +146,7 @@ def test_bad_input_is_refused_before_any_process_starts(tmp_path, capsys):
     assert _main(home, "--tls", "--certs", str(empty)) == 2
     assert "lacks ['ca.crt', 'server.pem', 'server.key', 'node-0.key'" in capsys.readouterr().err
     assert _main(home, "--node-configs", "num-partitions=2", "partition-id=1 num-partitions=2") == 2
-    assert "node config 'num-partitions=2' lacks partition-id" in capsys.readouterr().err
+    assert "node config 'num-partitions=2' lacks 'partition-id'" in capsys.readouterr().err
     assert _main(home, "--node-configs", "partition-id=0 num-partitions=2", "partition-id=2 num-partitions=2") == 2
     assert "partition-id=2 is outside 0..1" in capsys.readouterr().err
     assert _main(home, "--node-configs", "partition-id=0 num-partitions=2", "partition-id=0 num-partitions=2") == 2
