@@ -59,7 +59,7 @@ def last_layer_similarity(student_probs: torch.Tensor, teacher_probs: torch.Tens
     and biased [b, C], teachers [M, b, C], features h [b, d]. Returns [M, b] per example, else [M]."""
     r_m = student_probs[None] - teacher_probs  # [M, b, C]
     r_b = student_probs - biased_probs  # [b, C]
-    h1 = torch.cat([features, torch.ones(len(features), 1)], dim=1)  # [b, d + 1]
+    h1 = torch.cat([features, features.new_ones(len(features), 1)], dim=1)  # [b, d + 1]
     if per_example:
         if normalize:
             return cosine(r_m, r_b[None])
@@ -138,7 +138,7 @@ class AgreWeighting:
                     student_logits: torch.Tensor) -> torch.Tensor:
         """W_m(x) = 1 − ⟨g_m, g_b⟩ (cosine when normalised), clipped at 0; [M, b]."""
         cfg, tau = self.cfg, self.tau
-        teacher_probs, biased_probs = self.probs[:, idx], self.biased[idx]
+        teacher_probs, biased_probs = self.probs[:, idx].to(x.device), self.biased[idx].to(x.device)
         per_example = cfg.granularity == "example"
         if cfg.gradient == "last_layer":
             with torch.no_grad():
@@ -169,19 +169,19 @@ class AgreWeighting:
                 student_logits: torch.Tensor) -> torch.Tensor:
         weights = self.normalized_weights(idx, student, x, student_logits)
         with torch.no_grad():
-            self.weight_sum += weights.sum(1).double()
+            self.weight_sum += weights.sum(1).double().cpu()
             if self.groups is not None:
                 g = self.groups[torch.from_numpy(idx)]
-                self.group_weight_sum.index_add_(0, g, weights.T.double())
+                self.group_weight_sum.index_add_(0, g, weights.T.double().cpu())
                 self.group_count.index_add_(0, g, torch.ones(len(idx), dtype=torch.float64))
-        return torch.einsum("mb,mbc->bc", weights, self.probs[:, idx])
+        return torch.einsum("mb,mbc->bc", weights, self.probs[:, idx].to(weights.device))
 
     def normalized_weights(self, idx: np.ndarray, student: nn.Module, x: torch.Tensor,
                            student_logits: torch.Tensor) -> torch.Tensor:
         """W̃_m(x) = W_m(x) / Σ_m W_m(x) with the degenerate case defined by config; [M, b], columns sum to 1."""
         weights = self.raw_weights(idx, student, x, student_logits).detach()
         if self.support is not None:
-            weights = weights * self.support[:, idx]
+            weights = weights * self.support[:, idx].to(weights.device)
         vanished = weights.sum(0) <= VANISHED
         self.degenerate += int(vanished.sum())
         self.points += len(idx)

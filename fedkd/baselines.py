@@ -10,6 +10,7 @@ import torch
 
 from fedkd.config import RunConfig
 from fedkd.data import Benchmark
+from fedkd.device import resolve_device
 from fedkd.metrics import group_report
 from fedkd.models import build_model
 from fedkd.teachers import TeacherModels, train_teacher
@@ -26,7 +27,7 @@ def ensemble_report(teacher_logits: torch.Tensor, bench: Benchmark) -> dict:
 def _trained_report(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int, seed: int) -> dict:
     teacher_cfg = dataclasses.replace(cfg.teacher, objective=objective, epochs=epochs)
     model = build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed,
-                        pretrained_path=cfg.student.pretrained_path)
+                        pretrained_path=cfg.student.pretrained_path).to(resolve_device(cfg.device))
     torch.manual_seed(seed)
     train_teacher(TeacherModels(teacher=model, base=None), bench[split], bench.num_classes, bench.num_groups,
                   teacher_cfg, False, np.random.default_rng([seed, 5]), lambda: model)

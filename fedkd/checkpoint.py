@@ -44,7 +44,7 @@ def load(path: str | Path) -> Any:
     """A checkpoint written by ``atomic_save`` (it holds numpy RNG states, hence weights_only=False: load only
     checkpoints this tool wrote)."""
     try:
-        return torch.load(Path(path), weights_only=False)
+        return torch.load(Path(path), map_location="cpu", weights_only=False)
     except FileNotFoundError as err:
         raise CheckpointError(f"no checkpoint at {path}") from err
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user

@@ -26,6 +26,15 @@ from fedkd.results import CONFIG_FILE, SUMMARY_FILE, RunDirectory, read_summary
 CLIENT_STATE_DIR = "client_state"
 
 
+def backend_config(cfg: RunConfig) -> dict:
+    """Flower's Ray backend settings: each simulated client reserves ``federation.client_cpus`` CPUs and
+    ``federation.client_gpus`` GPUs (a fraction packs several clients onto one GPU)."""
+    return {
+        "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus},
+        "init_args": {"include_dashboard": False, "log_to_driver": True},
+    }
+
+
 def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirectory | None = None,
              resume: bool = False) -> dict:
     """Run ``cfg`` through Flower's simulation engine (Ray), one SuperNode per client, or with
@@ -56,10 +65,7 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
         server_app=server_app_for(cfg, run_dir, resume),
         client_app=client_app,
         num_supernodes=cfg.federation.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": 0.0},
-            "init_args": {"include_dashboard": False, "log_to_driver": True},
-        },
+        backend_config=backend_config(cfg),
     )
     if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")

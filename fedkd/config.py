@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 ENGINES = ("simulation", "inprocess")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class ConfigError(ValueError):
@@ -199,6 +201,7 @@ class FederationConfig:
     client_cpus: float  # CPUs per simulated client, and the torch threads every client uses on any engine
     round_timeout: float  # seconds the server waits for the replies of one request
     min_clients: int  # a round goes on with the clients that answered while at least this many did
+    client_gpus: float = 0.0  # GPUs (a fraction shares one) Ray reserves per simulated client
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ class ClientJob:
     erm_base: bool = False  # keep an ERM base beside the teacher (the biased model AGRE-KD asks for)
     privacy: ClientPrivacy = ClientPrivacy()
     threads: int = 1  # torch threads of the client's work, on every engine (federation.client_cpus)
+    device: str = "cpu"  # where the client's models run (the run's device, resolved by the client itself)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=True)
@@ -247,6 +251,7 @@ class ClientJob:
             erm_base=bool(raw["erm_base"]),
             privacy=ClientPrivacy(**raw.get("privacy", {})),
             threads=int(raw.get("threads", 1)),
+            device=str(raw.get("device", "cpu")),
         )
 
 
@@ -265,6 +270,7 @@ class RunConfig:
     query: QueryConfig
     privacy: PrivacyConfig = PrivacyConfig(name="none")
     engine: str = "simulation"  # simulation (Flower's engine, Ray) | inprocess (the same apps, no Ray)
+    device: str = "cpu"  # auto | cpu | cuda | cuda:<index>, resolved in each process (fedkd.device)
 
     def client_job(self, erm_base: bool = False, release_counts: bool = False,
                    noise_multiplier: float | None = None) -> ClientJob:
@@ -287,6 +293,7 @@ class RunConfig:
             erm_base=erm_base,
             privacy=privacy,
             threads=max(1, int(round(self.federation.client_cpus))),
+            device=self.device,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,14 +387,18 @@ def validate(raw: dict[str, Any]) -> RunConfig:
               "which reads the run's own config.yaml; it cannot be combined with a composed config here")
     raw = {k: v for k, v in raw.items() if k != "resume"}
     top_known = {"seed", "name", "runs_dir", *_SECTIONS}
-    raw = {"engine": "simulation", **raw}  # configs written before the key existed ran on the simulation engine
+    # configs written before these keys existed ran on the simulation engine, on the CPU
+    raw = {"engine": "simulation", "device": "cpu", **raw}
+    optional = {"engine", "device"}
     for key in raw:
-        if key not in top_known | {"engine"}:
-            _fail(key, raw[key], f"unknown top-level key; known: {sorted(top_known | {'engine'})}")
+        if key not in top_known | optional:
+            _fail(key, raw[key], f"unknown top-level key; known: {sorted(top_known | optional)}")
     for key in top_known:
         if key not in raw:
             _fail(key, None, "missing")
     _check_choice("engine", raw["engine"], ENGINES)
+    if not isinstance(raw["device"], str) or not DEVICE_PATTERN.fullmatch(raw["device"]):
+        _fail("device", raw["device"], "choose auto (CUDA when this machine has it), cpu, cuda or cuda:<index>")
     sections = {name: _section(name, raw[name], cls) for name, cls in _SECTIONS.items()}
     ds: DatasetConfig = sections["dataset"]
     part: PartitionConfig = sections["partition"]
@@ -475,6 +486,11 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     _check_positive("federation.num_clients", fed.num_clients, integer=True)
     _check_positive("federation.num_rounds", fed.num_rounds, integer=True)
     _check_positive("federation.client_cpus", fed.client_cpus)
+    if fed.client_gpus < 0:
+        _fail("federation.client_gpus", fed.client_gpus, "must be >= 0 (a fraction shares one GPU between clients)")
+    if fed.client_gpus > 0 and raw["device"] == "cpu":
+        _fail("federation.client_gpus", fed.client_gpus, "reserves GPUs that device=cpu does not use; use "
+              "device=auto or cuda, or federation.client_gpus=0")
     _check_positive("federation.round_timeout", fed.round_timeout)
     _check_positive("federation.min_clients", fed.min_clients, integer=True)
     if fed.min_clients > fed.num_clients:
@@ -486,7 +502,8 @@ def validate(raw: dict[str, Any]) -> RunConfig:
                    PRIVACY_MECHANISMS)
 
     return RunConfig(
-        seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), engine=raw["engine"], **sections
+        seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), engine=raw["engine"],
+        device=raw["device"], **sections
     )
 
 
@@ -562,11 +579,20 @@ def _check_privacy(p: PrivacyConfig, agg: AggregatorConfig, query: QueryConfig, 
 
 
 def check_against_data(cfg: RunConfig) -> None:
-    """Checks that need the data: its files under data_root, a construction its images allow, enough pool examples
-    for the clients, a partition that can be drawn."""
+    """Checks that need the data and the machine: the device, its files under data_root, a construction its images
+    allow, enough pool examples for the clients, a partition that can be drawn."""
     from fedkd.data import build_benchmark, federated_data
     from fedkd.data.ondisk import MissingDataError
     from fedkd.data.partition import PartitionError
+    from fedkd.device import DeviceError, cuda_device_count, resolve_device
+
+    try:
+        resolve_device(cfg.device)
+    except DeviceError as err:
+        _fail("device", cfg.device, str(err))
+    if cfg.engine == "simulation" and cfg.federation.client_gpus > cuda_device_count():
+        _fail("federation.client_gpus", cfg.federation.client_gpus, f"this machine has {cuda_device_count()} "
+              "CUDA device(s) for Ray to hand out, so no client could ever be scheduled; lower it (0 = none)")
 
     try:
         bench = build_benchmark(cfg.dataset, cfg.seed)

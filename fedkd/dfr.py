@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd.data import Split
+from fedkd.device import model_device
 
 
 def group_balanced_indices(groups: np.ndarray, generator: np.random.Generator) -> np.ndarray:
@@ -27,12 +28,13 @@ def retrain_last_layer(model: nn.Module, held_out: Split, subsets: int, steps: i
     group-balanced subsets of held-out data with an L2 penalty, and average the heads over ``subsets``
     subsets (the paper fits an L1 logistic regression per subset and averages; L2 with full-batch gradient
     descent here, to stay in torch)."""
+    device = model_device(model)
     with torch.no_grad():
-        features = model.features(torch.from_numpy(held_out.x))
-    y = torch.from_numpy(held_out.y)
+        features = model.features(torch.from_numpy(held_out.x).to(device))
+    y = torch.from_numpy(held_out.y).to(device)
     weights, biases = [], []
     for _ in range(subsets):
-        idx = torch.from_numpy(group_balanced_indices(held_out.g, generator))
+        idx = torch.from_numpy(group_balanced_indices(held_out.g, generator)).to(device)
         head = copy.deepcopy(model.head)
         optimizer = torch.optim.Adam(head.parameters(), lr=lr)
         for _ in range(steps):

@@ -16,6 +16,7 @@ from torch import nn
 
 from fedkd.config import StudentConfig
 from fedkd.data import Split
+from fedkd.device import model_device
 from fedkd.registry import Registry
 from fedkd.training import predict_logits, run_epochs
 
@@ -124,7 +125,8 @@ class RobustKD(StudentObjective):
             self.update_weights()
         self.steps += 1
         average = kd_loss(student_logits, targets, self.cfg.temperature, weights)
-        worst = (self.lam * class_risks(student_logits, targets, self.cfg.temperature)).sum()
+        risks = class_risks(student_logits, targets, self.cfg.temperature)
+        worst = (self.lam.to(risks.device) * risks).sum()
         return (1.0 - self.cfg.beta) * average + self.cfg.beta * worst
 
     def update_weights(self) -> None:
@@ -178,7 +180,7 @@ class ReliabilitySoftened(StudentObjective):
 
     def soften(self, targets: torch.Tensor) -> torch.Tensor:
         """α_ŷ · q + (1 − α_ŷ) · u, ŷ the target's top class."""
-        alpha = self.alpha[targets.argmax(1)][:, None]
+        alpha = self.alpha.to(targets.device)[targets.argmax(1)][:, None]
         return alpha * targets + (1.0 - alpha) / self.num_classes
 
     def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -187,10 +189,11 @@ class ReliabilitySoftened(StudentObjective):
         if self.val_probs is None:
             return transfer
         idx = torch.randperm(len(self.val_y), generator=self.generator)[: self.cfg.batch_size]
-        logits, y = self.student(self.val_x[idx]), self.val_y[idx]
-        alpha = self.alpha[y]
+        device = student_logits.device
+        logits, y = self.student(self.val_x[idx].to(device)), self.val_y[idx].to(device)
+        alpha = self.alpha.to(device)[y]
         labeled = (1.0 - alpha) * F.cross_entropy(logits, y, reduction="none") + alpha * kd_per_example(
-            logits, self.val_probs[idx], tau)
+            logits, self.val_probs[idx].to(device), tau)
         return transfer + self.cfg.labeled_weight * labeled.mean()
 
 
@@ -215,14 +218,16 @@ def distill_student(
 ) -> float:
     """``cfg.epochs`` epochs of the student objective on transfer inputs ``x``, or more whole epochs until at least
     ``cfg.min_steps`` minibatch steps ran (so a small queried pool gets the same compute as the full one); the
-    aggregator gives the targets of every minibatch (it may look at the current student, as AGRE-KD does)."""
+    aggregator gives the targets of every minibatch (it may look at the current student, as AGRE-KD does). The
+    minibatches go to the student's device; the aggregators keep their soft labels on the CPU."""
     inputs = torch.from_numpy(x)
+    device = model_device(model)
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
-        xb = inputs[idx]
+        xb = inputs[idx].to(device)
         logits = model(xb)
         targets, weights = aggregator.targets(idx, model, xb, logits)
-        return objective.loss(logits, targets, weights)
+        return objective.loss(logits, targets.to(device), None if weights is None else weights.to(device))
 
     cfg = objective.cfg
     return run_epochs(model, optimizer, len(x), batch_loss, distill_epochs(cfg, len(x)), cfg.batch_size, generator)

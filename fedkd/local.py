@@ -8,6 +8,7 @@ import torch
 
 from fedkd.config import ClientJob, ClientPrivacy
 from fedkd.data import Benchmark, federated_data
+from fedkd.device import cpu_state, resolve_device
 from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
 from fedkd.privacy import dpsgd_history_epsilon, local_noise, noisy_class_counts
@@ -20,8 +21,10 @@ LocalState = dict[str, dict[str, torch.Tensor]]  # "teacher", "base" (state dict
 
 
 def _new_model(job: ClientJob, bench: Benchmark, partition_id: int) -> torch.nn.Module:
-    return build_model(job.teacher.arch, bench.input_shape, bench.num_classes, seed=job.seed * 1000 + partition_id,
-                       pretrained_path=job.teacher.pretrained_path)
+    """A fresh teacher on the job's device (``auto`` resolved by this process: the GPU Ray gave it, or none)."""
+    model = build_model(job.teacher.arch, bench.input_shape, bench.num_classes, seed=job.seed * 1000 + partition_id,
+                        pretrained_path=job.teacher.pretrained_path)
+    return model.to(resolve_device(job.device))
 
 
 def _restore(job: ClientJob, bench: Benchmark, partition_id: int, state: LocalState | None) -> TeacherModels:
@@ -36,9 +39,9 @@ def _restore(job: ClientJob, bench: Benchmark, partition_id: int, state: LocalSt
 
 
 def _state(models: TeacherModels) -> LocalState:
-    state = {"teacher": models.teacher.state_dict(), "extra": dict(models.extra)}
+    state = {"teacher": cpu_state(models.teacher), "extra": dict(models.extra)}
     if models.base is not None:
-        state["base"] = models.base.state_dict()
+        state["base"] = cpu_state(models.base)
     return state
 
 

@@ -384,7 +384,7 @@ class CentralGaussian(ServerRelease):
             for start in range(0, n, 256):
                 idx = np.arange(start, min(n, start + 256))
                 xb = x[idx]
-                batches.append(aggregator.targets(idx, student, xb, student(xb))[0].detach().double())
+                batches.append(aggregator.targets(idx, student, xb, student(xb))[0].detach().cpu().double())
             q = torch.cat(batches)
         noisy = project_to_simplex(q + gaussian_noise(tuple(q.shape), plan.noise_multiplier * plan.sensitivity,
                                                       generator))

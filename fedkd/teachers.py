@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedkd.config import ClientPrivacy, TeacherConfig
 from fedkd.data import Split
+from fedkd.device import model_device
 from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.registry import Registry
 from fedkd.training import run_epochs, sgd
@@ -67,7 +68,8 @@ def fit_on(model: nn.Module, shard: Split, loss_fn: Callable, cfg: TeacherConfig
            generator: np.random.Generator) -> float:
     """``cfg.epochs`` epochs of SGD on ``loss_fn(logits, y, g)``; returns the last epoch's mean loss."""
     optimizer = sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
-    x, y, g = (torch.from_numpy(a) for a in (shard.x, shard.y, shard.g))
+    device = model_device(model)
+    x, y, g = (torch.from_numpy(a).to(device) for a in (shard.x, shard.y, shard.g))
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
         return loss_fn(model(x[idx]), y[idx], g[idx])
@@ -109,7 +111,7 @@ class LogitAdjusted(TeacherObjective):
         self.shift = torch.tensor(cfg.la_tau * np.log(priors), dtype=torch.float32)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits + self.shift, y)
+        return F.cross_entropy(logits + self.shift.to(logits.device), y)
 
 
 @TEACHER_OBJECTIVES.register("group_dro")
@@ -126,12 +128,13 @@ class GroupDRO(TeacherObjective):
 
     def group_losses(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         per_example = F.cross_entropy(logits, y, reduction="none")
-        sums = torch.zeros(self.num_groups).index_add(0, g, per_example)
-        counts = torch.zeros(self.num_groups).index_add(0, g, torch.ones_like(per_example))
+        sums = torch.zeros(self.num_groups, device=logits.device).index_add(0, g, per_example)
+        counts = torch.zeros(self.num_groups, device=logits.device).index_add(0, g, torch.ones_like(per_example))
         return sums / counts.clamp(min=1.0)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         group_loss = self.group_losses(logits, y, g)
+        self.q = self.q.to(logits.device)
         with torch.no_grad():
             self.q = self.q * torch.exp(self.cfg.dro_eta * group_loss.detach())
             self.q = self.q / self.q.sum()
@@ -141,7 +144,7 @@ class GroupDRO(TeacherObjective):
             new_model: Callable[[], nn.Module]) -> float:
         self.q = models.extra.get("dro_q", self.q)
         loss = super().fit(models, shard, keep_base, generator, new_model)
-        models.extra["dro_q"] = self.q
+        models.extra["dro_q"] = self.q.cpu()
         return loss
 
 
@@ -185,10 +188,12 @@ def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: 
         module=model, optimizer=sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay), data_loader=loader,
         noise_multiplier=sigma, max_grad_norm=privacy.clip, poisson_sampling=True)
     private_model.train()
+    device = model_device(model)
     last = 0.0
     for _ in range(cfg.epochs):
         losses = []
         for xb, yb in private_loader:
+            xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(private_model(xb), yb) if len(xb) else private_model(xb).sum()
             loss.backward()

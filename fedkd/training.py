@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedkd.device import model_device
+
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -45,7 +47,9 @@ def run_epochs(
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` on inputs ``x`` (numpy, [N, ...]) in eval mode."""
+    """Logits of ``model`` on inputs ``x`` (numpy, [N, ...]) in eval mode, computed on the model's device and
+    returned on the CPU."""
     model.eval()
-    outputs = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    device = model_device(model)
+    outputs = [model(torch.from_numpy(x[i : i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outputs) if outputs else torch.empty(0)

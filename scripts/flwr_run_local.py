@@ -57,7 +57,8 @@ def main(overrides: list[str]) -> int:
     try:
         configured = flwr("federation", "simulation-config",
                           "--num-supernodes", str(cfg.federation.num_clients),
-                          "--client-resources-num-cpus", str(max(1, round(cfg.federation.client_cpus))))
+                          "--client-resources-num-cpus", str(max(1, round(cfg.federation.client_cpus))),
+                          "--client-resources-num-gpus", str(cfg.federation.client_gpus))
         if configured.returncode != 0:
             return configured.returncode
         flwr("run", ".", "--stream", "--run-config", f"overrides={json.dumps(shlex.join(overrides))}")

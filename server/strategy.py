@@ -19,6 +19,7 @@ from fedkd.checkpoint import SERVER_CHECKPOINT, CheckpointError, atomic_save, lo
 from fedkd.compression import COMPRESSIONS
 from fedkd.config import RunConfig, needs_class_counts
 from fedkd.data import federated_data
+from fedkd.device import cpu_state, resolve_device
 from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.display import RunDisplay
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
@@ -67,8 +68,9 @@ class FederatedDistillation:
         self.job = cfg.client_job(erm_base=self.aggregator.needs_base,
                                   release_counts=needs_class_counts(cfg.aggregator),
                                   noise_multiplier=self.privacy_plan.noise_multiplier)
+        self.device = resolve_device(cfg.device)
         self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed,
-                                   pretrained_path=cfg.student.pretrained_path)
+                                   pretrained_path=cfg.student.pretrained_path).to(self.device)
         self.optimizer = sgd(self.student, cfg.student.lr, cfg.student.momentum, cfg.student.weight_decay)
         self.objective = STUDENT_OBJECTIVES[cfg.student.objective](cfg.student, self.student, self.data["val"],
                                                                    self.data.num_classes)
@@ -226,7 +228,8 @@ class FederatedDistillation:
                 self._check_sensitivity(clients)
                 release = self.privacy.release(
                     self.privacy_plan, self._aggregation_inputs(chosen, logits, base, clients), self.aggregator,
-                    self.student, torch.from_numpy(self.data["transfer"].x[chosen]), self.noise_generator,
+                    self.student, torch.from_numpy(self.data["transfer"].x[chosen]).to(self.device),
+                    self.noise_generator,
                     self.privacy_rng)
                 self.released.add(chosen[release.answered], release.targets)
                 self.ledger.add(release.rdp, len(chosen), release.rdp_data_dependent)
@@ -369,7 +372,7 @@ class FederatedDistillation:
         test_report, pred = self._evaluate(self.final_model)
         test = self.data["test"]
         self.run_dir.write_predictions("test", test.y, test.g, pred)
-        self.run_dir.save_student(self.final_model.state_dict())
+        self.run_dir.save_student(cpu_state(self.final_model))
         summary = {
             "run_dir": str(self.run_dir.path),
             "dataset": self.cfg.dataset.name,
