@@ -30,8 +30,10 @@ def require(name: str, expected: list[tuple[Path, ...]], hint: str) -> list[Path
     missing = [" or ".join(map(str, options)) for options, path in zip(expected, found, strict=True) if path is None]
     if missing:
         listing = "\n".join(f"  {' or '.join(map(str, options))}" for options in expected)
+        what = "every expected file" if len(missing) == len(expected) > 1 else "; ".join(missing)
+        where = "" if expected[0][0].is_absolute() else f" (paths relative to {Path.cwd()})"
         raise MissingDataError(
-            f"{name}: missing {'; '.join(missing)}\nexpected files:\n{listing}\n"
+            f"{name}: missing {what}{where}\nexpected files:\n{listing}\n"
             f"download is off: {hint}, or point dataset.data_root at the folder that holds them"
         )
     return found
