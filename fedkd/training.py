@@ -46,9 +46,10 @@ def run_epochs(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` on inputs ``x`` (numpy, [N, ...]) in eval mode, computed on the model's device and
-    returned on the CPU."""
+    returned on the CPU. Batches of 256: on the CPU the CNN's activations for 1024 images fall out of the cache
+    and inference takes twice as long (bench figures in docs/performance.md), with the same bits."""
     model.eval()
     device = model_device(model)
     outputs = [model(torch.from_numpy(x[i : i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)]

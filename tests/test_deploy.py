@@ -59,29 +59,12 @@ def _deployment_script(home: Path, *args: str):
             proc.kill()
 
 
-def test_tls_and_authenticated_deployment_runs_two_rounds(tmp_path):
+def test_a_secure_deployment_runs_and_a_killed_supernode_drops_out(tmp_path):
+    """TLS and SuperNode authentication on, 3 nodes: round 1 with all of them, then SIGKILL of node 2; round 2
+    finishes with the other two, the failure recorded, every process stopped, each node's state in its folder."""
     home, runs = tmp_path / "home", tmp_path / "runs"
-    with _deployment_script(home, "--tls", "--nodes", "2", "federation.num_rounds=2", *FAST,
-                            f"runs_dir={runs}") as proc:
-        output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
-    assert "TLS and SuperNode authentication on" in output and "WARNING: insecure" not in output
-    assert "Flower reports run" in output and "as finished:completed" in output
-    (run_dir,) = [p for p in runs.glob("*/*") if p.is_dir()]
-    records = read_metrics(run_dir)
-    assert [r["round"] for r in records] == [1, 2] and [r["participants"] for r in records] == [[0, 1], [0, 1]]
-    summary = read_summary(run_dir)
-    assert summary["num_rounds"] == 2 and summary["dropped_clients"] == []
-    assert sorted(_started_pids(home)) == ["superlink", "supernode-0", "supernode-1"]
-    _assert_all_stopped(home)
-    # the nodes kept their teachers in their own state folders (what a restarted node or a resumed run reads)
-    assert sorted(p.name for p in (home / "state").glob("node-*/*/partition-*")) == ["partition-0", "partition-1"]
-
-
-def test_a_killed_supernode_drops_out_and_the_run_finishes_with_the_others(tmp_path):
-    home, runs = tmp_path / "home", tmp_path / "runs"
-    with _deployment_script(home, "--nodes", "3", "federation.num_rounds=2", "federation.min_clients=2", *FAST,
-                            f"runs_dir={runs}") as proc:
+    with _deployment_script(home, "--tls", "--nodes", "3", "federation.num_rounds=2", "federation.min_clients=2",
+                            *FAST, f"runs_dir={runs}") as proc:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
             metrics = list(runs.glob("*/*/metrics.jsonl"))
@@ -92,15 +75,22 @@ def test_a_killed_supernode_drops_out_and_the_run_finishes_with_the_others(tmp_p
         psutil.Process(victim).kill()  # SIGKILL: the SuperLink notices when its heartbeats stop
         output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
-    assert "WARNING: insecure mode (plain HTTP, no node authentication) is for loopback only" in output
+    assert "TLS and SuperNode authentication on" in output and "WARNING: insecure" not in output
+    assert "Flower reports run" in output and "as finished:completed" in output
     (run_dir,) = [p for p in runs.glob("*/*") if p.is_dir()]
     records = read_metrics(run_dir)
+    assert [r["round"] for r in records] == [1, 2]
     assert [r["participants"] for r in records] == [[0, 1, 2], [0, 1]]
     (failure,) = records[1]["failed_clients"]
     assert failure["partition"] == 2 and failure["round"] == 2
     assert "Node Unavailable" in failure["reason"] or "no reply within" in failure["reason"]
-    assert read_summary(run_dir)["dropped_clients"] == [failure]
+    summary = read_summary(run_dir)
+    assert summary["num_rounds"] == 2 and summary["dropped_clients"] == [failure]
+    assert sorted(_started_pids(home)) == ["superlink", "supernode-0", "supernode-1", "supernode-2"]
     _assert_all_stopped(home)
+    # the nodes kept their teachers in their own state folders (what a restarted node or a resumed run reads)
+    assert sorted(p.name for p in (home / "state").glob("node-*/*/partition-*")) == [
+        "partition-0", "partition-1", "partition-2"]
 
 
 def test_an_unregistered_supernode_is_refused(tmp_path):
