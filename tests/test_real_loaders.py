@@ -18,7 +18,7 @@ from PIL import Image
 from fedkd.config import ConfigError, DatasetConfig, load_run_config
 from fedkd.data import build_benchmark
 from fedkd.data.benchmarks import SPLITS, long_tail_counts
-from fedkd.data.ondisk import MissingDataError, read_torchvision_mnist
+from fedkd.data.ondisk import MissingDataError, read_celeba, read_torchvision_mnist
 from fedkd.data.sources import SOURCES
 from fedkd.models import MODELS, build_model
 
@@ -320,6 +320,31 @@ def test_celeba_torchvision_files(tmp_path):
         assert s.y.tolist() == [m[2] for m in meta] and s.a.tolist() == [m[3] for m in meta]
         colours = np.array([colour_of(i, m[2], m[3]) for i, m in zip(s.source_index, meta, strict=True)]) / 255
         np.testing.assert_allclose(s.x, np.broadcast_to(colours[:, :, None, None], s.x.shape), atol=3 / 255)
+
+
+def test_celeba_files_are_what_torchvision_reads(tmp_path, monkeypatch):
+    """torchvision's CelebA (its md5 check switched off for the tiny files) reads the same file names, official
+    splits, Blond_Hair and Male values as ``read_celeba``; it also wants the identity, bbox and landmark lists."""
+    import torchvision
+
+    rows = write_celeba(tmp_path, {0: 2, 1: 1, 2: 1})
+    folder, names = tmp_path / "celeba", [r[0] for r in rows]
+    (folder / "identity_CelebA.txt").write_text("".join(f"{n} {i + 1}\n" for i, n in enumerate(names)))
+    (folder / "list_bbox_celeba.txt").write_text(
+        f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 0 0 8 10\n" for n in names))
+    landmarks = [f"{side}{part}_{axis}" for side, part in (("left", "eye"), ("right", "eye"), ("", "nose"),
+                                                           ("left", "mouth"), ("right", "mouth")) for axis in "xy"]
+    (folder / "list_landmarks_align_celeba.txt").write_text(
+        f"{len(names)}\n{' '.join(landmarks)}\n" + "".join(f"{n} {' '.join(['4'] * 10)}\n" for n in names))
+    monkeypatch.setattr(torchvision.datasets.CelebA, "_check_integrity", lambda self: True)
+    table = read_celeba(tmp_path, "Blond_Hair", "Male")
+    for split, code in (("train", 0), ("valid", 1), ("test", 2)):
+        tv = torchvision.datasets.CelebA(str(tmp_path), split=split, target_type="attr", download=False)
+        mask = table.official_split == code
+        assert len(tv.filename) == 4 * {0: 2, 1: 1, 2: 1}[code]
+        assert tv.filename == [path.name for path, kept in zip(table.paths, mask, strict=True) if kept]
+        assert tv.attr[:, tv.attr_names.index("Blond_Hair")].tolist() == table.y[mask].tolist()
+        assert tv.attr[:, tv.attr_names.index("Male")].tolist() == table.a[mask].tolist()
 
 
 # ---------------------------------------------------------------- missing files
