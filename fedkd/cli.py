@@ -28,10 +28,16 @@ CLIENT_STATE_DIR = "client_state"
 
 def backend_config(cfg: RunConfig) -> dict:
     """Flower's Ray backend settings: each simulated client reserves ``federation.client_cpus`` CPUs and
-    ``federation.client_gpus`` GPUs (a fraction packs several clients onto one GPU)."""
+    ``federation.client_gpus`` GPUs (a fraction packs several clients onto one GPU). Ray joins an existing
+    cluster only when ``RAY_ADDRESS`` names one: otherwise ``ray.init()`` would also join whatever cluster
+    /tmp/ray/ray_current_cluster names, which a `ray start` stopped without `ray stop` leaves pointing at
+    nothing, so the run starts its own local instance."""
+    init_args: dict = {"include_dashboard": False, "log_to_driver": True}
+    if not os.environ.get("RAY_ADDRESS"):
+        init_args["address"] = "local"
     return {
         "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus},
-        "init_args": {"include_dashboard": False, "log_to_driver": True},
+        "init_args": init_args,
     }
 
 

@@ -82,6 +82,14 @@ def test_ray_gets_the_cpus_and_gpus_per_client(two_gpus, tmp_path):
     assert backend_config(load_run_config([]))["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
+def test_ray_joins_a_cluster_only_when_ray_address_names_one(monkeypatch):
+    cfg = load_run_config([])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert backend_config(cfg)["init_args"]["address"] == "local"  # never a stale /tmp/ray/ray_current_cluster
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert "address" not in backend_config(cfg)["init_args"]  # ray.init() reads RAY_ADDRESS itself
+
+
 def test_the_device_reaches_the_clients_and_old_configs_ran_on_the_cpu(two_gpus, tmp_path):
     cfg = load_run_config(["device=cuda:1", f"runs_dir={tmp_path}"])
     assert cfg.client_job().device == "cuda:1"
