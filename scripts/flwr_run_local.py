@@ -51,6 +51,8 @@ def main(overrides: list[str]) -> int:
     flwr_home = Path(os.environ.setdefault("FLWR_HOME", str(ROOT / ".flwr")))
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # the SuperLink's simulation starts its own Ray instance unless RAY_ADDRESS names a cluster (fedkd.cli)
+    os.environ.setdefault("RAY_ADDRESS", "local")
     # flwr starts `flower-superlink` from PATH: make it this environment's
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     already_running = superlink_pids(flwr_home)
