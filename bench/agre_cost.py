@@ -20,13 +20,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedkd.aggregation import AGGREGATORS  # noqa: E402
-from fedkd.config import load_run_config  # noqa: E402
+from fedkd.aggregators import AGGREGATORS  # noqa: E402
 from fedkd.data import build_benchmark  # noqa: E402
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student  # noqa: E402
 from fedkd.models import build_model  # noqa: E402
 from fedkd.soft_labels import AggregationInputs  # noqa: E402
 from fedkd.training import sgd  # noqa: E402
+from fedkd.validation import load_run_config  # noqa: E402
 
 VARIANTS = {
     "mean (plain KD)": ("mean", {}),

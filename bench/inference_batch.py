@@ -17,10 +17,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedkd.config import load_run_config  # noqa: E402
 from fedkd.data import build_benchmark  # noqa: E402
 from fedkd.models import build_model  # noqa: E402
 from fedkd.training import predict_logits  # noqa: E402
+from fedkd.validation import load_run_config  # noqa: E402
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fedkd.cli import simulate  # noqa: E402
-from fedkd.config import load_run_config  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
+from fedkd.validation import load_run_config  # noqa: E402
 
 
 def run(overrides: list[str], engine: str, runs_dir: str) -> tuple[list[dict], float]:

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clients.app import app as client_app  # noqa: E402
-from fedkd.config import load_run_config  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
+from fedkd.validation import load_run_config  # noqa: E402
 from server.app import run_federation  # noqa: E402
 from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402
 

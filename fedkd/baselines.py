@@ -13,7 +13,7 @@ from fedkd.data import Benchmark
 from fedkd.device import resolve_device
 from fedkd.metrics import group_report
 from fedkd.models import build_model
-from fedkd.teachers import TeacherModels, train_teacher
+from fedkd.teachers import TEACHER_OBJECTIVES, TeacherModels, train_teacher
 from fedkd.training import predict_logits
 
 
@@ -25,7 +25,9 @@ def ensemble_report(teacher_logits: torch.Tensor, bench: Benchmark) -> dict:
 
 
 def _trained_report(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int, seed: int) -> dict:
-    teacher_cfg = dataclasses.replace(cfg.teacher, objective=objective, epochs=epochs)
+    params = TEACHER_OBJECTIVES.params(objective)  # the run's teacher settings where that objective has them
+    shared = {f.name: getattr(cfg.teacher, f.name) for f in dataclasses.fields(params) if hasattr(cfg.teacher, f.name)}
+    teacher_cfg = params(**{**shared, "objective": objective, "epochs": epochs})
     model = build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed,
                         pretrained_path=cfg.student.pretrained_path).to(resolve_device(cfg.device))
     torch.manual_seed(seed)

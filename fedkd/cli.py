@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, CheckpointError, load
-from fedkd.config import CONF_DIR, ConfigError, RunConfig, check_against_data, validate
+from fedkd.config import CONF_DIR, ConfigError, RunConfig
 from fedkd.results import CONFIG_FILE, SUMMARY_FILE, RunDirectory, read_summary
+from fedkd.validation import check_against_data, validate
 
 CLIENT_STATE_DIR = "client_state"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkd.config import StudentConfig
+from fedkd.config import StudentConfig, non_negative, positive, rule
 from fedkd.data import Split
 from fedkd.device import model_device
 from fedkd.registry import Registry
 from fedkd.training import predict_logits, run_epochs
 
 if TYPE_CHECKING:
-    from fedkd.aggregation import Aggregator
+    from fedkd.aggregators import Aggregator
 
-STUDENT_OBJECTIVES = Registry("student objective")
+STUDENT_OBJECTIVES = Registry("student objective", section="student", key="objective", params=StudentConfig)
 
 
 def kd_loss(
@@ -95,7 +96,15 @@ def class_risks(student_logits: torch.Tensor, targets: torch.Tensor, temperature
     return weighted / targets.sum(0).clamp_min(1e-12)
 
 
-@STUDENT_OBJECTIVES.register("robust_kd")
+@dataclass(frozen=True)
+class RobustKDConfig(StudentConfig):
+    beta: float = field(default=0.5, metadata=rule(
+        lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1] (0 = average, 1 = worst-class)"))  # the trade-off
+    robust_eta: float = field(default=0.1, metadata=positive())  # exponentiated-gradient step on the class weights
+    robust_period: int = field(default=10, metadata=positive())  # minibatch steps between class-weight updates
+
+
+@STUDENT_OBJECTIVES.register("robust_kd", params=RobustKDConfig)
 class RobustKD(StudentObjective):
     """Robust distillation for worst-class performance (Wang et al., arXiv 2206.06479; reconstructed after the
     cost-sensitive DRO of Narasimhan & Menon 2021, METHODS.md "robust_kd"):
@@ -140,7 +149,13 @@ class RobustKD(StudentObjective):
         self.lam = self.lam / self.lam.sum()
 
 
-@STUDENT_OBJECTIVES.register("softened")
+@dataclass(frozen=True)
+class SoftenedConfig(StudentConfig):
+    soften_power: float = field(default=1.0, metadata=positive())  # alpha_y = reliability_y ** soften_power
+    labeled_weight: float = field(default=1.0, metadata=non_negative())  # weight of the labeled server-split term
+
+
+@STUDENT_OBJECTIVES.register("softened", params=SoftenedConfig)
 class ReliabilitySoftened(StudentObjective):
     """Reliability-aware distillation after Teacher's pet (Lukasik et al., arXiv 2106.10494; reconstructed,
     METHODS.md "reliability softening"): distillation hurts the classes where the teacher is unreliable.

@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedkd.accounting import dpsgd_history_epsilon
 from fedkd.config import ClientJob, ClientPrivacy
 from fedkd.data import Benchmark, federated_data
 from fedkd.device import cpu_state, resolve_device
 from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
-from fedkd.privacy import dpsgd_history_epsilon, local_noise, noisy_class_counts
+from fedkd.privacy import local_noise, noisy_class_counts
 from fedkd.protocol import TeacherReport
 from fedkd.teachers import DPSGD_HISTORY, TeacherModels, train_teacher
 from fedkd.training import predict_logits
@@ -64,7 +65,7 @@ def train_local_teacher(
                          lambda: _new_model(job, bench, partition_id), job.privacy)
     class_counts = np.bincount(shard.y, minlength=bench.num_classes)
     group_counts_ = group_counts(shard.g, bench.num_groups)
-    if job.privacy.name != "none":
+    if job.privacy.withhold_statistics:
         class_counts, group_counts_ = _released_counts(models, class_counts, job, partition_id), [0] * bench.num_groups
     train_pred = predict_logits(models.teacher, shard.x).argmax(1).numpy()
     test = bench["test"]
@@ -98,7 +99,7 @@ def _released_counts(models: TeacherModels, counts: np.ndarray, job: ClientJob, 
 def _client_epsilon(models: TeacherModels, privacy: ClientPrivacy) -> float:
     """The client's example-level ε so far under DP-SGD (Opacus' RDP accountant history, plus the noisy class
     counts if it sent them); 0 when it trains without DP-SGD."""
-    if privacy.name != "dpsgd" or DPSGD_HISTORY not in models.extra:
+    if not privacy.dp_sgd or DPSGD_HISTORY not in models.extra:
         return 0.0
     count_noise = privacy.count_noise if RELEASED_COUNTS in models.extra else 0.0
     return dpsgd_history_epsilon(models.extra[DPSGD_HISTORY].tolist(), privacy.delta, count_noise)
@@ -109,7 +110,7 @@ def query_local_teacher(
     split: str = "transfer", server_round: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The teacher's logits [n, C] on the requested points of ``split`` (the public transfer pool, or the
-    server's val/test views every node can build), and its ERM base's when asked; under local_gaussian both are
+    server's val/test views every node can build), and its ERM base's when asked; under local noise both are
     released with the client's own noise (``fedkd.privacy.local_noise``)."""
     if not state or "teacher" not in state:
         raise RuntimeError(f"client {partition_id} was asked for soft labels before it trained a teacher")
@@ -124,9 +125,10 @@ def query_local_teacher(
     x = points.x[indices]
     logits = predict_logits(models.teacher, x).numpy().astype(np.float32)
     base = predict_logits(models.base, x).numpy().astype(np.float32) if with_base else None
-    if job.privacy.name == "local_gaussian":
+    if job.privacy.noise_answers:
         if split != "transfer":
-            raise ValueError(f"under local_gaussian a client answers only transfer-pool queries, not {split!r}")
+            raise ValueError(f"under privacy={job.privacy.name} a client answers only transfer-pool queries, not "
+                             f"{split!r}")
         noise = torch.Generator().manual_seed(int(np.random.SeedSequence([job.seed, partition_id, server_round, 7])
                                                   .generate_state(1)[0]))
         logits = local_noise(logits, job.privacy, job.privacy.temperature, noise)

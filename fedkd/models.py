@@ -69,14 +69,14 @@ def _resnet18(input_shape: tuple[int, int, int], num_classes: int, cifar_stem: b
     return FeatureClassifier(body, 512, num_classes)
 
 
-@MODELS.register("resnet18")
+@MODELS.register("resnet18", batch_norm=True)
 def resnet18_imagenet(input_shape: tuple[int, int, int], num_classes: int) -> FeatureClassifier:
     """ResNet-18 with the ImageNet stem (7x7 stride-2 convolution, max-pool): for Waterbirds / CelebA-sized
     inputs and for ImageNet weights (``pretrained_path``)."""
     return _resnet18(input_shape, num_classes, cifar_stem=False)
 
 
-@MODELS.register("resnet18_cifar")
+@MODELS.register("resnet18_cifar", batch_norm=True)
 def resnet18_cifar(input_shape: tuple[int, int, int], num_classes: int) -> FeatureClassifier:
     """ResNet-18 with the CIFAR stem (3x3 stride-1 convolution, no max-pool), which keeps 32x32 inputs at 4x4
     before the pooling instead of 1x1."""

@@ -1,117 +1,124 @@
-"""Privacy settings (issue 5): clipping, noise mechanisms, PATE's GNMax, and accounting through Opacus' RDP
-analysis. One ``PrivacyMechanism`` class per ``privacy=`` setting, behind a registry; the server's round loop asks
-the mechanism what to do, and never branches on its name.
+"""Privacy settings: clipping, noise mechanisms and PATE's GNMax, one ``PrivacyMechanism`` class per
+``privacy=`` setting behind a registry, each with its parameter dataclass. A mechanism declares its hooks
+(client training, client-side noise, a server release) and its unit; the round loop asks these declarations and
+never branches on a mechanism's name. Accounting lives in ``fedkd.accounting``.
 
 Units of privacy (say which guarantee a number is):
 - ``dpsgd``: example-level, per client (Opacus DP-SGD on each teacher); the run's ε is the largest client's.
 - ``central_gaussian``, ``local_gaussian``, ``gnmax``: client-level (replacing one client's whole shard).
-
-Accounting is Rényi DP composed over every mechanism invocation of the run and converted to (ε, δ) by Opacus
-(``compute_rdp``, ``get_privacy_spent``, ``get_noise_multiplier``). The one RDP curve written here by hand is PATE's
-data-dependent bound for GNMax (Papernot et al. 2018, Theorem 6 with Proposition 7), which no maintained library
-ships; the data-independent cost it falls back to is Opacus' Gaussian curve.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import scipy.special
-import scipy.stats
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
 
-from fedkd.config import ClientPrivacy, PrivacyConfig, RunConfig
+from fedkd.accounting import (
+    ORDERS,
+    SQRT2,
+    PrivacyBudgetError,
+    calibrate_gaussian,
+    dpsgd_epsilon,
+    dpsgd_noise_multiplier,
+    epsilon_from_rdp,
+    gaussian_rdp,
+    gnmax,
+    gnmax_rdp_data_dependent,
+)
+from fedkd.config import ClientPrivacy, Components, PrivacyConfig, RunConfig, fail, non_negative, positive
 from fedkd.registry import Registry
-from fedkd.soft_labels import AggregationInputs, tempered_probs
+from fedkd.soft_labels import AggregationInputs, clip_rows
 
 if TYPE_CHECKING:
-    from fedkd.aggregation import Aggregator
+    from fedkd.aggregators import Aggregator
 
-PRIVACY_MECHANISMS = Registry("privacy mechanism")
-ORDERS = np.array(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
-SQRT2 = math.sqrt(2.0)
+PRIVACY_MECHANISMS = Registry("privacy mechanism", section="privacy", params=PrivacyConfig)
 
 
-class PrivacyBudgetError(ValueError):
-    """The requested privacy budget cannot be met (or would be exceeded) by the configured run."""
+# ------------------------------------------------------------------------------------------------ parameters
 
 
-# ----------------------------------------------------------------------------------------------- accounting
+@dataclass(frozen=True)
+class NoisyPrivacyConfig(PrivacyConfig):
+    """Give a target ``epsilon`` for the whole run (σ calibrated from it), or ``noise_multiplier`` σ (ε
+    reported), or both (σ as given, ``epsilon`` a cap the run stops at)."""
+
+    epsilon: float | None = None  # target ε for the whole run (all rounds, all queries)
+    noise_multiplier: float | None = None  # σ: noise std / sensitivity (gnmax: std of the vote noise)
+
+    def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        if self.epsilon is None and self.noise_multiplier is None:
+            fail(f"{section}.epsilon", None, f"privacy={self.name} needs a target privacy.epsilon (σ is calibrated "
+                 "from it) or a privacy.noise_multiplier")
+        if self.epsilon is not None and not self.epsilon > 0:
+            fail(f"{section}.epsilon", self.epsilon, "must be a finite number > 0 (for no privacy use privacy=none)")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            fail(f"{section}.noise_multiplier", self.noise_multiplier, "must be > 0")
+        if parts.query.needs_teacher_error or parts.student.needs_val_softlabels:
+            key, value = (("query.name", run.query.name) if parts.query.needs_teacher_error
+                          else ("student.objective", run.student.objective))
+            fail(key, value, f"needs the teachers' soft labels on the server's labeled split every round, a release "
+                 f"privacy={self.name} does not account for; use a query strategy and a student objective that "
+                 "do not (e.g. query=random, student=kd)")
+        if parts.aggregator.needs_class_counts(run.aggregator) and parts.privacy.unit == "client":
+            fail("aggregator.name", run.aggregator.name, f"this aggregator reads the clients' class counts, whose "
+                 f"sensitivity to replacing a client is unbounded under client-level privacy={self.name}: use an "
+                 "aggregator that reads none (e.g. aggregator=mean)")
 
 
-def gaussian_rdp(noise_multiplier: float, count: int = 1) -> np.ndarray:
-    """RDP of ``count`` Gaussian mechanisms with noise std = ``noise_multiplier`` × L2 sensitivity (Mironov 2017:
-    α / (2σ²) each), from Opacus' analysis at ``ORDERS``."""
-    return np.asarray(compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=count, orders=list(ORDERS)))
+@dataclass(frozen=True)
+class GaussianPrivacyConfig(NoisyPrivacyConfig):
+    clip: float = field(default=1.0, metadata=positive())  # c: L2 bound of a soft-label vector or a gradient
 
 
-def epsilon_from_rdp(rdp: np.ndarray, delta: float) -> float:
-    """The (ε, δ) conversion of an RDP curve at ``ORDERS`` (Opacus' ``get_privacy_spent``)."""
-    if not np.any(rdp > 0):
-        return 0.0
-    eps, _ = get_privacy_spent(orders=list(ORDERS), rdp=list(rdp), delta=delta)
-    return float(eps)
+@dataclass(frozen=True)
+class DpSgdConfig(GaussianPrivacyConfig):
+    # σ of the noisy class counts a client sends when the aggregator needs them
+    count_noise: float = field(default=0.0, metadata=non_negative())
+
+    def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        super().check(section, run, parts)
+        if parts.teacher_model.get("batch_norm"):
+            fail("teacher.arch", run.teacher.arch, "privacy=dpsgd: Opacus computes no per-sample gradients through "
+                 "the BatchNorm layers of this model; use teacher.arch=cnn or mlp")
+        if not parts.teacher.dpsgd_compatible:
+            fail("teacher.objective", run.teacher.objective, "privacy=dpsgd trains teachers with Opacus DP-SGD on "
+                 "cross-entropy; this objective uses the shard in ways DP-SGD does not cover: use teacher=erm")
+        if parts.aggregator.needs_class_counts(run.aggregator):
+            if not self.count_noise > 0:
+                fail(f"{section}.count_noise", self.count_noise, f"aggregator={run.aggregator.name} reads the "
+                     "clients' class counts: under privacy=dpsgd they are released with Gaussian noise, so set "
+                     "privacy.count_noise > 0")
+            if self.epsilon is not None and self.noise_multiplier is None:
+                fail(f"{section}.noise_multiplier", None, "with noisy class counts the DP-SGD noise is not calibrated "
+                     "from a target ε here: give privacy.noise_multiplier (ε is then reported, counts included)")
 
 
-def calibrate_gaussian(target_epsilon: float, delta: float, count: int) -> float:
-    """The noise multiplier σ with which ``count`` Gaussian mechanisms compose to ``target_epsilon`` at ``delta``
-    (Opacus' ``get_noise_multiplier`` with sampling rate 1, tolerance 0.5 % of ε)."""
-    if count < 1:
-        raise PrivacyBudgetError("nothing to calibrate: the run releases no soft labels")
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=1.0,
-                                      steps=count, accountant="rdp", epsilon_tolerance=0.005 * target_epsilon))
+@dataclass(frozen=True)
+class GNMaxConfig(NoisyPrivacyConfig):
+    # T: answer only when the top vote count + N(0, σ1²) reaches it (0 = plain GNMax, every query answered)
+    threshold: float = field(default=0.0, metadata=non_negative(" (0 = plain GNMax, every query answered)"))
+    threshold_sigma: float = field(default=0.0, metadata=non_negative())  # σ1 of the threshold check
+
+    def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        if not parts.aggregator.plurality_vote:
+            fail("aggregator.name", run.aggregator.name, "privacy=gnmax releases the noisy argmax of the teachers' "
+                 "votes; it replaces the aggregator: use aggregator=vote (a weighted vote has no bounded "
+                 "sensitivity)")
+        super().check(section, run, parts)
+        if self.threshold > 0 and not self.threshold_sigma > 0:
+            fail(f"{section}.threshold_sigma", self.threshold_sigma, "confident GNMax (privacy.threshold > 0) needs "
+                 "σ1 > 0")
+        if self.threshold > 0 and self.noise_multiplier is None:
+            fail(f"{section}.noise_multiplier", None, "confident GNMax is not calibrated from a target ε here: give σ "
+                 "(privacy.noise_multiplier) and σ1 (privacy.threshold_sigma); privacy.epsilon then caps the run")
 
 
-class RdpLedger:
-    """RDP curves of every mechanism invocation of a run, summed per order (RDP composes additively), with the
-    (ε, δ) they add up to. Holds a data-independent curve (what the guarantee rests on) and, for GNMax, PATE's
-    data-dependent one beside it."""
-
-    def __init__(self, delta: float) -> None:
-        self.delta = delta
-        self.rdp = np.zeros_like(ORDERS)
-        self.rdp_data_dependent = np.zeros_like(ORDERS)
-        self.invocations = 0
-
-    def add(self, rdp: np.ndarray, count: int, rdp_data_dependent: np.ndarray | None = None) -> None:
-        self.rdp = self.rdp + rdp
-        self.rdp_data_dependent = self.rdp_data_dependent + (rdp if rdp_data_dependent is None
-                                                             else rdp_data_dependent)
-        self.invocations += count
-
-    def epsilon(self) -> float:
-        return epsilon_from_rdp(self.rdp, self.delta)
-
-    def epsilon_data_dependent(self) -> float:
-        return epsilon_from_rdp(self.rdp_data_dependent, self.delta)
-
-    def epsilon_if(self, rdp: np.ndarray) -> float:
-        """ε after also spending ``rdp``: to stop before a target is exceeded."""
-        return epsilon_from_rdp(self.rdp + rdp, self.delta)
-
-    def state_dict(self) -> dict:
-        return {"rdp": self.rdp.copy(), "rdp_data_dependent": self.rdp_data_dependent.copy(),
-                "invocations": self.invocations}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rdp, self.rdp_data_dependent = state["rdp"].copy(), state["rdp_data_dependent"].copy()
-        self.invocations = state["invocations"]
-
-
-# ----------------------------------------------------------------------------------------- clipping, noise
-
-
-def clip_rows(probs: torch.Tensor, clip: float) -> torch.Tensor:
-    """Each vector (last axis) scaled to L2 norm ≤ ``clip`` (left alone when already inside)."""
-    norms = probs.norm(dim=-1, keepdim=True)
-    return probs * torch.clamp(clip / norms.clamp_min(1e-12), max=1.0)
+# ---------------------------------------------------------------------------------------------- noise, plans
 
 
 def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -135,86 +142,6 @@ def gaussian_noise(shape: tuple[int, ...], std: float, generator: torch.Generato
     return torch.randn(shape, generator=generator, dtype=torch.float64) * std
 
 
-# ----------------------------------------------------------------------------------------------------- GNMax
-
-
-def gnmax_log_q(votes: np.ndarray, sigma: float) -> float:
-    """Upper bound on ln Pr[GNMax answer ≠ plurality class] (Papernot et al. 2018, Proposition 7):
-    q ≤ Σ_{j≠j*} Pr[N(0, 2σ²) ≥ n_{j*} − n_j], capped at 1 − 1/C."""
-    top = int(np.argmax(votes))
-    gaps = (votes[top] - np.delete(votes, top)).astype(np.float64)
-    log_q = float(scipy.special.logsumexp(scipy.stats.norm.logsf(gaps, scale=SQRT2 * sigma)))
-    return min(log_q, math.log(1.0 - 1.0 / len(votes)))
-
-
-def _log1mexp(x: float) -> float:
-    """log(1 − e^x) for x < 0, stable at both ends."""
-    return math.log1p(-math.exp(x)) if x < -1 else math.log(-math.expm1(x))
-
-
-def gnmax_rdp_data_dependent(log_q: float, sigma: float) -> np.ndarray:
-    """PATE's data-dependent RDP of one GNMax answer at ``ORDERS`` (Papernot et al. 2018, Theorem 6, with the
-    higher orders μ₂ = σ·sqrt(ln 1/q), μ₁ = μ₂ + 1 of their Proposition 10); where the theorem's conditions fail,
-    the data-independent λ/σ². Note: this bound depends on the votes, so the ε it gives is not itself private
-    (the paper releases it through smooth sensitivity); the run's guarantee is the data-independent ε."""
-    data_independent = ORDERS / sigma**2
-    if math.isinf(log_q) and log_q < 0:
-        return np.zeros_like(ORDERS)
-    variance = sigma**2
-    mu2 = math.sqrt(variance * -log_q)
-    mu1 = mu2 + 1.0
-    if mu2 <= 1.0:
-        return data_independent
-    eps1, eps2 = mu1 / variance, mu2 / variance
-    log_a2 = (mu2 - 1.0) * eps2
-    increasing = log_q <= log_a2 - mu2 * (math.log(1 + 1 / (mu1 - 1)) + math.log(1 + 1 / (mu2 - 1)))
-    mask = mu1 > ORDERS
-    if not (mask.any() and increasing and -log_q > eps2):
-        return data_independent
-    log_1mq = _log1mexp(log_q)
-    log_a = (ORDERS - 1) * (log_1mq - _log1mexp((log_q + eps2) * (1 - 1 / mu2)))
-    log_b = (ORDERS - 1) * (eps1 - log_q / (mu1 - 1))
-    bound = np.logaddexp(log_1mq + log_a, log_q + log_b) / (ORDERS - 1)
-    out = data_independent.copy()
-    out[mask] = np.minimum(data_independent, bound)[mask]
-    return out
-
-
-@dataclass(frozen=True)
-class GNMaxAnswers:
-    """The outcome of GNMax on a batch of queries: the answered ones' noisy-argmax classes."""
-
-    answered: np.ndarray  # bool [n]
-    labels: np.ndarray  # int [n], −1 where refused
-    log_q: np.ndarray  # float [n], PATE's bound on the answer's error probability (answered queries)
-
-
-def gnmax(votes: np.ndarray, sigma: float, threshold: float, threshold_sigma: float,
-          rng: np.random.Generator) -> GNMaxAnswers:
-    """Confident GNMax (Papernot et al. 2018, Algorithm 1): a query is answered when its top vote count plus
-    N(0, σ₁²) reaches ``threshold`` (always, when ``threshold`` is 0), with argmax_j (n_j + N(0, σ²))."""
-    n = len(votes)
-    if threshold > 0:
-        answered = votes.max(1) + rng.normal(0.0, threshold_sigma, n) >= threshold
-    else:
-        answered = np.ones(n, dtype=bool)
-    noisy = votes + rng.normal(0.0, sigma, votes.shape)
-    labels = np.where(answered, noisy.argmax(1), -1)
-    log_q = np.array([gnmax_log_q(v, sigma) if a else 0.0 for v, a in zip(votes, answered, strict=True)])
-    return GNMaxAnswers(answered=answered, labels=labels, log_q=log_q)
-
-
-# ------------------------------------------------------------------------------------------------ mechanisms
-
-
-def aggregate_sensitivity(aggregator_name: str, clip: float, num_clients: int) -> float:
-    """L2 sensitivity of one point's aggregated soft label to replacing one client (METHODS.md "central
-    soft-label DP"): the mean of M vectors clipped to c moves by at most √2·min(c, 1)/M (non-negative vectors of
-    norm ≤ c differ by at most √2·c; a probability vector already has norm ≤ 1); any other aggregate lies in the
-    simplex, whose diameter is √2, and a robust weighting can hand one client all the weight."""
-    if aggregator_name == "mean":
-        return SQRT2 * min(clip, 1.0) / num_clients
-    return SQRT2
 
 
 @dataclass(frozen=True)
@@ -241,25 +168,33 @@ class Release:
     stats: dict = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------------------------------------ mechanisms
+
+
 class PrivacyMechanism:
     """What a ``privacy=`` setting changes. Defaults: nothing (``privacy=none``)."""
 
-    unit = "none"  # example | client
-    client_noise = False  # clients noise their own soft labels before sending (local_gaussian)
+    unit: ClassVar[str] = "none"  # none | example | client
+    client_noise: ClassVar[bool] = False  # clients noise their own soft labels before sending (local_gaussian)
+    data_dependent_accounting: ClassVar[bool] = False  # the ledger's data-dependent ε is worth reporting (PATE)
 
     def __init__(self, cfg: PrivacyConfig) -> None:
         self.cfg = cfg
 
-    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], needs_base: bool) -> PrivacyPlan:
-        """Resolve σ (from the target ε where one is given) for the releases the run plans; raises
-        ``PrivacyBudgetError`` when the run cannot stay within its ε."""
+    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], aggregator: type[Aggregator]) -> PrivacyPlan:
+        """Resolve σ (from the target ε where one is given) for the releases the run plans with ``aggregator``
+        (its class); raises ``PrivacyBudgetError`` when the run cannot stay within its ε."""
         return PrivacyPlan(noise_multiplier=None, releases_per_query=0, planned_queries=0, planned_epsilon=None,
                            cap=None)
+
+    def client_privacy(self, run: RunConfig, plan: PrivacyPlan, release_counts: bool) -> ClientPrivacy:
+        """What the clients must do (travels in their job); ``release_counts``: the aggregator reads their class
+        counts. Under any private setting a client sends no exact statistic of its shard."""
+        return ClientPrivacy(name=self.cfg.name, delta=self.cfg.delta, withhold_statistics=self.unit != "none")
 
     def query_rdp(self, plan: PrivacyPlan, count: int) -> np.ndarray:
         """Worst-case (data-independent) RDP of answering ``count`` more queries."""
         return np.zeros_like(ORDERS)
-
 
 
 class ServerRelease(PrivacyMechanism, ABC):
@@ -272,7 +207,7 @@ class ServerRelease(PrivacyMechanism, ABC):
         """Noisy targets for newly queried points, and the RDP they cost."""
 
 
-def _gaussian_plan(cfg: PrivacyConfig, queries: int, releases_per_query: int, sensitivity: float | None = None,
+def _gaussian_plan(cfg: NoisyPrivacyConfig, queries: int, releases_per_query: int, sensitivity: float | None = None,
                    rdp_scale: float = 1.0) -> PrivacyPlan:
     """σ for ``queries × releases_per_query`` Gaussian releases: calibrated from ``cfg.epsilon`` unless given.
     ``rdp_scale`` maps σ to the Gaussian noise multiplier whose RDP a release costs (GNMax: σ/√2)."""
@@ -295,7 +230,7 @@ class NoPrivacy(PrivacyMechanism):
     """No noise, no accounting: ε = ∞."""
 
 
-@PRIVACY_MECHANISMS.register("dpsgd")
+@PRIVACY_MECHANISMS.register("dpsgd", params=DpSgdConfig)
 class DpSgdTeachers(PrivacyMechanism):
     """DP-SGD teachers (Abadi et al. 2016, through Opacus): per-sample gradients clipped to ``clip``, Gaussian noise
     σ·clip, Poisson sampling; each client's example-level (ε, δ) from Opacus' RDP accountant. Soft labels of a DP
@@ -303,11 +238,18 @@ class DpSgdTeachers(PrivacyMechanism):
 
     unit = "example"
 
-    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], needs_base: bool) -> PrivacyPlan:
-        job = run.client_job(erm_base=needs_base)
+    def client_privacy(self, run: RunConfig, plan: PrivacyPlan, release_counts: bool) -> ClientPrivacy:
+        p = self.cfg
+        return ClientPrivacy(name=p.name, epsilon=p.epsilon, delta=p.delta, noise_multiplier=p.noise_multiplier,
+                             clip=p.clip, num_rounds=run.federation.num_rounds, temperature=run.student.temperature,
+                             count_noise=p.count_noise if release_counts else 0.0, dp_sgd=True,
+                             withhold_statistics=True)
+
+    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], aggregator: type[Aggregator]) -> PrivacyPlan:
+        privacy = self.client_privacy(run, PrivacyPlan(None, 0, 0, None, None), False)
         sigmas, epsilons = [], []
         for n in shard_sizes:
-            sigma = dpsgd_noise_multiplier(job.privacy, n, run.teacher.epochs, run.teacher.batch_size)
+            sigma = dpsgd_noise_multiplier(privacy, n, run.teacher.epochs, run.teacher.batch_size)
             sigmas.append(sigma)
             epsilons.append(dpsgd_epsilon(sigma, n, run.teacher.batch_size, run.teacher.epochs * run.federation.
                                           num_rounds, self.cfg.delta, self.cfg.count_noise))
@@ -322,70 +264,27 @@ class DpSgdTeachers(PrivacyMechanism):
                            planned_epsilon=max(epsilons), cap=cap, client_noise_multipliers=sigmas)
 
 
-def dpsgd_sample_rate(shard_size: int, batch_size: int) -> float:
-    """Poisson sampling rate of Opacus' DPDataLoader for a loader of ``batch_size`` over ``shard_size``."""
-    return 1.0 / math.ceil(shard_size / batch_size)
-
-
-def dpsgd_noise_multiplier(privacy: ClientPrivacy, shard_size: int, epochs_per_round: int, batch_size: int) -> float:
-    """The client's DP-SGD σ: as given, or calibrated by Opacus for its target ε over all rounds of training."""
-    if privacy.noise_multiplier is not None:
-        return privacy.noise_multiplier
-    return float(get_noise_multiplier(target_epsilon=privacy.epsilon, target_delta=privacy.delta,
-                                      sample_rate=dpsgd_sample_rate(shard_size, batch_size),
-                                      epochs=epochs_per_round * privacy.num_rounds, accountant="rdp",
-                                      epsilon_tolerance=0.005 * privacy.epsilon))
-
-
-def dpsgd_epsilon(sigma: float, shard_size: int, batch_size: int, epochs: int, delta: float,
-                  count_noise: float = 0.0) -> float:
-    """ε of ``epochs`` of DP-SGD (Opacus' RDP accountant), plus one release of noisy class counts when
-    ``count_noise`` > 0."""
-    q = dpsgd_sample_rate(shard_size, batch_size)
-    return dpsgd_history_epsilon([(sigma, q, epochs * int(1 / q))], delta, count_noise)
-
-
-def dpsgd_history_epsilon(history: list[tuple[float, float, int]], delta: float, count_noise: float = 0.0) -> float:
-    """ε of an Opacus RDP-accountant history of (noise multiplier, sample rate, steps), plus one release of noisy
-    class counts when ``count_noise`` > 0 (which Opacus' accountant cannot hold)."""
-    rdp = sum((np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=int(n), orders=list(ORDERS)))
-               for s, q, n in history), np.zeros_like(ORDERS))
-    if count_noise > 0:
-        rdp = rdp + gaussian_rdp(count_noise)
-    return epsilon_from_rdp(rdp, delta)
-
-
-@PRIVACY_MECHANISMS.register("central_gaussian")
+@PRIVACY_MECHANISMS.register("central_gaussian", params=GaussianPrivacyConfig)
 class CentralGaussian(ServerRelease):
     """Trusted server, client-level DP: each client's tempered soft-label vector clipped to L2 ≤ c, the aggregate
-    of every queried point released once with N(0, σ²Δ²I) added, Δ = ``aggregate_sensitivity``, and projected
+    of every queried point released once with N(0, σ²Δ²I) added, Δ the aggregator's sensitivity, and projected
     onto the simplex; the student trains on those released targets only. METHODS.md "central soft-label DP"."""
 
     unit = "client"
 
-    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], needs_base: bool) -> PrivacyPlan:
+    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], aggregator: type[Aggregator]) -> PrivacyPlan:
         queries = run.query.planned_queries(pool_size, run.federation.num_rounds)
-        return _gaussian_plan(self.cfg, queries, 1,
-                              aggregate_sensitivity(run.aggregator.name, self.cfg.clip, run.federation.num_clients))
+        return _gaussian_plan(self.cfg, queries, 1, aggregator.sensitivity(self.cfg.clip, run.federation.num_clients))
 
     def query_rdp(self, plan: PrivacyPlan, count: int) -> np.ndarray:
         return gaussian_rdp(plan.noise_multiplier, count) if count else np.zeros_like(ORDERS)
 
     def release(self, plan: PrivacyPlan, inputs: AggregationInputs, aggregator: Aggregator, student: torch.nn.Module,
                 x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator) -> Release:
-        """q̃ = Π_simplex(q + N(0, (σΔ)² I)) per point, q the aggregate of clipped soft labels (the mean) or the
-        aggregator's own targets (in the simplex), computed once with the current student."""
+        """q̃ = Π_simplex(q + N(0, (σΔ)² I)) per point, q the aggregator's release targets (for the mean, the mean
+        of clipped soft labels), computed once with the current student."""
         n = inputs.teacher_logits.shape[1]
-        if aggregator.cfg.name == "mean":
-            q = clip_rows(tempered_probs(inputs.teacher_logits.double(), inputs.temperature), self.cfg.clip).mean(0)
-        else:
-            aggregator.prepare(inputs)
-            batches = []
-            for start in range(0, n, 256):
-                idx = np.arange(start, min(n, start + 256))
-                xb = x[idx]
-                batches.append(aggregator.targets(idx, student, xb, student(xb))[0].detach().cpu().double())
-            q = torch.cat(batches)
+        q = aggregator.release_targets(inputs, self.cfg.clip, student, x)
         noisy = project_to_simplex(q + gaussian_noise(tuple(q.shape), plan.noise_multiplier * plan.sensitivity,
                                                       generator))
         rdp = self.query_rdp(plan, n)
@@ -394,7 +293,7 @@ class CentralGaussian(ServerRelease):
                               "l1_noise_effect": float((noisy - q).abs().sum(1).mean())})
 
 
-@PRIVACY_MECHANISMS.register("local_gaussian")
+@PRIVACY_MECHANISMS.register("local_gaussian", params=GaussianPrivacyConfig)
 class LocalGaussian(PrivacyMechanism):
     """No trusted server: each client clips its tempered soft-label vector to L2 ≤ c and adds N(0, σ²(√2·c)²I)
     before sending (its ERM base's too, when asked: a second release); the server sees only noisy vectors, which
@@ -403,24 +302,32 @@ class LocalGaussian(PrivacyMechanism):
     unit = "client"
     client_noise = True
 
-    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], needs_base: bool) -> PrivacyPlan:
+    def client_privacy(self, run: RunConfig, plan: PrivacyPlan, release_counts: bool) -> ClientPrivacy:
+        p = self.cfg
+        return ClientPrivacy(name=p.name, delta=p.delta,
+                             noise_multiplier=plan.noise_multiplier if plan.noise_multiplier is not None
+                             else p.noise_multiplier, clip=p.clip, num_rounds=run.federation.num_rounds,
+                             temperature=run.student.temperature, noise_answers=True, withhold_statistics=True)
+
+    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], aggregator: type[Aggregator]) -> PrivacyPlan:
         queries = run.query.planned_queries(pool_size, run.federation.num_rounds)
-        return _gaussian_plan(self.cfg, queries, 2 if needs_base else 1, SQRT2 * min(self.cfg.clip, 1.0))
+        return _gaussian_plan(self.cfg, queries, 2 if aggregator.needs_base else 1, SQRT2 * min(self.cfg.clip, 1.0))
 
     def query_rdp(self, plan: PrivacyPlan, count: int) -> np.ndarray:
         total = count * plan.releases_per_query
         return gaussian_rdp(plan.noise_multiplier, total) if total else np.zeros_like(ORDERS)
 
 
-@PRIVACY_MECHANISMS.register("gnmax")
+@PRIVACY_MECHANISMS.register("gnmax", params=GNMaxConfig)
 class GNMaxVoting(ServerRelease):
     """PATE's noisy argmax of the teachers' votes (Papernot et al. 2018, GNMax and Confident GNMax): the student
     trains on one-hot answers; refused queries are counted and dropped. Data-independent RDP λ/σ² per answer and
     λ/(2σ₁²) per threshold check; the data-dependent bound of Theorem 6 reported beside it."""
 
     unit = "client"
+    data_dependent_accounting = True
 
-    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], needs_base: bool) -> PrivacyPlan:
+    def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], aggregator: type[Aggregator]) -> PrivacyPlan:
         queries = run.query.planned_queries(pool_size, run.federation.num_rounds)
         if self.cfg.threshold > 0:
             plan = PrivacyPlan(noise_multiplier=self.cfg.noise_multiplier, releases_per_query=1,
@@ -465,7 +372,7 @@ class GNMaxVoting(ServerRelease):
                               "agree_with_plurality": float(agree.mean()) if num_answered else None})
 
 
-def local_noise(logits: np.ndarray, cfg: PrivacyConfig, temperature: float, generator: torch.Generator) -> np.ndarray:
+def local_noise(logits: np.ndarray, cfg: ClientPrivacy, temperature: float, generator: torch.Generator) -> np.ndarray:
     """A client's local-DP release of its logits [n, C]: tempered probabilities clipped to ``cfg.clip``, plus
     N(0, (σ·√2·min(c, 1))²) per value, projected onto the simplex, returned as logits at ``temperature``."""
     probs = torch.softmax(torch.from_numpy(logits).double() / temperature, dim=-1)
@@ -507,32 +414,3 @@ class ReleasedTargets:
 
     def load_state_dict(self, state: dict) -> None:
         self.q, self.mask = state["q"].clone(), state["mask"].copy()
-
-
-# ------------------------------------------------------------------------------------------- empirical check
-
-
-def example_losses(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cross-entropy of ``model`` on each (x, y): the score of a loss-threshold membership-inference attack."""
-    from fedkd.training import predict_logits
-
-    logits = predict_logits(model, x)
-    return torch.nn.functional.cross_entropy(logits, torch.from_numpy(y), reduction="none").numpy()
-
-
-def membership_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray, member_groups: np.ndarray,
-                   nonmember_groups: np.ndarray, group_names: tuple[str, ...]) -> dict:
-    """AUC of the loss-threshold membership-inference attack (Yeom et al. 2018: guess "member" when the loss is
-    low), overall and per group present on both sides: 0.5 = no leak the attack can see, 1 = perfect."""
-    from sklearn.metrics import roc_auc_score
-
-    def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
-        labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
-        return float(roc_auc_score(labels, -np.r_[members, nonmembers]))
-
-    per_group = {}
-    for g, name in enumerate(group_names):
-        a, b = member_losses[member_groups == g], nonmember_losses[nonmember_groups == g]
-        if len(a) and len(b):
-            per_group[name] = auc(a, b)
-    return {"auc": auc(member_losses, nonmember_losses), "per_group_auc": per_group}

@@ -26,6 +26,7 @@ from torch import nn
 
 from fedkd.compression import COMPRESSIONS, Compression, CompressionError
 from fedkd.config import ClientJob
+from fedkd.validation import parse_client_job
 
 TRAIN_TEACHER = "train.teacher"
 QUERY_SOFTLABELS = "query.softlabels"
@@ -100,7 +101,7 @@ def _job_config(job: ClientJob, server_round: int) -> ConfigRecord:
 def _parse_job(content: RecordDict) -> tuple[ClientJob, int]:
     config = _record(content, CONFIG, ConfigRecord)
     try:
-        return ClientJob.from_yaml(str(config["job"])), int(config["round"])
+        return parse_client_job(str(config["job"])), int(config["round"])
     except (KeyError, TypeError, ValueError) as err:
         raise ProtocolError(f"config record does not hold a valid job and round: {err}") from err
 

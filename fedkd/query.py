@@ -8,15 +8,15 @@ on), the student's logits on them and the teachers' estimated error rate, and re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from fedkd.config import QueryConfig
+from fedkd.config import Components, QueryConfig, RunConfig, fail, positive
 from fedkd.registry import Registry
 
-QUERY_STRATEGIES = Registry("query strategy")
+QUERY_STRATEGIES = Registry("query strategy", section="query", params=QueryConfig)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,18 @@ class QueryStrategy(ABC):
         """``budget`` distinct entries of ``candidates`` (sorted), or all of them for ``all``."""
 
 
-@QUERY_STRATEGIES.register("all")
+@dataclass(frozen=True)
+class QueryAllConfig(QueryConfig):
+    whole_pool = True
+
+    def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        super().check(section, run, parts)
+        if self.per_round != 1.0:
+            fail(f"{section}.per_round", self.per_round, "query=all asks about the whole pool every round; pick a "
+                 "strategy with a budget (query=random|margin|entropy|rad)")
+
+
+@QUERY_STRATEGIES.register("all", params=QueryAllConfig)
 class QueryAll(QueryStrategy):
     """Every transfer point, every round: the soft labels of the current teachers on the whole pool."""
 
@@ -163,7 +174,12 @@ def dep_round(pi: np.ndarray, rng: np.random.Generator, tol: float = 1e-9) -> np
     return chosen
 
 
-@QUERY_STRATEGIES.register("rad")
+@dataclass(frozen=True)
+class RadConfig(QueryConfig):
+    rad_min_gain: float = field(default=0.001, metadata=positive())  # floor of the gain 1 - margin (1/g finite)
+
+
+@QUERY_STRATEGIES.register("rad", params=RadConfig)
 class QueryRAD(QueryStrategy):
     """Robust Active Distillation (Baykal et al., arXiv 2210.01213; reconstructed, METHODS.md "rad"): points both
     informative for the student (gain g = 1 − top-2 margin) and likely labeled right by the teachers. m, the number

@@ -1,5 +1,5 @@
-"""What every aggregator works from: one round's soft labels (``AggregationInputs``) and the shared
-weightings on them. Kept apart so that ``aggregation`` and ``agre`` both import it without a cycle."""
+"""What every aggregator works from: one round's soft labels (``AggregationInputs``), and the operations on
+them that aggregators and privacy mechanisms both use."""
 
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits / temperature, dim=-1)
 
 
-def support_weights(probs: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:
-    """w_m(x) = Σ_c q̄(c|x) · n_{m,c} / Σ_m' n_{m',c}, q̄ the plain mean: a teacher speaks for the classes it
-    saw (this project's label-skew baseline, METHODS.md "support"). Returns [M, n]."""
-    share = class_counts / class_counts.sum(0, keepdim=True).clamp_min(1.0)  # [M, C]
-    return torch.einsum("nc,mc->mn", probs.mean(0), share)
+def clip_rows(probs: torch.Tensor, clip: float) -> torch.Tensor:
+    """Each vector (last axis) scaled to L2 norm ≤ ``clip`` (left alone when already inside)."""
+    norms = probs.norm(dim=-1, keepdim=True)
+    return probs * torch.clamp(clip / norms.clamp_min(1e-12), max=1.0)

@@ -12,6 +12,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -19,14 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedkd.config import ClientPrivacy, TeacherConfig
+from fedkd.config import ClientPrivacy, TeacherConfig, non_negative, open_unit, positive
 from fedkd.data import Split
 from fedkd.device import model_device
 from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.registry import Registry
 from fedkd.training import run_epochs, sgd
 
-TEACHER_OBJECTIVES = Registry("teacher objective")
+TEACHER_OBJECTIVES = Registry("teacher objective", section="teacher", key="objective", params=TeacherConfig)
 DPSGD_HISTORY = "dpsgd_history"  # Opacus RDP accountant history [k, 3]: (noise multiplier, sample rate, steps)
 
 
@@ -44,6 +45,8 @@ class TeacherObjective(ABC):
 
     # whether ``keep_base`` changes what ``fit`` trains (a separate ERM base); False where the base comes anyway
     base_on_request: bool = True
+    # whether DP-SGD (cross-entropy through Opacus) trains exactly this objective, so that privacy=dpsgd covers it
+    dpsgd_compatible: ClassVar[bool] = False
 
     def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig) -> None:
         self.cfg = cfg
@@ -82,6 +85,7 @@ class ERM(TeacherObjective):
     """Empirical risk minimisation: mean cross-entropy. The teacher is its own ERM base, always kept."""
 
     base_on_request = False
+    dpsgd_compatible = True
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
@@ -99,7 +103,12 @@ def class_priors(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return (counts + 1.0) / (counts.sum() + num_classes)
 
 
-@TEACHER_OBJECTIVES.register("balanced")
+@dataclass(frozen=True)
+class LogitAdjustedConfig(TeacherConfig):
+    la_tau: float = field(default=1.0, metadata=positive())  # strength of the logit adjustment
+
+
+@TEACHER_OBJECTIVES.register("balanced", params=LogitAdjustedConfig)
 class LogitAdjusted(TeacherObjective):
     """Logit-adjusted loss (Menon et al. 2021, "Long-tail learning via logit adjustment", Eq. 11):
     CE(y, z + τ_la · log π) with π the client's own class priors, so that the unadjusted logits z used at
@@ -114,7 +123,12 @@ class LogitAdjusted(TeacherObjective):
         return F.cross_entropy(logits + self.shift.to(logits.device), y)
 
 
-@TEACHER_OBJECTIVES.register("group_dro")
+@dataclass(frozen=True)
+class GroupDroConfig(TeacherConfig):
+    dro_eta: float = field(default=0.01, metadata=positive())  # step size of the group weights
+
+
+@TEACHER_OBJECTIVES.register("group_dro", params=GroupDroConfig)
 class GroupDRO(TeacherObjective):
     """Online group DRO (Sagawa et al. 2020, Algorithm 1), on the client's local groups: after each minibatch
     q_g ← q_g · exp(η · loss_g), q normalised, and the step minimises Σ_g q_g · loss_g, loss_g the mean loss of
@@ -148,11 +162,22 @@ class GroupDRO(TeacherObjective):
         return loss
 
 
-@TEACHER_OBJECTIVES.register("dfr")
+@dataclass(frozen=True)
+class DfrTeacherConfig(TeacherConfig):
+    dfr_holdout: float = field(default=0.2, metadata=open_unit())  # fraction of the shard held out for the head
+    dfr_subsets: int = field(default=5, metadata=positive())  # group-balanced subsets whose heads are averaged
+    dfr_steps: int = field(default=200, metadata=positive())  # full-batch steps per subset
+    dfr_lr: float = field(default=0.01, metadata=positive())
+    dfr_l2: float = field(default=0.001, metadata=non_negative())
+
+
+@TEACHER_OBJECTIVES.register("dfr", params=DfrTeacherConfig)
 class DFR(ERM):
     """DFR teacher (Kirichenko et al. 2022): an ERM base trained on the shard minus a held-out part, then a copy
     whose last layer is retrained on a group-balanced sample of the held-out part. The base is kept: it is the
     biased model AGRE-KD needs (METHODS.md "dfr")."""
+
+    dpsgd_compatible = False
 
     def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
             new_model: Callable[[], nn.Module]) -> float:
@@ -174,7 +199,7 @@ def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: 
     (DP-SGD teachers are ERM)."""
     from opacus import PrivacyEngine
 
-    from fedkd.privacy import dpsgd_noise_multiplier
+    from fedkd.accounting import dpsgd_noise_multiplier
 
     sigma = dpsgd_noise_multiplier(privacy, len(shard), cfg.epochs, cfg.batch_size)
     engine = PrivacyEngine(accountant="rdp")
@@ -212,7 +237,7 @@ def train_teacher(models: TeacherModels, shard: Split, num_classes: int, num_gro
                   privacy: ClientPrivacy | None = None) -> float:
     """One round of the configured objective on the shard (with DP-SGD under ``privacy=dpsgd``); returns the
     last epoch's mean loss."""
-    if privacy is not None and privacy.name == "dpsgd":
+    if privacy is not None and privacy.dp_sgd:
         return fit_dpsgd(models, shard, cfg, privacy)
     objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg)
     return objective.fit(models, shard, keep_base, generator, new_model)

@@ -248,7 +248,7 @@ def deploy(args: argparse.Namespace) -> int:
         check_port_free(port)
     if args.tls and args.certs is not None:
         check_certs(args.certs, args.nodes)
-    from fedkd.config import load_run_config
+    from fedkd.validation import load_run_config
 
     overrides = list(args.overrides)
     if not any(o.startswith("federation.num_clients=") for o in overrides):

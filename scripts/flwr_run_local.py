@@ -41,7 +41,8 @@ def flwr(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
 
 def main(overrides: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
-    from fedkd.config import ConfigError, load_run_config
+    from fedkd.config import ConfigError
+    from fedkd.validation import load_run_config
 
     try:
         cfg = load_run_config(overrides)

@@ -8,9 +8,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from fedkd.config import ConfigError, RunConfig, load_run_config
+from fedkd.config import ConfigError, RunConfig
 from fedkd.display import RunDisplay, summary_table
 from fedkd.results import RunDirectory
+from fedkd.validation import load_run_config
 from server.strategy import FederatedDistillation
 
 app = ServerApp()

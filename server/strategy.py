@@ -13,11 +13,12 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedkd import protocol
-from fedkd.aggregation import AGGREGATORS, AggregationInputs
+from fedkd.accounting import RdpLedger
+from fedkd.aggregators import AGGREGATORS
 from fedkd.baselines import centralized_reports, ensemble_report, one_hot_report
 from fedkd.checkpoint import SERVER_CHECKPOINT, CheckpointError, atomic_save, load, restore_rng, rng_state
 from fedkd.compression import COMPRESSIONS
-from fedkd.config import RunConfig, needs_class_counts
+from fedkd.config import RunConfig
 from fedkd.data import federated_data
 from fedkd.device import cpu_state, resolve_device
 from fedkd.dfr import held_out_split, retrain_last_layer
@@ -25,10 +26,12 @@ from fedkd.display import RunDisplay
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
 from fedkd.metrics import group_report, worst_group_accuracy
 from fedkd.models import build_model
-from fedkd.privacy import PRIVACY_MECHANISMS, RdpLedger, ReleasedTargets, ServerRelease, aggregate_sensitivity
+from fedkd.privacy import PRIVACY_MECHANISMS, ReleasedTargets, ServerRelease
 from fedkd.query import QUERY_STRATEGIES, QueryContext, SoftLabelPool
 from fedkd.results import RunDirectory
+from fedkd.soft_labels import AggregationInputs
 from fedkd.training import predict_logits, sgd
+from fedkd.validation import client_job
 
 NODE_WAIT_SECONDS = 120.0
 
@@ -59,15 +62,13 @@ class FederatedDistillation:
         self.privacy = PRIVACY_MECHANISMS[cfg.privacy.name](cfg.privacy)
         self.privacy_plan = self.privacy.plan(cfg, len(self.data["transfer"]),
                                               [len(federated.shard(i)) for i in range(cfg.federation.num_clients)],
-                                              self.aggregator.needs_base)
+                                              type(self.aggregator))
         self.ledger = RdpLedger(cfg.privacy.delta)
         self.released = ReleasedTargets(len(self.data["transfer"]), self.data.num_classes)
         self.noise_generator = torch.Generator().manual_seed(cfg.seed * 7919 + 5)
         self.privacy_rng = np.random.default_rng([cfg.seed, 5])
         self.client_epsilon = 0.0
-        self.job = cfg.client_job(erm_base=self.aggregator.needs_base,
-                                  release_counts=needs_class_counts(cfg.aggregator),
-                                  noise_multiplier=self.privacy_plan.noise_multiplier)
+        self.job = client_job(cfg, self.privacy_plan)
         self.device = resolve_device(cfg.device)
         self.student = build_model(cfg.student.arch, self.data.input_shape, self.data.num_classes, seed=cfg.seed,
                                    pretrained_path=cfg.student.pretrained_path).to(self.device)
@@ -209,7 +210,7 @@ class FederatedDistillation:
         under what ε has left), ask every client about them and add the answers to the pool (or, with a
         server-side privacy mechanism, release noisy targets for them); returns what was done, for metrics.jsonl."""
         cfg = self.cfg.query
-        candidates = self.pool.candidates(cfg.requery or cfg.name == "all")
+        candidates = self.pool.candidates(cfg.asks_again())
         budget = cfg.round_budget(self.pool.pool_size, self.pool.num_queries, len(candidates))
         wanted = budget
         if self.privacy_plan.cap is not None and self.privacy.unit == "client":
@@ -247,7 +248,7 @@ class FederatedDistillation:
         planned = self.privacy_plan.sensitivity
         if planned is None:
             return
-        actual = aggregate_sensitivity(self.cfg.aggregator.name, self.cfg.privacy.clip, len(clients))
+        actual = self.aggregator.sensitivity(self.cfg.privacy.clip, len(clients))
         if actual > planned + 1e-12:
             raise FederationError(
                 f"privacy={self.cfg.privacy.name}: only {len(clients)} of {self.cfg.federation.num_clients} clients "
@@ -269,7 +270,7 @@ class FederatedDistillation:
 
     def _privacy_columns(self) -> dict:
         """``epsilon_spent`` and ``delta`` (None: no privacy, ε = ∞), and the mechanism's details."""
-        if self.cfg.privacy.name == "none":
+        if self.privacy.unit == "none":
             return {"epsilon_spent": None, "delta": None, "privacy": {"mechanism": "none"}}
         p = self.cfg.privacy
         spent = self.client_epsilon if self.privacy.unit == "example" else self.ledger.epsilon()
@@ -279,7 +280,7 @@ class FederatedDistillation:
                    "invocations": self.ledger.invocations}
         if self.privacy_plan.sensitivity is not None:
             details["sensitivity"] = self.privacy_plan.sensitivity
-        if p.name == "gnmax":
+        if self.privacy.data_dependent_accounting:
             details["epsilon_data_dependent"] = self.ledger.epsilon_data_dependent()
         if self.privacy.unit == "example":
             details["client_noise_multipliers"] = self.privacy_plan.client_noise_multipliers
@@ -323,7 +324,7 @@ class FederatedDistillation:
     def _baselines(self, grid: Grid, server_round: int) -> dict:
         cfg = self.cfg.baselines
         out = {}
-        if cfg.ensemble and self.cfg.privacy.name != "none":
+        if cfg.ensemble and self.privacy.unit != "none":
             out["ensemble"] = {"skipped": "the teachers' answers on the test split would be a release outside the "
                                           f"privacy={self.cfg.privacy.name} accounting"}
         elif cfg.ensemble:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedkd.config import RunConfig, load_run_config
+from fedkd.config import RunConfig
+from fedkd.validation import load_run_config
 
 FAST = [
     "aggregator=mean",  # the plain pipeline; tests that need another aggregator say so (the demo default is agre)

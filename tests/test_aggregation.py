@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedkd.aggregation import AGGREGATORS, AggregationInputs, support_weights
-from fedkd.agre import AgreWeighting, prior_corrected
-from fedkd.config import AggregatorConfig
+from fedkd.aggregators import AGGREGATORS
+from fedkd.aggregators.agre import AgreConfig, AgreWeighting, prior_corrected
+from fedkd.aggregators.support import support_weights
 from fedkd.distill import kd_loss
 from fedkd.models import build_model
+from fedkd.soft_labels import AggregationInputs
 
 
 def _inputs(probs, counts=None, base=None, temperature=1.0, groups=None, names=()):
@@ -24,7 +25,7 @@ def _inputs(probs, counts=None, base=None, temperature=1.0, groups=None, names=(
 
 
 def _fixed_targets(name, inputs, **cfg):
-    aggregator = AGGREGATORS[name](AggregatorConfig(name=name, **cfg))
+    aggregator = AGGREGATORS[name](AGGREGATORS.params(name)(name=name, **cfg))
     aggregator.prepare(inputs)
     n = inputs.teacher_logits.shape[1]
     targets, weights = aggregator.targets(np.arange(n), None, None, None)
@@ -108,7 +109,7 @@ def test_agre_closed_form_equals_per_sample_autograd_equals_loop_on_the_head(nor
     logits = student(x)
     results = {}
     for gradient in ("last_layer", "per_sample"):
-        cfg = AggregatorConfig(name="agre", biased="fixed_client", biased_client=1, gradient=gradient,
+        cfg = AgreConfig(name="agre", biased="fixed_client", biased_client=1, gradient=gradient,
                                param_set="head", normalize=normalize)
         results[gradient] = AgreWeighting(cfg, inputs).raw_weights(idx, student, x, logits)
     loop = _loop_weights(student, x, inputs, ["head.weight", "head.bias"], 1, normalize)
@@ -119,7 +120,7 @@ def test_agre_closed_form_equals_per_sample_autograd_equals_loop_on_the_head(nor
 
 def test_agre_per_sample_over_all_parameters_equals_loop():
     student, x, inputs = _setting(seed=1)
-    cfg = AggregatorConfig(name="agre", biased="fixed_client", biased_client=0, gradient="per_sample",
+    cfg = AgreConfig(name="agre", biased="fixed_client", biased_client=0, gradient="per_sample",
                            param_set="all")
     weights = AgreWeighting(cfg, inputs).raw_weights(np.arange(len(x)), student, x, student(x))
     names = [k for k, _ in student.named_parameters()]
@@ -131,7 +132,7 @@ def test_agre_batch_granularity_closed_form_equals_autograd():
     idx = np.arange(len(x))
     out = {}
     for gradient in ("last_layer", "per_sample"):
-        cfg = AggregatorConfig(name="agre", biased="fixed_client", gradient=gradient, granularity="batch")
+        cfg = AgreConfig(name="agre", biased="fixed_client", gradient=gradient, granularity="batch")
         out[gradient] = AgreWeighting(cfg, inputs).raw_weights(idx, student, x, student(x))
     torch.testing.assert_close(out["last_layer"], out["per_sample"], rtol=1e-4, atol=1e-5)
     assert torch.all(out["last_layer"] == out["last_layer"][:, :1])  # one weight per teacher per batch
@@ -140,7 +141,7 @@ def test_agre_batch_granularity_closed_form_equals_autograd():
 def test_agre_teacher_identical_to_the_biased_model_gets_weight_zero():
     student, x, inputs = _setting(num_teachers=4, seed=3)
     inputs = AggregationInputs(inputs.teacher_logits, 2.0, inputs.class_counts, inputs.teacher_logits.clone())
-    cfg = AggregatorConfig(name="agre", biased="fixed_client", biased_client=2)
+    cfg = AgreConfig(name="agre", biased="fixed_client", biased_client=2)
     weighting = AgreWeighting(cfg, inputs)
     weights = weighting.normalized_weights(np.arange(len(x)), student, x, student(x))
     assert torch.all(weights[2] < 1e-6) and torch.all(weights[[0, 1, 3]] > 0.01)
@@ -153,13 +154,13 @@ def test_agre_teacher_identical_to_the_biased_model_gets_weight_zero():
 def test_agre_binary_weights_are_zero_or_two_and_the_degenerate_case_is_defined():
     student, x, inputs = _setting(num_teachers=5, n=40, num_classes=2, seed=4)
     idx = np.arange(len(x))
-    cfg = AggregatorConfig(name="agre", biased="mean_bases")
+    cfg = AgreConfig(name="agre", biased="mean_bases")
     raw = AgreWeighting(cfg, inputs).raw_weights(idx, student, x, student(x))
     assert torch.all((raw - 0).abs().lt(1e-4) | (raw - 2).abs().lt(1e-4))
     # every teacher pulls like the biased model: all weights vanish on every point
     aligned = AggregationInputs(inputs.base_logits, 2.0, inputs.class_counts, inputs.base_logits)
     for degenerate in ("uniform", "floor"):
-        weighting = AgreWeighting(AggregatorConfig(name="agre", biased="fixed_client", degenerate=degenerate),
+        weighting = AgreWeighting(AgreConfig(name="agre", biased="fixed_client", degenerate=degenerate),
                                   _same_direction(aligned))
         weights = weighting.normalized_weights(idx, student, x, student(x))
         torch.testing.assert_close(weights, torch.full_like(weights, 1 / 5))
@@ -177,7 +178,7 @@ def test_agre_logs_weights_per_teacher_and_group():
     groups = np.array([0, 0, 1, 1, 1, 2, 2, 2])
     inputs = AggregationInputs(inputs.teacher_logits, 2.0, inputs.class_counts, inputs.base_logits, groups,
                                ("a", "b", "c"))
-    weighting = AgreWeighting(AggregatorConfig(name="agre"), inputs)
+    weighting = AgreWeighting(AgreConfig(name="agre"), inputs)
     weighting.targets(np.arange(8), student, x, student(x))
     stats = weighting.stats()
     assert math.isclose(sum(stats["mean_weight_per_teacher"]), 1.0, rel_tol=1e-6)

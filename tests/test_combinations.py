@@ -8,11 +8,11 @@ import itertools
 import pytest
 
 from clients.app import app as client_app
-from fedkd.aggregation import AGGREGATORS
-from fedkd.config import load_run_config
+from fedkd.aggregators import AGGREGATORS
 from fedkd.distill import STUDENT_OBJECTIVES
 from fedkd.results import read_metrics
 from fedkd.teachers import TEACHER_OBJECTIVES
+from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedkd.config import DatasetConfig
 from fedkd.data import build_benchmark
-from fedkd.data.benchmarks import SPLITS, long_tail_counts
+from fedkd.data.benchmarks import BENCHMARKS, SPLITS, long_tail_counts
 from fedkd.data.sources import embedded_mnist
 
 
@@ -20,11 +19,11 @@ def test_embedded_mnist_is_the_real_5000_image_subset():
 
 @pytest.mark.parametrize("name", ["cmnist", "cmnist2", "mnist_lt"])
 def test_splits_are_disjoint_and_seeded(name):
-    cfg = DatasetConfig(name=name)
+    cfg = BENCHMARKS.config(name)
     bench = build_benchmark(cfg, 0)
     seen = np.concatenate([bench[s].source_index for s in SPLITS])
     assert len(np.unique(seen)) == len(seen)
-    again = build_benchmark(DatasetConfig(name=name), 0)
+    again = build_benchmark(BENCHMARKS.config(name), 0)
     other = build_benchmark(cfg, 1)
     assert np.array_equal(bench["pool"].x, again["pool"].x)
     assert not np.array_equal(bench["pool"].source_index, other["pool"].source_index)
@@ -32,7 +31,7 @@ def test_splits_are_disjoint_and_seeded(name):
 
 @pytest.mark.parametrize("bias_ratio", [0.995, 0.99, 0.95, 0.8])
 def test_cmnist_bias_ratio_exact_per_class(bias_ratio):
-    bench = build_benchmark(DatasetConfig(name="cmnist", bias_ratio=bias_ratio), 0)
+    bench = build_benchmark(BENCHMARKS.config("cmnist", bias_ratio=bias_ratio), 0)
     for split in ("pool", "transfer"):
         s = bench[split]
         for digit in range(10):
@@ -44,8 +43,8 @@ def test_cmnist_bias_ratio_exact_per_class(bias_ratio):
 
 
 def test_cmnist_unbiased_splits_and_group_counts():
-    by_alignment = build_benchmark(DatasetConfig(name="cmnist", group_by="digit_alignment"), 0)
-    by_colour = build_benchmark(DatasetConfig(name="cmnist", group_by="digit_colour"), 0)
+    by_alignment = build_benchmark(BENCHMARKS.config("cmnist", group_by="digit_alignment"), 0)
+    by_colour = build_benchmark(BENCHMARKS.config("cmnist", group_by="digit_colour"), 0)
     test = by_colour["test"]
     # colour independent of digit: every digit x colour cell holds exactly 100 / 10 images
     assert np.bincount(test.g, minlength=100).tolist() == [10] * 100
@@ -59,7 +58,7 @@ def test_cmnist_unbiased_splits_and_group_counts():
 
 
 def test_cmnist_colour_is_the_foreground():
-    bench = build_benchmark(DatasetConfig(name="cmnist", color_std=0.0), 0)
+    bench = build_benchmark(BENCHMARKS.config("cmnist", color_std=0.0), 0)
     s = bench["test"]
     gray = embedded_mnist().images[s.source_index[:5]]
     from fedkd.data.benchmarks import PALETTE
@@ -71,7 +70,7 @@ def test_cmnist_colour_is_the_foreground():
 
 def test_cmnist2_binary_label_four_groups_exact():
     bias = 0.9
-    bench = build_benchmark(DatasetConfig(name="cmnist2", bias_ratio=bias), 0)
+    bench = build_benchmark(BENCHMARKS.config("cmnist2", bias_ratio=bias), 0)
     assert bench.num_classes == 2 and bench.num_groups == 4
     pool = bench["pool"]
     digits = embedded_mnist().labels[pool.source_index]
@@ -92,7 +91,7 @@ def test_long_tail_profile_hand_computed():
 
 
 def test_mnist_lt_counts_follow_profile_and_test_is_balanced():
-    cfg = DatasetConfig(name="mnist_lt", imbalance=10.0)
+    cfg = BENCHMARKS.config("mnist_lt", imbalance=10.0)
     bench = build_benchmark(cfg, 0)
     profile = long_tail_counts(500 - cfg.test_per_class - cfg.val_per_class, 10, 10.0)
     kept = np.bincount(bench["pool"].y, minlength=10) + np.bincount(bench["transfer"].y, minlength=10)

@@ -10,10 +10,11 @@ from conftest import FAST
 
 from clients.app import app as client_app
 from fedkd.cli import backend_config
-from fedkd.config import ConfigError, check_against_data, load_run_config, validate
+from fedkd.config import ConfigError
 from fedkd.device import DeviceError, cpu_state, model_device, resolve_device
 from fedkd.models import build_model
 from fedkd.results import read_metrics
+from fedkd.validation import check_against_data, load_run_config, validate
 from server.app import run_federation
 from server.inprocess import InProcessGrid
 

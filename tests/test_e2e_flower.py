@@ -68,7 +68,7 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
     overrides = ["federation.num_clients=2", "federation.num_rounds=4", "teacher.epochs=1", "student.epochs=1",
                  "query=random", "query.per_round=300"]
     from clients.app import app as client_app
-    from fedkd.config import load_run_config
+    from fedkd.validation import load_run_config
     from server.app import run_federation
     from server.inprocess import InProcessGrid
 
@@ -116,7 +116,7 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
 
 def test_resume_refuses_other_overrides_and_finished_runs(tmp_path):
     from clients.app import app as client_app
-    from fedkd.config import load_run_config
+    from fedkd.validation import load_run_config
     from server.app import run_federation
     from server.inprocess import InProcessGrid
 

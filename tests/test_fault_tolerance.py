@@ -13,8 +13,9 @@ from clients.app import NodeConfigError, partition_id
 from clients.app import app as client_app
 from fedkd import protocol
 from fedkd.checkpoint import SERVER_CHECKPOINT, CheckpointError, ClientStateStore, atomic_save, load
-from fedkd.config import ConfigError, load_run_config
+from fedkd.config import ConfigError
 from fedkd.results import RunDirectory, read_metrics, read_summary
+from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
 from server.strategy import FederationError

@@ -10,12 +10,12 @@ import yaml
 from conftest import FAST
 
 from clients.app import app as client_app
-from fedkd.config import load_run_config
 from fedkd.data import federated_data
 from fedkd.metrics import worst_group_accuracy
 from fedkd.models import build_model
 from fedkd.results import RunDirectory, read_metrics, read_predictions, read_summary
 from fedkd.training import predict_logits
+from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid, TrainedTeacherCache
 

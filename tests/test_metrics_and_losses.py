@@ -71,9 +71,9 @@ def test_class_risks_hand_computed():
 
 
 def test_robust_kd_weight_update_and_trade_off():
-    from fedkd.config import load_run_config
     from fedkd.data import Split
     from fedkd.distill import RobustKD, class_risks
+    from fedkd.validation import load_run_config
 
     class Constant(torch.nn.Module):
         """Predicts class 0 for everything."""

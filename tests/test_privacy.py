@@ -15,7 +15,7 @@ from opacus.accountants import RDPAccountant
 from rich.console import Console
 
 from clients.app import app as client_app
-from fedkd.config import ConfigError, load_run_config
+from fedkd.config import ConfigError
 from fedkd.data import federated_data
 from fedkd.local import train_local_teacher
 from fedkd.privacy import (
@@ -36,6 +36,7 @@ from fedkd.privacy import (
 )
 from fedkd.results import read_metrics
 from fedkd.teachers import DPSGD_HISTORY
+from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
 

@@ -15,12 +15,13 @@ import torch
 from conftest import FAST
 from PIL import Image
 
-from fedkd.config import ConfigError, DatasetConfig, load_run_config
+from fedkd.config import ConfigError
 from fedkd.data import build_benchmark
-from fedkd.data.benchmarks import SPLITS, long_tail_counts
+from fedkd.data.benchmarks import BENCHMARKS, SPLITS, long_tail_counts
 from fedkd.data.ondisk import MissingDataError, read_celeba, read_torchvision_mnist
 from fedkd.data.sources import SOURCES
 from fedkd.models import MODELS, build_model
+from fedkd.validation import load_run_config
 
 # ---------------------------------------------------------------- writers of the real formats
 
@@ -209,11 +210,11 @@ def test_idx_files_are_what_torchvision_reads(tmp_path):
 def test_mnist_lt_and_cmnist_from_torchvision_mnist(tmp_path):
     write_mnist(tmp_path)
     common = dict(source="torchvision_mnist", data_root=str(tmp_path), test_per_class=1, val_per_class=1)
-    lt = build_benchmark(DatasetConfig(name="mnist_lt", imbalance=1.0, **common), 0)
+    lt = build_benchmark(BENCHMARKS.config("mnist_lt", imbalance=1.0, **common), 0)
     source = SOURCES["torchvision_mnist"](tmp_path)
     assert sum(len(lt[s]) for s in SPLITS) == 50 and lt.input_shape == (1, 28, 28)
     np.testing.assert_array_equal(lt["test"].x[:, 0], source.images[lt["test"].source_index])
-    cm = build_benchmark(DatasetConfig(name="cmnist", **common), 0)
+    cm = build_benchmark(BENCHMARKS.config("cmnist", **common), 0)
     assert cm.input_shape == (3, 28, 28) and np.bincount(cm["test"].y).tolist() == [1] * 10
 
 
@@ -223,7 +224,7 @@ def test_mnist_lt_and_cmnist_from_torchvision_mnist(tmp_path):
 @pytest.mark.parametrize("python2", [True, False], ids=["python2-str-keys", "bytes-keys"])
 def test_cifar10_lt_from_torchvision_pickles(tmp_path, python2):
     write_cifar10(tmp_path, python2=python2)
-    cfg = DatasetConfig(name="cifar10_lt", data_root=str(tmp_path), imbalance=5.0, test_per_class=2,
+    cfg = BENCHMARKS.config("cifar10_lt", data_root=str(tmp_path), imbalance=5.0, test_per_class=2,
                         val_per_class=1, transfer_fraction=0.25)
     bench = build_benchmark(cfg, 0)
     assert bench.num_classes == 10 and bench.input_shape == (3, 32, 32)
@@ -240,7 +241,7 @@ def test_cifar10_lt_from_torchvision_pickles(tmp_path, python2):
         np.testing.assert_allclose(s.x[:, 0], np.broadcast_to(s.y[:, None, None] / 255, (len(s), 32, 32)), rtol=1e-6)
         np.testing.assert_allclose(s.x[:, 1, 5, 7], s.source_index % 256 / 255, rtol=1e-6)
         np.testing.assert_allclose(s.x[:, 2, 31, 0], (255 - s.y) / 255, rtol=1e-6)
-    balanced = build_benchmark(DatasetConfig(name="cifar10", data_root=str(tmp_path), test_per_class=2,
+    balanced = build_benchmark(BENCHMARKS.config("cifar10", data_root=str(tmp_path), test_per_class=2,
                                              val_per_class=1), 0)
     assert np.bincount(np.concatenate([balanced["pool"].y, balanced["transfer"].y])).tolist() == [10] * 10
 
@@ -251,7 +252,7 @@ def test_cifar_pickles_are_what_torchvision_reads(tmp_path, monkeypatch):
     write_cifar10(tmp_path)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
     tv = torchvision.datasets.CIFAR10(str(tmp_path), train=False, download=False)
-    bench = build_benchmark(DatasetConfig(name="cifar10", data_root=str(tmp_path), test_per_class=2,
+    bench = build_benchmark(BENCHMARKS.config("cifar10", data_root=str(tmp_path), test_per_class=2,
                                           val_per_class=1), 0)
     test = bench["test"]
     np.testing.assert_allclose(test.x, tv.data[test.source_index - 100].transpose(0, 3, 1, 2) / 255, rtol=1e-6)
@@ -262,7 +263,7 @@ def test_cifar_pickles_are_what_torchvision_reads(tmp_path, monkeypatch):
 def test_cifar100_fine_labels(tmp_path):
     write_cifar100(tmp_path)
     for name, imbalance in (("cifar100", 1.0), ("cifar100_lt", 3.0)):
-        bench = build_benchmark(DatasetConfig(name=name, data_root=str(tmp_path), imbalance=imbalance,
+        bench = build_benchmark(BENCHMARKS.config(name, data_root=str(tmp_path), imbalance=imbalance,
                                               test_per_class=2, val_per_class=1), 0)
         assert bench.num_classes == bench.num_groups == 100 and bench.group_names[7] == "fine7"
         assert np.bincount(bench["test"].y).tolist() == [2] * 100
@@ -283,7 +284,7 @@ def test_cifar_test_set_too_small_is_a_config_error(tmp_path):
 
 def test_waterbirds_folder(tmp_path):
     rows = write_waterbirds(tmp_path, {0: 3, 1: 2, 2: 2})
-    cfg = DatasetConfig(name="waterbirds", data_root=str(tmp_path), image_size=4, val_per_class=1,
+    cfg = BENCHMARKS.config("waterbirds", data_root=str(tmp_path), image_size=4, val_per_class=1,
                         test_per_class=5, transfer_fraction=0.34)
     bench = build_benchmark(cfg, 0)
     assert bench.group_names == ("landbird-land", "landbird-water", "waterbird-land", "waterbird-water")
@@ -300,14 +301,14 @@ def test_waterbirds_folder(tmp_path):
         # the black margins are cropped away: every pixel is the central colour
         colours = np.array([colour_of(r["img_id"] - 1, r["y"], r["place"]) for r in meta]) / 255
         np.testing.assert_allclose(s.x, np.broadcast_to(colours[:, :, None, None], s.x.shape), atol=1e-6)
-    capped = build_benchmark(DatasetConfig(name="waterbirds", data_root=str(tmp_path), image_size=4, max_examples=8,
+    capped = build_benchmark(BENCHMARKS.config("waterbirds", data_root=str(tmp_path), image_size=4, max_examples=8,
                                            val_per_class=1, test_per_class=5), 0)
     assert len(capped["pool"]) + len(capped["transfer"]) == 8
 
 
 def test_celeba_torchvision_files(tmp_path):
     rows = write_celeba(tmp_path, {0: 3, 1: 2, 2: 2})
-    bench = build_benchmark(DatasetConfig(name="celeba", data_root=str(tmp_path), image_size=5, val_per_class=2,
+    bench = build_benchmark(BENCHMARKS.config("celeba", data_root=str(tmp_path), image_size=5, val_per_class=2,
                                           test_per_class=1, transfer_fraction=0.34), 0)
     assert bench.group_names == ("not_blond-female", "not_blond-male", "blond-female", "blond-male")
     assert bench.input_shape == (3, 5, 5)
@@ -393,7 +394,7 @@ def test_missing_image_listed_in_the_metadata(tmp_path):
     rows = write_waterbirds(tmp_path, {0: 1, 1: 1, 2: 1})
     image = _drop(tmp_path / "waterbird_complete95_forest2water2" / rows[5]["img_filename"])
     with pytest.raises(MissingDataError, match=str(image)):
-        build_benchmark(DatasetConfig(name="waterbirds", data_root=str(tmp_path), image_size=4), 0)
+        build_benchmark(BENCHMARKS.config("waterbirds", data_root=str(tmp_path), image_size=4), 0)
 
 
 # ---------------------------------------------------------------- ResNet-18

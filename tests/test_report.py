@@ -21,7 +21,6 @@ from matplotlib.image import imread
 from rich.console import Console
 
 from clients.app import app as client_app
-from fedkd.config import load_run_config
 from fedkd.report import (
     Group,
     Run,
@@ -36,6 +35,7 @@ from fedkd.report import (
     table_rows,
     varying_keys,
 )
+from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid, TrainedTeacherCache
 

@@ -8,12 +8,12 @@ import torch
 
 from clients.app import app as client_app
 from fedkd.baselines import ensemble_report
-from fedkd.config import load_run_config
 from fedkd.data import Split, federated_data
 from fedkd.distill import ReliabilitySoftened, kd_per_example, reliability
 from fedkd.metrics import group_report
 from fedkd.models import build_model
 from fedkd.results import read_summary
+from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
 
@@ -83,7 +83,7 @@ def test_baselines_land_in_the_summary_marked(tmp_path):
 def test_min_steps_raises_the_epochs_over_a_small_pool_to_whole_epochs():
     """student.min_steps: a 100-point pool at batch 32 is 4 steps an epoch, so min_steps=10 means 3 epochs
     (12 steps, the fewest whole epochs reaching 10); epochs already above it are kept; minibatches counted."""
-    from fedkd.aggregation import Aggregator
+    from fedkd.aggregators import Aggregator
     from fedkd.distill import KD, distill_epochs, distill_student
     from fedkd.training import sgd
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedkd.config import load_run_config
 from fedkd.data import Split
 from fedkd.dfr import group_balanced_indices, held_out_split
 from fedkd.models import build_model
 from fedkd.teachers import GroupDRO, LogitAdjusted, TeacherModels, class_priors, train_teacher
+from fedkd.validation import load_run_config
 
 
 def _split(y, g, n_features=4, seed=0):

@@ -15,13 +15,49 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkd.config import DatasetConfig
+from fedkd.config import DatasetConfig, non_negative, one_of, open_unit, positive, registered, rule
 from fedkd.data.ondisk import GroupTable, load_images, read_celeba, read_cifar, read_waterbirds
 from fedkd.data.sources import ImageSource, load_source
 from fedkd.registry import Registry
 
 SPLITS = ("pool", "transfer", "val", "test")
-BENCHMARKS = Registry("dataset")
+BENCHMARKS = Registry("dataset", section="dataset", params=DatasetConfig)
+
+
+@dataclass(frozen=True)
+class MnistSourcedConfig(DatasetConfig):
+    """A benchmark built from MNIST images: which copy of MNIST (the embedded 5000, full MNIST, torchvision's)."""
+
+    source: str = field(default="mnist5k", metadata=registered("source"))
+
+
+@dataclass(frozen=True)
+class ColouredConfig(MnistSourcedConfig):
+    bias_ratio: float = field(default=0.99, metadata=open_unit(" (e.g. 0.99)"))  # share of bias-aligned images
+    color_std: float = field(default=0.05, metadata=non_negative())
+
+
+@dataclass(frozen=True)
+class ColouredTenConfig(ColouredConfig):
+    group_by: str = field(default="digit_alignment", metadata=one_of("digit_colour", "digit_alignment"))
+
+
+@dataclass(frozen=True)
+class LongTailConfig(DatasetConfig):
+    imbalance: float = field(default=10.0, metadata=rule(
+        lambda v: v >= 1.0, "must be >= 1 (1 = balanced, 10 or 100 = long-tailed)"))  # n_max / n_min
+
+
+@dataclass(frozen=True)
+class MnistLongTailConfig(LongTailConfig, MnistSourcedConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class ImageFolderConfig(DatasetConfig):
+    image_size: int = field(default=64, metadata=positive())  # side of the square RGB inputs
+    max_examples: int = field(default=0, metadata=non_negative(
+        " (0 = every official training image)"))  # at most this many official training images (seeded draw)
 
 # Ten RGB foreground means, one per digit, for the Nam et al. (2020, "Learning from Failure") construction.
 # LfF ships its means as a binary tensor; these are ten well separated colours in the same spirit.
@@ -164,6 +200,7 @@ def _coloured_benchmark(
     num_classes: int,
     groups: Callable[[np.ndarray, np.ndarray], np.ndarray],
     group_names: tuple[str, ...],
+    group_by: str,
 ) -> Benchmark:
     indices = split_per_class(source.labels, cfg, _rng(seed, f"{name}/split"))
     splits = {}
@@ -181,11 +218,11 @@ def _coloured_benchmark(
         num_classes=num_classes,
         group_names=group_names,
         splits=splits,
-        description={"bias_ratio": cfg.bias_ratio, "group_by": cfg.group_by, "color_std": cfg.color_std},
+        description={"bias_ratio": cfg.bias_ratio, "group_by": group_by, "color_std": cfg.color_std},
     )
 
 
-@BENCHMARKS.register("cmnist")
+@BENCHMARKS.register("cmnist", params=ColouredTenConfig)
 def build_cmnist(cfg: DatasetConfig, seed: int) -> Benchmark:
     """Colored MNIST, 10 classes, per-digit foreground colours (Nam et al. 2020; AGRE-KD Table 1).
 
@@ -204,18 +241,18 @@ def build_cmnist(cfg: DatasetConfig, seed: int) -> Benchmark:
         def groups(y: np.ndarray, a: np.ndarray) -> np.ndarray:
             return y * 2 + (a != y)
 
-    return _coloured_benchmark("cmnist", cfg, seed, source, lambda d: d.copy(), 10, groups, names)
+    return _coloured_benchmark("cmnist", cfg, seed, source, lambda d: d.copy(), 10, groups, names, cfg.group_by)
 
 
-@BENCHMARKS.register("cmnist2")
+@BENCHMARKS.register("cmnist2", params=ColouredConfig)
 def build_cmnist2(cfg: DatasetConfig, seed: int) -> Benchmark:
     """Binary Colored MNIST (IRM-style label digit < 5 vs >= 5): colour agrees with the label with probability
     ``bias_ratio`` in pool/transfer and is independent of it in val/test; 4 groups = label x colour."""
     source = load_source(cfg.source, cfg.data_root)
     names = tuple(f"label{y}-colour{c}" for y in range(2) for c in range(2))
     return _coloured_benchmark(
-        "cmnist2", cfg, seed, source, lambda d: (d >= 5).astype(np.int64), 2, lambda y, a: y * 2 + a, names
-    )
+        "cmnist2", cfg, seed, source, lambda d: (d >= 5).astype(np.int64), 2, lambda y, a: y * 2 + a, names,
+        "label_colour")
 
 
 def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> np.ndarray:
@@ -254,7 +291,7 @@ def _long_tail_benchmark(
     )
 
 
-@BENCHMARKS.register("mnist_lt")
+@BENCHMARKS.register("mnist_lt", params=MnistLongTailConfig)
 def build_mnist_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
     """MNIST-LT: pool and transfer follow the exponential long-tail profile (class 0 the head), val and test
     are balanced; groups are the classes."""
@@ -278,13 +315,13 @@ def _cifar(name: str, cfg: DatasetConfig, seed: int, num_classes: int, imbalance
                                 data.class_names, imbalance, official_test)
 
 
-@BENCHMARKS.register("cifar10_lt")
+@BENCHMARKS.register("cifar10_lt", params=LongTailConfig)
 def build_cifar10_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
     """CIFAR-10-LT (Cao et al. 2019 profile) with imbalance ``dataset.imbalance``; see ``_cifar`` for the splits."""
     return _cifar("cifar10_lt", cfg, seed, 10, cfg.imbalance)
 
 
-@BENCHMARKS.register("cifar100_lt")
+@BENCHMARKS.register("cifar100_lt", params=LongTailConfig)
 def build_cifar100_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
     """CIFAR-100-LT (fine labels) with imbalance ``dataset.imbalance``; see ``_cifar`` for the splits."""
     return _cifar("cifar100_lt", cfg, seed, 100, cfg.imbalance)
@@ -292,13 +329,13 @@ def build_cifar100_lt(cfg: DatasetConfig, seed: int) -> Benchmark:
 
 @BENCHMARKS.register("cifar10")
 def build_cifar10(cfg: DatasetConfig, seed: int) -> Benchmark:
-    """Balanced CIFAR-10 (the long-tail construction at imbalance 1; ``dataset.imbalance`` is not used)."""
+    """Balanced CIFAR-10 (the long-tail construction at imbalance 1)."""
     return _cifar("cifar10", cfg, seed, 10, 1.0)
 
 
 @BENCHMARKS.register("cifar100")
 def build_cifar100(cfg: DatasetConfig, seed: int) -> Benchmark:
-    """Balanced CIFAR-100 (the long-tail construction at imbalance 1; ``dataset.imbalance`` is not used)."""
+    """Balanced CIFAR-100 (the long-tail construction at imbalance 1)."""
     return _cifar("cifar100", cfg, seed, 100, 1.0)
 
 
@@ -345,7 +382,7 @@ def _spurious_benchmark(name: str, cfg: DatasetConfig, seed: int, table: GroupTa
     )
 
 
-@BENCHMARKS.register("waterbirds")
+@BENCHMARKS.register("waterbirds", params=ImageFolderConfig)
 def build_waterbirds(cfg: DatasetConfig, seed: int) -> Benchmark:
     """Waterbirds (Sagawa et al. 2020): landbird / waterbird against a land / water background, 4 groups; the
     folder ``waterbird_complete95_forest2water2`` in ``data_root``. See ``_spurious_benchmark`` for the splits."""
@@ -353,7 +390,7 @@ def build_waterbirds(cfg: DatasetConfig, seed: int) -> Benchmark:
     return _spurious_benchmark("waterbirds", cfg, seed, table, ("landbird", "waterbird"), ("land", "water"))
 
 
-@BENCHMARKS.register("celeba")
+@BENCHMARKS.register("celeba", params=ImageFolderConfig)
 def build_celeba(cfg: DatasetConfig, seed: int) -> Benchmark:
     """CelebA blond-hair classification (target Blond_Hair, spurious attribute Male; Sagawa et al. 2020), 4 groups,
     from torchvision's ``celeba`` folder in ``data_root``. The full set (202599 images) does not fit in memory

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
-from fedkd.config import PartitionConfig
+from fedkd.config import PartitionConfig, non_negative, one_of, positive
 from fedkd.registry import Registry
+
+PARTITIONERS = Registry("partitioner", section="partition", params=PartitionConfig)
+
+
+@dataclass(frozen=True)
+class DirichletConfig(PartitionConfig):
+    by: str = field(default="label", metadata=one_of("label", "group"))
+    alpha: float = field(default=0.5, metadata=positive())
+    min_partition_size: int = field(default=10, metadata=non_negative())
+    self_balancing: bool = False
 
 
 def _iid(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
     return IidPartitioner(num_partitions=num_clients)
 
 
-def _dirichlet(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
+def _dirichlet(cfg: DirichletConfig, num_clients: int, seed: int) -> Partitioner:
     return DirichletPartitioner(
         num_partitions=num_clients,
         partition_by=cfg.by,
@@ -26,9 +38,8 @@ def _dirichlet(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner
     )
 
 
-PARTITIONERS = Registry("partitioner")
 PARTITIONERS.register("iid")(_iid)
-PARTITIONERS.register("dirichlet")(_dirichlet)
+PARTITIONERS.register("dirichlet", params=DirichletConfig)(_dirichlet)
 
 
 class PartitionError(ValueError):

@@ -25,14 +25,40 @@ weights may be multiplied by the ``support`` weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedkd.config import AggregatorConfig
+from fedkd.aggregators.base import AGGREGATORS, Aggregator
+from fedkd.aggregators.support import support_weights
+from fedkd.config import AggregatorConfig, Components, RunConfig, fail, one_of, positive
 from fedkd.distill import kd_loss
-from fedkd.soft_labels import AggregationInputs, support_weights
+from fedkd.soft_labels import AggregationInputs
+
+
+@dataclass(frozen=True)
+class AgreConfig(AggregatorConfig):
+    """AGRE-KD's options; conf/aggregator/agre.yaml (the paper) and agre_fed.yaml (the federated options)."""
+
+    biased: str = field(default="random_client", metadata=one_of("random_client", "fixed_client", "mean_bases"))
+    biased_client: int = 0  # the client whose ERM base is biased, with biased=fixed_client
+    gradient: str = field(default="last_layer", metadata=one_of("last_layer", "per_sample"))
+    param_set: str = field(default="head", metadata=one_of("head", "all"))  # per_sample: which parameters
+    normalize: bool = True  # cosine of gradients (the paper) or raw inner product (its ablation)
+    granularity: str = field(default="example", metadata=one_of("example", "batch"))
+    degenerate: str = field(default="uniform", metadata=one_of("uniform", "floor"))  # all weights of a point gone
+    floor_eps: float = field(default=0.01, metadata=positive())  # degenerate=floor: the smallest weight
+    prior_correction: bool = False  # shift logits by log pi_global - log pi_client before weighting
+    with_support: bool = False  # multiply the weights by the support weights
+
+    def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        num_clients = run.federation.num_clients
+        if self.biased == "fixed_client" and not 0 <= self.biased_client < num_clients:
+            fail(f"{section}.biased_client", self.biased_client, f"must name a client, 0..{num_clients - 1}")
+
 
 EPS = 1e-12
 VANISHED = 1e-5  # a point whose weights sum below this has none left (float32 cosines are off by ~1e-7)
@@ -96,7 +122,7 @@ class AgreWeighting:
     """One round of AGRE-KD weighting: teachers' and biased soft labels in, per-minibatch targets out, and the
     weights it gave (per teacher, per group of the transfer points, degenerate points) for the log."""
 
-    def __init__(self, cfg: AggregatorConfig, inputs: AggregationInputs) -> None:
+    def __init__(self, cfg: AgreConfig, inputs: AggregationInputs) -> None:
         if inputs.base_logits is None:
             raise ValueError("agre needs the clients' ERM base soft labels (base_logits)")
         self.cfg = cfg
@@ -122,7 +148,7 @@ class AgreWeighting:
         self.degenerate = 0
 
     @staticmethod
-    def _biased_client(cfg: AggregatorConfig, clients: tuple[int, ...], seed: int) -> int | None:
+    def _biased_client(cfg: AgreConfig, clients: tuple[int, ...], seed: int) -> int | None:
         """Row of the teacher whose ERM base plays the biased model (None: the mean of all bases); ``clients``
         are the rows' partition ids (fewer than the federation's when some dropped out)."""
         if cfg.biased == "mean_bases":
@@ -204,3 +230,27 @@ class AgreWeighting:
             "degenerate_points": self.degenerate,
             "degenerate_fraction": self.degenerate / steps,
         }
+
+
+@AGGREGATORS.register("agre", params=AgreConfig)
+class AgreAggregator(Aggregator):
+    """AGRE-KD (Kenfack et al., arXiv 2411.14984, Eq. 5 and Alg. 1): per transfer point, teacher m's weight
+    W_m(x) = 1 − cos(g_m(x), g_b(x)), g the gradient of ℓ_KD w.r.t. the student's parameters towards teacher m
+    and towards a biased model b; the student is distilled towards Σ_m W_m p_m / Σ_m W_m, recomputed for every
+    minibatch with the current student (``AgreWeighting``)."""
+
+    needs_base = True
+
+    @classmethod
+    def needs_class_counts(cls, cfg: AgreConfig) -> bool:
+        return cfg.prior_correction or cfg.with_support
+
+    def prepare(self, inputs: AggregationInputs) -> None:
+        self.weighting = AgreWeighting(self.cfg, inputs)
+
+    def targets(self, idx: np.ndarray, student: nn.Module, x: torch.Tensor,
+                student_logits: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.weighting.targets(idx, student, x, student_logits), None
+
+    def round_stats(self) -> dict:
+        return self.weighting.stats()

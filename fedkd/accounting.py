@@ -1,0 +1,188 @@
+"""Privacy accounting: Rényi DP composed over every mechanism invocation of a run and converted to (ε, δ) by
+Opacus (``compute_rdp``, ``get_privacy_spent``, ``get_noise_multiplier``), DP-SGD's per-client ε from Opacus' RDP
+accountant history, and PATE's GNMax with its data-dependent bound (Papernot et al. 2018, Theorem 6 with
+Proposition 7), the one RDP curve written here by hand: no maintained library ships it; the data-independent
+cost it falls back to is Opacus' Gaussian curve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.special
+import scipy.stats
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.utils import get_noise_multiplier
+
+from fedkd.config import ClientPrivacy
+
+ORDERS = np.array(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
+SQRT2 = math.sqrt(2.0)
+
+
+class PrivacyBudgetError(ValueError):
+    """The requested privacy budget cannot be met (or would be exceeded) by the configured run."""
+
+
+def gaussian_rdp(noise_multiplier: float, count: int = 1) -> np.ndarray:
+    """RDP of ``count`` Gaussian mechanisms with noise std = ``noise_multiplier`` × L2 sensitivity (Mironov 2017:
+    α / (2σ²) each), from Opacus' analysis at ``ORDERS``."""
+    return np.asarray(compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=count, orders=list(ORDERS)))
+
+
+def epsilon_from_rdp(rdp: np.ndarray, delta: float) -> float:
+    """The (ε, δ) conversion of an RDP curve at ``ORDERS`` (Opacus' ``get_privacy_spent``)."""
+    if not np.any(rdp > 0):
+        return 0.0
+    eps, _ = get_privacy_spent(orders=list(ORDERS), rdp=list(rdp), delta=delta)
+    return float(eps)
+
+
+def calibrate_gaussian(target_epsilon: float, delta: float, count: int) -> float:
+    """The noise multiplier σ with which ``count`` Gaussian mechanisms compose to ``target_epsilon`` at ``delta``
+    (Opacus' ``get_noise_multiplier`` with sampling rate 1, tolerance 0.5 % of ε)."""
+    if count < 1:
+        raise PrivacyBudgetError("nothing to calibrate: the run releases no soft labels")
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=1.0,
+                                      steps=count, accountant="rdp", epsilon_tolerance=0.005 * target_epsilon))
+
+
+class RdpLedger:
+    """RDP curves of every mechanism invocation of a run, summed per order (RDP composes additively), with the
+    (ε, δ) they add up to. Holds a data-independent curve (what the guarantee rests on) and, for GNMax, PATE's
+    data-dependent one beside it."""
+
+    def __init__(self, delta: float) -> None:
+        self.delta = delta
+        self.rdp = np.zeros_like(ORDERS)
+        self.rdp_data_dependent = np.zeros_like(ORDERS)
+        self.invocations = 0
+
+    def add(self, rdp: np.ndarray, count: int, rdp_data_dependent: np.ndarray | None = None) -> None:
+        self.rdp = self.rdp + rdp
+        self.rdp_data_dependent = self.rdp_data_dependent + (rdp if rdp_data_dependent is None
+                                                             else rdp_data_dependent)
+        self.invocations += count
+
+    def epsilon(self) -> float:
+        return epsilon_from_rdp(self.rdp, self.delta)
+
+    def epsilon_data_dependent(self) -> float:
+        return epsilon_from_rdp(self.rdp_data_dependent, self.delta)
+
+    def epsilon_if(self, rdp: np.ndarray) -> float:
+        """ε after also spending ``rdp``: to stop before a target is exceeded."""
+        return epsilon_from_rdp(self.rdp + rdp, self.delta)
+
+    def state_dict(self) -> dict:
+        return {"rdp": self.rdp.copy(), "rdp_data_dependent": self.rdp_data_dependent.copy(),
+                "invocations": self.invocations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rdp, self.rdp_data_dependent = state["rdp"].copy(), state["rdp_data_dependent"].copy()
+        self.invocations = state["invocations"]
+
+
+def dpsgd_sample_rate(shard_size: int, batch_size: int) -> float:
+    """Poisson sampling rate of Opacus' DPDataLoader for a loader of ``batch_size`` over ``shard_size``."""
+    return 1.0 / math.ceil(shard_size / batch_size)
+
+
+def dpsgd_noise_multiplier(privacy: ClientPrivacy, shard_size: int, epochs_per_round: int, batch_size: int) -> float:
+    """The client's DP-SGD σ: as given, or calibrated by Opacus for its target ε over all rounds of training."""
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    return float(get_noise_multiplier(target_epsilon=privacy.epsilon, target_delta=privacy.delta,
+                                      sample_rate=dpsgd_sample_rate(shard_size, batch_size),
+                                      epochs=epochs_per_round * privacy.num_rounds, accountant="rdp",
+                                      epsilon_tolerance=0.005 * privacy.epsilon))
+
+
+def dpsgd_epsilon(sigma: float, shard_size: int, batch_size: int, epochs: int, delta: float,
+                  count_noise: float = 0.0) -> float:
+    """ε of ``epochs`` of DP-SGD (Opacus' RDP accountant), plus one release of noisy class counts when
+    ``count_noise`` > 0."""
+    q = dpsgd_sample_rate(shard_size, batch_size)
+    return dpsgd_history_epsilon([(sigma, q, epochs * int(1 / q))], delta, count_noise)
+
+
+def dpsgd_history_epsilon(history: list[tuple[float, float, int]], delta: float, count_noise: float = 0.0) -> float:
+    """ε of an Opacus RDP-accountant history of (noise multiplier, sample rate, steps), plus one release of noisy
+    class counts when ``count_noise`` > 0 (which Opacus' accountant cannot hold)."""
+    rdp = sum((np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=int(n), orders=list(ORDERS)))
+               for s, q, n in history), np.zeros_like(ORDERS))
+    if count_noise > 0:
+        rdp = rdp + gaussian_rdp(count_noise)
+    return epsilon_from_rdp(rdp, delta)
+
+
+# ----------------------------------------------------------------------------------------------------- GNMax
+
+
+def gnmax_log_q(votes: np.ndarray, sigma: float) -> float:
+    """Upper bound on ln Pr[GNMax answer ≠ plurality class] (Papernot et al. 2018, Proposition 7):
+    q ≤ Σ_{j≠j*} Pr[N(0, 2σ²) ≥ n_{j*} − n_j], capped at 1 − 1/C."""
+    top = int(np.argmax(votes))
+    gaps = (votes[top] - np.delete(votes, top)).astype(np.float64)
+    log_q = float(scipy.special.logsumexp(scipy.stats.norm.logsf(gaps, scale=SQRT2 * sigma)))
+    return min(log_q, math.log(1.0 - 1.0 / len(votes)))
+
+
+def _log1mexp(x: float) -> float:
+    """log(1 − e^x) for x < 0, stable at both ends."""
+    return math.log1p(-math.exp(x)) if x < -1 else math.log(-math.expm1(x))
+
+
+def gnmax_rdp_data_dependent(log_q: float, sigma: float) -> np.ndarray:
+    """PATE's data-dependent RDP of one GNMax answer at ``ORDERS`` (Papernot et al. 2018, Theorem 6, with the
+    higher orders μ₂ = σ·sqrt(ln 1/q), μ₁ = μ₂ + 1 of their Proposition 10); where the theorem's conditions fail,
+    the data-independent λ/σ². Note: this bound depends on the votes, so the ε it gives is not itself private
+    (the paper releases it through smooth sensitivity); the run's guarantee is the data-independent ε."""
+    data_independent = ORDERS / sigma**2
+    if math.isinf(log_q) and log_q < 0:
+        return np.zeros_like(ORDERS)
+    variance = sigma**2
+    mu2 = math.sqrt(variance * -log_q)
+    mu1 = mu2 + 1.0
+    if mu2 <= 1.0:
+        return data_independent
+    eps1, eps2 = mu1 / variance, mu2 / variance
+    log_a2 = (mu2 - 1.0) * eps2
+    increasing = log_q <= log_a2 - mu2 * (math.log(1 + 1 / (mu1 - 1)) + math.log(1 + 1 / (mu2 - 1)))
+    mask = mu1 > ORDERS
+    if not (mask.any() and increasing and -log_q > eps2):
+        return data_independent
+    log_1mq = _log1mexp(log_q)
+    log_a = (ORDERS - 1) * (log_1mq - _log1mexp((log_q + eps2) * (1 - 1 / mu2)))
+    log_b = (ORDERS - 1) * (eps1 - log_q / (mu1 - 1))
+    bound = np.logaddexp(log_1mq + log_a, log_q + log_b) / (ORDERS - 1)
+    out = data_independent.copy()
+    out[mask] = np.minimum(data_independent, bound)[mask]
+    return out
+
+
+@dataclass(frozen=True)
+class GNMaxAnswers:
+    """The outcome of GNMax on a batch of queries: the answered ones' noisy-argmax classes."""
+
+    answered: np.ndarray  # bool [n]
+    labels: np.ndarray  # int [n], −1 where refused
+    log_q: np.ndarray  # float [n], PATE's bound on the answer's error probability (answered queries)
+
+
+def gnmax(votes: np.ndarray, sigma: float, threshold: float, threshold_sigma: float,
+          rng: np.random.Generator) -> GNMaxAnswers:
+    """Confident GNMax (Papernot et al. 2018, Algorithm 1): a query is answered when its top vote count plus
+    N(0, σ₁²) reaches ``threshold`` (always, when ``threshold`` is 0), with argmax_j (n_j + N(0, σ²))."""
+    n = len(votes)
+    if threshold > 0:
+        answered = votes.max(1) + rng.normal(0.0, threshold_sigma, n) >= threshold
+    else:
+        answered = np.ones(n, dtype=bool)
+    noisy = votes + rng.normal(0.0, sigma, votes.shape)
+    labels = np.where(answered, noisy.argmax(1), -1)
+    log_q = np.array([gnmax_log_q(v, sigma) if a else 0.0 for v, a in zip(votes, answered, strict=True)])
+    return GNMaxAnswers(answered=answered, labels=labels, log_q=log_q)

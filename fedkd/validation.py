@@ -1,0 +1,186 @@
+"""The one validator: it walks the registries, so that a section is valid exactly when its name is registered and
+its values fit the parameter dataclass the component declared, and every component's cross-field ``check``
+passes. Bad values raise one ``ConfigError`` naming the key and how to fix it, before any process starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from fedkd.aggregators import AGGREGATORS
+from fedkd.compression import COMPRESSIONS
+from fedkd.config import (
+    COMPONENT_SECTIONS,
+    DEVICE_PATTERN,
+    ENGINES,
+    RUN_SECTIONS,
+    ClientJob,
+    ClientPrivacy,
+    Components,
+    ConfigError,
+    RunConfig,
+    check_choice,
+    compose,
+    fail,
+    parse_section,
+)
+from fedkd.data import build_benchmark, federated_data
+from fedkd.data.benchmarks import BENCHMARKS
+from fedkd.data.ondisk import MissingDataError
+from fedkd.data.partition import PARTITIONERS, PartitionError
+from fedkd.data.sources import SOURCES
+from fedkd.device import DeviceError, cuda_device_count, resolve_device
+from fedkd.distill import STUDENT_OBJECTIVES
+from fedkd.models import MODELS
+from fedkd.privacy import PRIVACY_MECHANISMS, PrivacyBudgetError, PrivacyPlan
+from fedkd.query import QUERY_STRATEGIES
+from fedkd.registry import Registry
+from fedkd.teachers import TEACHER_OBJECTIVES
+
+COMPONENTS: dict[str, Registry] = {r.section: r for r in (BENCHMARKS, PARTITIONERS, TEACHER_OBJECTIVES, AGGREGATORS,
+                                                          STUDENT_OBJECTIVES, QUERY_STRATEGIES, PRIVACY_MECHANISMS)}
+REFERENCED = {"model": MODELS, "source": SOURCES, "compression": COMPRESSIONS}  # fields that name other entries
+TOP_LEVEL = {"seed", "name", "runs_dir", *COMPONENT_SECTIONS, *RUN_SECTIONS}
+OPTIONAL_TOP_LEVEL = {"engine", "device"}
+
+
+def parse_component(section: str, raw: Any) -> Any:
+    """A component section as the parameter dataclass of the component it names (``name`` or ``objective``)."""
+    registry = COMPONENTS[section]
+    if not isinstance(raw, dict):
+        fail(section, raw, "must be a mapping; pick one of the files in conf/" + section)
+    key = f"{section}.{registry.key}"
+    if registry.key not in raw:
+        fail(key, None, f"missing; pick one of the files in conf/{section}/")
+    check_choice(key, raw[registry.key], registry)
+    return parse_section(section, raw, registry.params(raw[registry.key]), REFERENCED)
+
+
+def components_of(cfg: RunConfig) -> Components:
+    """The registered components ``cfg`` names."""
+    def chosen(section: str) -> Any:
+        return COMPONENTS[section][getattr(getattr(cfg, section), COMPONENTS[section].key)]
+
+    return Components(**{s: chosen(s) for s in COMPONENT_SECTIONS},
+                      teacher_model=MODELS.traits(cfg.teacher.arch), student_model=MODELS.traits(cfg.student.arch))
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    """Check every key of a composed config and return the typed ``RunConfig``."""
+    if raw.get("resume") is not None:
+        fail("resume", raw["resume"], "resume is an option of the `fedkd` command (fedkd resume=<run dir>), "
+             "which reads the run's own config.yaml; it cannot be combined with a composed config here")
+    raw = {k: v for k, v in raw.items() if k != "resume"}
+    # configs written before these keys existed ran on the simulation engine, on the CPU
+    raw = {"engine": "simulation", "device": "cpu", **raw}
+    for key in raw:
+        if key not in TOP_LEVEL | OPTIONAL_TOP_LEVEL:
+            fail(key, raw[key], f"unknown top-level key; known: {sorted(TOP_LEVEL | OPTIONAL_TOP_LEVEL)}")
+    for key in TOP_LEVEL:
+        if key not in raw:
+            fail(key, None, "missing")
+    check_choice("engine", raw["engine"], ENGINES)
+    if not isinstance(raw["device"], str) or not DEVICE_PATTERN.fullmatch(raw["device"]):
+        fail("device", raw["device"], "choose auto (CUDA when this machine has it), cpu, cuda or cuda:<index>")
+    if isinstance(raw["seed"], bool) or not isinstance(raw["seed"], int) or raw["seed"] < 0:
+        fail("seed", raw["seed"], "must be a non-negative whole number")
+    sections = {name: parse_component(name, raw[name]) for name in COMPONENT_SECTIONS}
+    sections |= {name: parse_section(name, raw[name], cls) for name, cls in RUN_SECTIONS.items()}
+    fed = sections["federation"]
+    if fed.client_gpus > 0 and raw["device"] == "cpu":
+        fail("federation.client_gpus", fed.client_gpus, "reserves GPUs that device=cpu does not use; use "
+             "device=auto or cuda, or federation.client_gpus=0")
+    if fed.min_clients > fed.num_clients:
+        fail("federation.min_clients", fed.min_clients,
+             f"must be at most federation.num_clients={fed.num_clients} (a round cannot wait for more clients)")
+    cfg = RunConfig(seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), engine=raw["engine"],
+                    device=raw["device"], **sections)
+    parts = components_of(cfg)
+    for section in COMPONENT_SECTIONS:
+        getattr(cfg, section).check(section, cfg, parts)
+    return cfg
+
+
+def check_against_data(cfg: RunConfig) -> None:
+    """Checks that need the data and the machine: the device, its files under data_root, a construction its images
+    allow, enough pool examples for the clients, a partition that can be drawn, a privacy budget the run meets."""
+    try:
+        resolve_device(cfg.device)
+    except DeviceError as err:
+        fail("device", cfg.device, str(err))
+    if cfg.engine == "simulation" and cfg.federation.client_gpus > cuda_device_count():
+        fail("federation.client_gpus", cfg.federation.client_gpus, f"this machine has {cuda_device_count()} "
+             "CUDA device(s) for Ray to hand out, so no client could ever be scheduled; lower it (0 = none)")
+
+    try:
+        bench = build_benchmark(cfg.dataset, cfg.seed)
+    except MissingDataError as err:
+        fail("dataset.data_root", cfg.dataset.data_root, f"dataset={cfg.dataset.name} needs files there:\n{err}")
+    except ValueError as err:
+        fail("dataset", cfg.dataset.name, str(err))
+    pool_size = len(bench["pool"])
+    if cfg.query.compression == "topk" and cfg.query.top_k >= bench.num_classes:
+        fail("query.top_k", cfg.query.top_k, f"must be below the {bench.num_classes} classes of {cfg.dataset.name} "
+             "(top-k of all classes is no compression; use query.compression=fp32)")
+    if cfg.federation.num_clients > pool_size:
+        fail("federation.num_clients", cfg.federation.num_clients,
+             f"more clients than the {pool_size} examples of the {cfg.dataset.name} client pool")
+    try:
+        data = federated_data(cfg.dataset, cfg.partition, cfg.federation.num_clients, cfg.seed)
+    except PartitionError as err:
+        fail("partition", cfg.partition.name, f"{err}; try fewer clients (federation.num_clients), a larger "
+             "partition.alpha or a smaller partition.min_partition_size")
+
+    parts = components_of(cfg)
+    mechanism = parts.privacy(cfg.privacy)
+    if mechanism.unit == "none":
+        return
+    shard_sizes = [len(data.shard(i)) for i in range(cfg.federation.num_clients)]
+    if mechanism.unit == "client":
+        n, unit = cfg.federation.num_clients, "clients (the privacy unit is a client)"
+    else:
+        n, unit = min(shard_sizes), "examples in the smallest client shard (the privacy unit is an example)"
+    if cfg.privacy.delta >= 1.0 / n:
+        fail("privacy.delta", cfg.privacy.delta, f"must be below 1/n = {1.0 / n:.3g} with n = {n} {unit}; e.g. 1e-5")
+    try:
+        mechanism.plan(cfg, len(bench["transfer"]), shard_sizes, parts.aggregator)
+    except PrivacyBudgetError as err:
+        fail("privacy.epsilon", getattr(cfg.privacy, "epsilon", None), str(err))
+
+
+def load_run_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Compose, validate and check a run's config: everything that can be wrong is caught here."""
+    cfg = validate(compose(overrides))
+    check_against_data(cfg)
+    return cfg
+
+
+def parse_client_job(text: str) -> ClientJob:
+    """A client job from its YAML (the wire form), with each section typed by its component's parameters."""
+    raw = yaml.safe_load(text)
+    try:
+        return ClientJob(
+            seed=int(raw["seed"]),
+            num_clients=int(raw["num_clients"]),
+            dataset=parse_component("dataset", raw["dataset"]),
+            partition=parse_component("partition", raw["partition"]),
+            teacher=parse_component("teacher", raw["teacher"]),
+            erm_base=bool(raw["erm_base"]),
+            privacy=ClientPrivacy(**raw.get("privacy", {})),
+            threads=int(raw.get("threads", 1)),
+            device=str(raw.get("device", "cpu")),
+        )
+    except ConfigError as err:
+        raise ValueError(f"the client job does not match this fedkd's components: {err}") from err
+
+
+def client_job(cfg: RunConfig, plan: PrivacyPlan | None = None) -> ClientJob:
+    """The job every client of ``cfg`` gets, as its components shape it: the ERM base when the aggregator needs
+    one, and what the privacy mechanism asks of the clients (with the σ the server's ``plan`` calibrated)."""
+    parts = components_of(cfg)
+    plan = plan or PrivacyPlan(noise_multiplier=None, releases_per_query=0, planned_queries=0, planned_epsilon=None,
+                               cap=None)
+    privacy = parts.privacy(cfg.privacy).client_privacy(cfg, plan, parts.aggregator.needs_class_counts(cfg.aggregator))
+    return cfg.client_job(privacy, erm_base=parts.aggregator.needs_base)
