@@ -22,13 +22,14 @@ setup: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/fedkd $(OVERRIDES)
 
-## the test suite (unit, contract, in-process and Flower end-to-end runs) and the linter
-test: $(INSTALLED)
-	$(BIN)/ruff check .
+## the linters (ruff; import-linter's layer contracts in pyproject.toml), then the test suite (unit, contract,
+## in-process and Flower end-to-end runs)
+test: lint
 	$(BIN)/pytest -q
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 ## the same apps through `flwr run .` on a local simulation SuperLink (stopped afterwards)
 flwr-run: $(INSTALLED)

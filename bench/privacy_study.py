@@ -33,10 +33,10 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from studies import ROOT, mean_std, provenance, read_rows, study_main, write_section  # noqa: E402
 
-from clients.app import STATE_PREFIX  # noqa: E402
 from fedkd.data import federated_data  # noqa: E402
+from fedkd.membership import example_losses, membership_auc  # noqa: E402
 from fedkd.models import build_model  # noqa: E402
-from fedkd.privacy import example_losses, membership_auc  # noqa: E402
+from fedkd.protocol import STATE_PREFIX  # noqa: E402
 from fedkd.validation import load_run_config  # noqa: E402
 from server.app import run_federation  # noqa: E402
 from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402

@@ -16,8 +16,7 @@ from flwr.clientapp import ClientApp
 from fedkd import protocol
 from fedkd.checkpoint import CLIENT_STATE_ENV, ClientStateStore
 from fedkd.local import query_local_teacher, train_local_teacher
-
-STATE_PREFIX = "fedkd."
+from fedkd.protocol import STATE_PREFIX
 
 app = ClientApp()
 

@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 
 import hydra
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, CheckpointError, load
+from fedkd.checkpoint import CLIENT_STATE_ENV
 from fedkd.config import CONF_DIR, ConfigError, RunConfig
-from fedkd.results import CONFIG_FILE, SUMMARY_FILE, RunDirectory, read_summary
-from fedkd.validation import check_against_data, validate
+from fedkd.results import SUMMARY_FILE, RunDirectory, read_summary
+from fedkd.validation import check_against_data, resume_target, validate
 
 CLIENT_STATE_DIR = "client_state"
 
@@ -77,29 +76,6 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
     if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")
     return read_summary(run_dir.path)
-
-
-def resume_target(path: str | Path) -> tuple[RunConfig, RunDirectory]:
-    """The config and directory of a run to continue, after checking that it can be: its config.yaml is valid,
-    it has a checkpoint, and it has rounds left."""
-    folder = Path(path)
-    if not (folder / CONFIG_FILE).is_file():
-        raise ConfigError(f"invalid config: resume = {str(path)!r}: not a run directory (no {CONFIG_FILE}); "
-                          "give the folder a run printed as 'run directory'")
-    cfg = validate(yaml.safe_load((folder / CONFIG_FILE).read_text()))
-    check_against_data(cfg)
-    checkpoint = folder / SERVER_CHECKPOINT
-    if not checkpoint.exists():
-        raise ConfigError(f"invalid config: resume = {str(path)!r}: no {SERVER_CHECKPOINT} (the run stopped before "
-                          "its first round ended); start it again instead")
-    try:
-        done = load(checkpoint)["round"]
-    except CheckpointError as err:
-        raise ConfigError(f"invalid config: resume = {str(path)!r}: {err}") from err
-    if done >= cfg.federation.num_rounds and (folder / SUMMARY_FILE).exists():
-        raise ConfigError(f"invalid config: resume = {str(path)!r}: the run finished all {done} rounds; nothing "
-                          "to resume")
-    return cfg, RunDirectory(folder)
 
 
 def _sweep_run_directory(cfg: RunConfig) -> RunDirectory | None:

@@ -12,7 +12,7 @@ from fedkd.data import Benchmark, federated_data
 from fedkd.device import cpu_state, resolve_device
 from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
-from fedkd.privacy import local_noise, noisy_class_counts
+from fedkd.noise import local_noise, noisy_class_counts
 from fedkd.protocol import TeacherReport
 from fedkd.teachers import DPSGD_HISTORY, TeacherModels, train_teacher
 from fedkd.training import predict_logits
@@ -111,7 +111,7 @@ def query_local_teacher(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The teacher's logits [n, C] on the requested points of ``split`` (the public transfer pool, or the
     server's val/test views every node can build), and its ERM base's when asked; under local noise both are
-    released with the client's own noise (``fedkd.privacy.local_noise``)."""
+    released with the client's own noise (``fedkd.noise.local_noise``)."""
     if not state or "teacher" not in state:
         raise RuntimeError(f"client {partition_id} was asked for soft labels before it trained a teacher")
     if with_base and "base" not in state:

@@ -30,6 +30,7 @@ from fedkd.validation import parse_client_job
 
 TRAIN_TEACHER = "train.teacher"
 QUERY_SOFTLABELS = "query.softlabels"
+STATE_PREFIX = "fedkd."  # the keys of a node's context.state that hold the client's models and objective state
 
 CONFIG = "config"
 METRICS = "metrics"

@@ -5,11 +5,13 @@ passes. Bad values raise one ``ConfigError`` naming the key and how to fix it, b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fedkd.aggregators import AGGREGATORS
+from fedkd.checkpoint import SERVER_CHECKPOINT, CheckpointError, load
 from fedkd.compression import COMPRESSIONS
 from fedkd.config import (
     COMPONENT_SECTIONS,
@@ -37,6 +39,7 @@ from fedkd.models import MODELS
 from fedkd.privacy import PRIVACY_MECHANISMS, PrivacyBudgetError, PrivacyPlan
 from fedkd.query import QUERY_STRATEGIES
 from fedkd.registry import Registry
+from fedkd.results import CONFIG_FILE, SUMMARY_FILE, RunDirectory
 from fedkd.teachers import TEACHER_OBJECTIVES
 
 COMPONENTS: dict[str, Registry] = {r.section: r for r in (BENCHMARKS, PARTITIONERS, TEACHER_OBJECTIVES, AGGREGATORS,
@@ -184,3 +187,26 @@ def client_job(cfg: RunConfig, plan: PrivacyPlan | None = None) -> ClientJob:
                                cap=None)
     privacy = parts.privacy(cfg.privacy).client_privacy(cfg, plan, parts.aggregator.needs_class_counts(cfg.aggregator))
     return cfg.client_job(privacy, erm_base=parts.aggregator.needs_base)
+
+
+def resume_target(path: str | Path) -> tuple[RunConfig, RunDirectory]:
+    """The config and directory of a run to continue, after checking that it can be: its config.yaml is valid,
+    it has a checkpoint, and it has rounds left."""
+    folder = Path(path)
+    if not (folder / CONFIG_FILE).is_file():
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: not a run directory (no {CONFIG_FILE}); "
+                          "give the folder a run printed as 'run directory'")
+    cfg = validate(yaml.safe_load((folder / CONFIG_FILE).read_text()))
+    check_against_data(cfg)
+    checkpoint = folder / SERVER_CHECKPOINT
+    if not checkpoint.exists():
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: no {SERVER_CHECKPOINT} (the run stopped before "
+                          "its first round ended); start it again instead")
+    try:
+        done = load(checkpoint)["round"]
+    except CheckpointError as err:
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: {err}") from err
+    if done >= cfg.federation.num_rounds and (folder / SUMMARY_FILE).exists():
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: the run finished all {done} rounds; nothing "
+                          "to resume")
+    return cfg, RunDirectory(folder)

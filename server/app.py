@@ -11,7 +11,7 @@ from rich.console import Console
 from fedkd.config import ConfigError, RunConfig
 from fedkd.display import RunDisplay, summary_table
 from fedkd.results import RunDirectory
-from fedkd.validation import load_run_config
+from fedkd.validation import load_run_config, resume_target
 from server.strategy import FederatedDistillation
 
 app = ServerApp()
@@ -54,8 +54,6 @@ def serve(grid: Grid, context: Context) -> dict:
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
     if not resume:
         return run_federation(grid, load_run_config(overrides))
-    from fedkd.cli import resume_target
-
     if overrides:
         raise ConfigError(f"invalid config: resume continues a run with its own config.yaml; drop the overrides "
                           f"{overrides}")

@@ -17,8 +17,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.app import STATE_PREFIX
 from fedkd import protocol
+from fedkd.protocol import STATE_PREFIX
 from fedkd.teachers import TEACHER_OBJECTIVES
 
 RUN_ID = 1

@@ -15,28 +15,27 @@ from opacus.accountants import RDPAccountant
 from rich.console import Console
 
 from clients.app import app as client_app
-from fedkd.config import ConfigError
-from fedkd.data import federated_data
-from fedkd.local import train_local_teacher
-from fedkd.privacy import (
+from fedkd.accounting import (
     ORDERS,
-    GNMaxVoting,
-    PrivacyPlan,
     RdpLedger,
-    aggregate_sensitivity,
     calibrate_gaussian,
-    clip_rows,
     dpsgd_noise_multiplier,
     gaussian_rdp,
     gnmax,
     gnmax_log_q,
     gnmax_rdp_data_dependent,
-    membership_auc,
-    project_to_simplex,
 )
+from fedkd.aggregators import AGGREGATORS
+from fedkd.config import ConfigError
+from fedkd.data import federated_data
+from fedkd.local import train_local_teacher
+from fedkd.membership import membership_auc
+from fedkd.noise import project_to_simplex
+from fedkd.privacy import GNMaxVoting, PrivacyPlan
 from fedkd.results import read_metrics
+from fedkd.soft_labels import clip_rows
 from fedkd.teachers import DPSGD_HISTORY
-from fedkd.validation import load_run_config
+from fedkd.validation import client_job, load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
 
@@ -61,7 +60,7 @@ def test_calibrated_sigma_gives_back_the_target_epsilon_from_opacus_accountant(e
 
 def test_dpsgd_sigma_for_a_target_gives_it_back_over_all_rounds():
     cfg = load_run_config([*FAST, "privacy=dpsgd", "privacy.epsilon=3", "federation.num_rounds=4"])
-    job = cfg.client_job()
+    job = client_job(cfg)
     sigma = dpsgd_noise_multiplier(job.privacy, shard_size=950, epochs_per_round=2, batch_size=32)
     accountant = RDPAccountant()
     accountant.history = [(sigma, 1 / 30, 4 * 2 * 30)]
@@ -109,11 +108,11 @@ def test_projection_onto_the_simplex_matches_a_bisection_on_the_threshold():
 
 
 def test_sensitivity_of_the_mean_is_root2_c_over_m_and_attained_and_any_simplex_aggregate_is_root2():
-    assert aggregate_sensitivity("mean", 1.0, 10) == pytest.approx(math.sqrt(2) / 10)
-    assert aggregate_sensitivity("mean", 0.5, 4) == pytest.approx(math.sqrt(2) * 0.5 / 4)
-    assert aggregate_sensitivity("mean", 3.0, 4) == pytest.approx(math.sqrt(2) / 4)  # probabilities: norm <= 1
+    assert AGGREGATORS["mean"].sensitivity(1.0, 10) == pytest.approx(math.sqrt(2) / 10)
+    assert AGGREGATORS["mean"].sensitivity(0.5, 4) == pytest.approx(math.sqrt(2) * 0.5 / 4)
+    assert AGGREGATORS["mean"].sensitivity(3.0, 4) == pytest.approx(math.sqrt(2) / 4)  # probabilities: norm <= 1
     for name in ("agre", "entropy_reduction", "vote"):
-        assert aggregate_sensitivity(name, 0.5, 10) == pytest.approx(math.sqrt(2))
+        assert AGGREGATORS[name].sensitivity(0.5, 10) == pytest.approx(math.sqrt(2))
     generator = torch.Generator().manual_seed(0)
     m, c = 5, 0.7
     worst = 0.0
@@ -123,12 +122,12 @@ def test_sensitivity_of_the_mean_is_root2_c_over_m_and_attained_and_any_simplex_
         other[0] = torch.softmax(torch.randn(10, generator=generator) * 5, -1)
         moved = (clip_rows(probs, c).mean(0) - clip_rows(other, c).mean(0)).norm()
         worst = max(worst, float(moved))
-    assert worst <= aggregate_sensitivity("mean", c, m) + 1e-6
+    assert worst <= AGGREGATORS["mean"].sensitivity(c, m) + 1e-6
     one_hot = torch.eye(10)[:m]
     swapped = one_hot.clone()
     swapped[0] = torch.eye(10)[9]
     assert (clip_rows(one_hot, c).mean(0) - clip_rows(swapped, c).mean(0)).norm() == pytest.approx(
-        aggregate_sensitivity("mean", c, m))  # attained by two one-hot answers
+        AGGREGATORS["mean"].sensitivity(c, m))  # attained by two one-hot answers
 
 
 def test_gnmax_data_independent_cost_is_lambda_over_sigma_squared_per_answer():
@@ -163,7 +162,7 @@ def test_confident_gnmax_answers_only_above_the_threshold():
 
 def test_dpsgd_teacher_epsilon_is_opacus_own_report_and_meets_the_target():
     cfg = load_run_config([*FAST, "privacy=dpsgd", "privacy.epsilon=4", "federation.num_rounds=2"])
-    job = cfg.client_job()
+    job = client_job(cfg)
     state, first = train_local_teacher(job, 0, 1, None)
     state, second = train_local_teacher(job, 0, 2, state)
     accountant = RDPAccountant()
@@ -177,14 +176,14 @@ def test_dpsgd_teacher_epsilon_is_opacus_own_report_and_meets_the_target():
 def test_noisy_class_counts_are_released_once_and_accounted():
     cfg = load_run_config([*FAST, "aggregator=support", "privacy=dpsgd", "privacy.epsilon=null",
                            "privacy.noise_multiplier=1.0", "privacy.count_noise=5"])
-    job = cfg.client_job(release_counts=True)
+    job = client_job(cfg)
     true = np.bincount(federated_data(cfg.dataset, cfg.partition, 3, 0).shard(0).y, minlength=10)
     state, first = train_local_teacher(job, 0, 1, None)
     _, second = train_local_teacher(job, 0, 2, state)
     assert first.class_counts == second.class_counts and first.class_counts != true.tolist()
     assert np.abs(np.array(first.class_counts) - true).max() < 30
     without = load_run_config([*FAST, "privacy=dpsgd", "privacy.epsilon=null", "privacy.noise_multiplier=1.0"])
-    _, plain = train_local_teacher(without.client_job(), 0, 1, None)
+    _, plain = train_local_teacher(client_job(without), 0, 1, None)
     assert first.epsilon > plain.epsilon
 
 
