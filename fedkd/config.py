@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
+from fedkd.conf_dir import CONF_DIR
 
 ENGINES = ("simulation", "inprocess")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
