@@ -2,7 +2,7 @@
 
     fedkd                                   # the default run
     fedkd dataset=mnist_lt partition=dirichlet partition.alpha=0.3 federation.num_clients=5
-    fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_s0      # continue a killed run from its last checkpoint
+    fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_fed_s0  # continue a killed run from its last checkpoint
     fedkd -m aggregator=mean,agre seed=0,1,2   # a sweep: jobs one after another, under multirun/<date>/<time>/
     fedkd report runs/2026-11-24 [--out DIR]   # table and plots of finished runs (fedkd.report)
 """
