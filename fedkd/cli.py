@@ -21,6 +21,7 @@ from rich.console import Console
 
 from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, CheckpointError, load
 from fedkd.config import CONF_DIR, ConfigError, RunConfig, check_against_data, validate
+from fedkd.console import flower_console
 from fedkd.results import CONFIG_FILE, SUMMARY_FILE, RunDirectory, read_summary
 
 CLIENT_STATE_DIR = "client_state"
@@ -67,12 +68,14 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ[CLIENT_STATE_ENV] = state_dir  # Ray's workers inherit it
-    run_simulation(
-        server_app=server_app_for(cfg, run_dir, resume),
-        client_app=client_app,
-        num_supernodes=cfg.federation.num_clients,
-        backend_config=backend_config(cfg),
-    )
+    with flower_console() as verbose:
+        run_simulation(
+            server_app=server_app_for(cfg, run_dir, resume),
+            client_app=client_app,
+            num_supernodes=cfg.federation.num_clients,
+            backend_config=backend_config(cfg),
+            verbose_logging=verbose,
+        )
     if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")
     return read_summary(run_dir.path)
