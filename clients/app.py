@@ -15,10 +15,12 @@ from flwr.clientapp import ClientApp
 
 from fedkd import protocol
 from fedkd.checkpoint import CLIENT_STATE_ENV, ClientStateStore
+from fedkd.console import flower_records_once
 from fedkd.local import query_local_teacher, train_local_teacher
 from fedkd.protocol import STATE_PREFIX
 
 app = ClientApp()
+flower_records_once()
 
 
 class NodeConfigError(ValueError):

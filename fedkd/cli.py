@@ -2,7 +2,7 @@
 
     fedkd                                   # the default run
     fedkd dataset=mnist_lt partition=dirichlet partition.alpha=0.3 federation.num_clients=5
-    fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_s0      # continue a killed run from its last checkpoint
+    fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_fed_s0  # continue a killed run from its last checkpoint
     fedkd -m aggregator=mean,agre seed=0,1,2   # a sweep: jobs one after another, under multirun/<date>/<time>/
     fedkd report runs/2026-11-24 [--out DIR]   # table and plots of finished runs (fedkd.report)
 """
@@ -20,6 +20,7 @@ from rich.console import Console
 
 from fedkd.checkpoint import CLIENT_STATE_ENV
 from fedkd.config import CONF_DIR, ConfigError, RunConfig
+from fedkd.console import flower_console
 from fedkd.results import SUMMARY_FILE, RunDirectory, read_summary
 from fedkd.validation import check_against_data, resume_target, validate
 
@@ -67,12 +68,14 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ[CLIENT_STATE_ENV] = state_dir  # Ray's workers inherit it
-    run_simulation(
-        server_app=server_app_for(cfg, run_dir, resume),
-        client_app=client_app,
-        num_supernodes=cfg.federation.num_clients,
-        backend_config=backend_config(cfg),
-    )
+    with flower_console() as verbose:
+        run_simulation(
+            server_app=server_app_for(cfg, run_dir, resume),
+            client_app=client_app,
+            num_supernodes=cfg.federation.num_clients,
+            backend_config=backend_config(cfg),
+            verbose_logging=verbose,
+        )
     if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")
     return read_summary(run_dir.path)

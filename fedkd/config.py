@@ -20,8 +20,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
+from fedkd.conf_dir import CONF_DIR
 
 ENGINES = ("simulation", "inprocess")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -331,16 +330,24 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Compose conf/ with Hydra overrides (as on the command line) into a plain resolved dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        hydra_config.set_config(cfg)  # ${hydra:runtime.choices...} (the run name) resolves as under @hydra.main
+        with open_dict(cfg):
+            del cfg["hydra"]
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"cannot compose the config from conf/ with overrides {list(overrides)}: {err}") from err
+    finally:
+        hydra_config.cfg = previous
 
 
 _TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "float | None": (int, float, type(None))}
