@@ -1,5 +1,6 @@
 """``fedkd report``'s plots (matplotlib, no display needed): per round, per group, accuracy against worst-group
-accuracy, AGRE-KD's teacher weights, and the query-budget and privacy-utility sweeps when the runs vary those.
+accuracy, the teacher weights an aggregator logs (AGRE-KD's), and the query-budget and privacy-utility sweeps
+when the runs vary those.
 """
 
 from __future__ import annotations
@@ -154,9 +155,10 @@ def plot_pareto(groups: Sequence[Group], path: Path, files: list[Path]) -> None:
     _save(fig, path, files)
 
 
-def agre_weights(run: Run) -> dict[tuple[int, int], float]:
-    """(partition id, round) -> the mean normalised weight AGRE-KD gave that teacher in that round
-    (aggregator_stats["mean_weight_per_teacher"], rows in the order of record["participants"])."""
+def teacher_weights(run: Run) -> dict[tuple[int, int], float]:
+    """(partition id, round) -> the mean normalised weight the aggregator gave that teacher in that round, for an
+    aggregator that logs one (aggregator_stats["mean_weight_per_teacher"], rows in the order of
+    record["participants"])."""
     cells = {}
     for record in run.records:
         weights = record.get("aggregator_stats", {}).get("mean_weight_per_teacher")
@@ -167,10 +169,10 @@ def agre_weights(run: Run) -> dict[tuple[int, int], float]:
     return cells
 
 
-def agre_weight_matrix(group: Group) -> tuple[list[int], list[int], np.ndarray]:
+def teacher_weight_matrix(group: Group) -> tuple[list[int], list[int], np.ndarray]:
     """Partition ids, rounds, and the teacher weights [client, round] averaged over the group's runs (NaN where a
     client answered in no run: it had dropped out)."""
-    per_run = [w for w in map(agre_weights, group.runs) if w]
+    per_run = [w for w in map(teacher_weights, group.runs) if w]
     clients = sorted({c for w in per_run for c, _ in w})
     rounds = sorted({r for w in per_run for _, r in w})
     stack = np.array([[[w.get((c, r), np.nan) for r in rounds] for c in clients] for w in per_run])
@@ -178,9 +180,9 @@ def agre_weight_matrix(group: Group) -> tuple[list[int], list[int], np.ndarray]:
     return clients, rounds, np.where(answered > 0, np.nansum(stack, axis=0) / np.maximum(answered, 1), np.nan)
 
 
-def plot_agre_heatmap(group: Group, path: Path, files: list[Path]) -> None:
-    """Teacher weights per client and round, mean over seeds: which clients AGRE-KD trusted, and when."""
-    clients, rounds, matrix = agre_weight_matrix(group)
+def plot_teacher_weight_heatmap(group: Group, path: Path, files: list[Path]) -> None:
+    """Teacher weights per client and round, mean over seeds: which clients the aggregator trusted, and when."""
+    clients, rounds, matrix = teacher_weight_matrix(group)
     fig = Figure(figsize=(min(max(6.0, 2.5 + 0.8 * len(rounds)), 18.0), min(max(3.8, 1.8 + 0.45 * len(clients)), 14.0)),
                  layout="constrained")
     ax = fig.subplots()
@@ -191,8 +193,8 @@ def plot_agre_heatmap(group: Group, path: Path, files: list[Path]) -> None:
     ax.set_yticks(range(len(clients)), [f"client {c}" for c in clients])
     ax.set_xlabel("round")
     ax.set_ylabel("teacher (partition id)")
-    seeds = " ".join(str(r.seed) for r, w in zip(group.runs, map(agre_weights, group.runs), strict=True) if w)
-    ax.set_title(f"AGRE-KD teacher weights: {group.label}\nmean over seeds {seeds}", fontsize=11)
+    seeds = " ".join(str(r.seed) for r, w in zip(group.runs, map(teacher_weights, group.runs), strict=True) if w)
+    ax.set_title(f"Teacher weights: {group.label}\nmean over seeds {seeds}", fontsize=11)
     if len(rounds) <= ANNOTATE_CELLS and len(clients) <= ANNOTATE_CELLS:
         middle = float(np.nanmax(matrix)) / 2
         for (row, col), value in np.ndenumerate(matrix):
@@ -267,8 +269,9 @@ def write_plots(groups: Sequence[Group], out: Path) -> list[Path]:
         if len(groups) > 1:
             plot_pareto(groups, out / "pareto.png", files)
         for group in groups:
-            if any(agre_weights(r) for r in group.runs):
-                plot_agre_heatmap(group, _unused(out / f"agre_weights_{_slug(group.label)}.png", files), files)
+            if any(teacher_weights(r) for r in group.runs):
+                path = _unused(out / f"teacher_weights_{_slug(group.label)}.png", files)
+                plot_teacher_weight_heatmap(group, path, files)
         if varying & (BUDGET_KEYS | {"query.name"}):
             plot_sweep(groups, BUDGET_KEYS, "soft_labels_queried", "soft labels queried per teacher, whole run",
                        "Query budget", out / "query_budget.png", files)

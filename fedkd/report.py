@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedkd.plots import agre_weight_matrix, write_plots
+from fedkd.plots import teacher_weight_matrix, write_plots
 from fedkd.results import CONFIG_FILE, SUMMARY_FILE
 from fedkd.run_groups import (
     METRICS,
@@ -40,7 +40,7 @@ from fedkd.run_groups import (
 )
 
 # the names tests and scripts import from here, wherever they live
-__all__ = ["Group", "Report", "Run", "agre_weight_matrix", "beta_curves", "build_report", "default_out",
+__all__ = ["Group", "Report", "Run", "teacher_weight_matrix", "beta_curves", "build_report", "default_out",
            "find_run_dirs", "flatten", "group_runs", "main", "table_rows", "varying_keys", "write_csv",
            "write_markdown"]
 
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "accuracy vs worst-group accuracy, AGRE-KD teacher weights, and query-budget and "
                     "privacy-utility curves when the runs vary those.")
     parser.add_argument("runs", nargs="+", help="run directories, folders holding them (searched recursively) or "
-                                                "globs, e.g. runs/2026-11-24 'runs/*/*_agre_*'")
+                                                "globs, e.g. runs/2026-11-24 'runs/*/*_mean_*'")
     parser.add_argument("--out", type=Path, help="output folder (default: <first dir>/report, or ./report)")
     args = parser.parse_args(argv)
     console = _console()

@@ -24,7 +24,6 @@ from clients.app import app as client_app
 from fedkd.report import (
     Group,
     Run,
-    agre_weight_matrix,
     beta_curves,
     build_report,
     default_out,
@@ -33,6 +32,7 @@ from fedkd.report import (
     group_runs,
     main,
     table_rows,
+    teacher_weight_matrix,
     varying_keys,
 )
 from fedkd.validation import load_run_config
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # small MLPs: the real runs only need to be real, not good; a few rounds of learning keep the numbers non-trivial
 TINY = [*FAST, "teacher.arch=mlp", "student.arch=mlp", "teacher.epochs=2", "student.epochs=2",
         "baselines.ensemble=false"]
-COMMON_PLOTS = {"rounds.png", "per_group_accuracy.png", "pareto.png", "agre_weights_aggregator_agre.png"}
+COMMON_PLOTS = {"rounds.png", "per_group_accuracy.png", "pareto.png", "teacher_weights_aggregator_agre.png"}
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_plots_the_runs_allow_are_valid_pngs_and_no_others(built):
         assert (out / name).stat().st_size > 0 and image.shape[0] > 100 and image.shape[1] > 100
 
 
-def test_agre_heatmap_is_the_mean_over_seeds_of_the_logged_teacher_weights(runs_root, built):
+def test_teacher_weight_heatmap_is_the_mean_over_seeds_of_the_logged_teacher_weights(runs_root, built):
     report, _, _ = built
     agre = next(g for g in report.groups if g.overrides == {"aggregator.name": "agre"})
     logged = []
@@ -132,18 +132,18 @@ def test_agre_heatmap_is_the_mean_over_seeds_of_the_logged_teacher_weights(runs_
         if records[0]["aggregator"] == "agre" and (path.parent / "summary.json").exists():
             assert all(r["participants"] == [0, 1, 2] for r in records)
             logged.append([r["aggregator_stats"]["mean_weight_per_teacher"] for r in records])  # [round, teacher]
-    clients, rounds, matrix = agre_weight_matrix(agre)
+    clients, rounds, matrix = teacher_weight_matrix(agre)
     assert (clients, rounds, len(logged)) == ([0, 1, 2], [1, 2], 2)
     np.testing.assert_allclose(matrix, np.mean(logged, axis=0).T, rtol=1e-12)
-    assert all(not agre_weight_matrix(g)[0] for g in report.groups if g is not agre)
+    assert all(not teacher_weight_matrix(g)[0] for g in report.groups if g is not agre)
 
 
-def test_agre_weights_follow_the_participants_of_each_round():
+def test_teacher_weights_follow_the_participants_of_each_round():
     weights = "mean_weight_per_teacher"
     records = [{"round": 1, "aggregator_stats": {weights: [0.2, 0.3, 0.5]}, "participants": [0, 1, 2]},
                {"round": 2, "aggregator_stats": {weights: [0.6, 0.4]}, "participants": [0, 2]}]
     runs = [Run(Path(f"/r{s}"), {"seed": s}, {}, records) for s in (0, 1)]
-    clients, rounds, matrix = agre_weight_matrix(Group({}, runs))
+    clients, rounds, matrix = teacher_weight_matrix(Group({}, runs))
     assert (clients, rounds) == ([0, 1, 2], [1, 2])
     np.testing.assert_array_equal(matrix, [[0.2, 0.6], [0.3, np.nan], [0.5, 0.4]])  # client 1 dropped in round 2
 
@@ -244,7 +244,7 @@ def test_query_budget_plot_from_hand_written_runs(tmp_path):
     report = build_report([str(tmp_path)], tmp_path / "out", Console(file=io.StringIO()))
     names = {p.name for p in report.files}
     assert "query_budget.png" in names and "privacy_utility.png" not in names
-    assert "agre_weights" not in " ".join(names)  # no run has AGRE-KD weights
+    assert "teacher_weights" not in " ".join(names)  # no run has AGRE-KD weights
     assert imread(tmp_path / "out" / "query_budget.png").shape[0] > 100
 
 

@@ -51,7 +51,7 @@ def test_a_sweep_of_two_aggregators_and_two_seeds_runs_from_one_command(tmp_path
             assert float(row[f"{key}_mean"]) == values.mean()
             assert np.isclose(float(row[f"{key}_std"]), values.std(ddof=1), rtol=0, atol=1e-12)
     assert len({float(rows[g]["accuracy_mean"]) for g in rows}) == 2  # trained students, not chance twice
-    for plot in ("rounds.png", "per_group_accuracy.png", "pareto.png", "agre_weights_aggregator_agre.png"):
+    for plot in ("rounds.png", "per_group_accuracy.png", "pareto.png", "teacher_weights_aggregator_agre.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 10_000, plot
     assert not (tmp_path / "report" / "query_budget.png").exists()
     assert not (tmp_path / "report" / "privacy_utility.png").exists()
