@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup demo test lint flwr-run deploy-local certs clean
+.PHONY: setup demo test lint expected-results flwr-run deploy-local certs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,15 @@ setup: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/fedkd $(OVERRIDES)
 
-## the linters (ruff; import-linter's layer contracts in pyproject.toml), then the test suite (unit, contract,
-## in-process and Flower end-to-end runs)
+## the linters (ruff; import-linter's layer contracts in pyproject.toml), the test suite (unit, contract,
+## in-process and Flower end-to-end runs), and README.md's expected results against a fresh demo run
 test: lint
 	$(BIN)/pytest -q
+	$(BIN)/python scripts/expected_results.py --check
+
+## rewrite README.md's expected-results block from a fresh demo run
+expected-results: $(INSTALLED)
+	$(BIN)/python scripts/expected_results.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

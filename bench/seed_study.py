@@ -171,10 +171,11 @@ def report() -> None:
     lines = [
         "## Seed-method study (issue 3)", "",
         "Commands (resumable; finished cells are skipped), two workers sharing the cells on 2 cores: "
-        "`nohup .venv/bin/python bench/seed_study.py --threads 1 > docs/seed_study.log 2>&1 &` and "
-        "`nohup .venv/bin/python bench/seed_study.py --threads 1 --reverse > docs/seed_study.2.log 2>&1 &`, then "
+        "`mkdir -p runs; nohup .venv/bin/python bench/seed_study.py --threads 1 > runs/seed_study.log 2>&1 &` and "
+        "`nohup .venv/bin/python bench/seed_study.py --threads 1 --reverse > runs/seed_study.2.log 2>&1 &`, then "
         "`.venv/bin/python bench/seed_study.py --report-only`. "
-        "Raw rows: `docs/seed_study.jsonl`.", "",
+        "Raw rows: `docs/seed_study.jsonl` (each row's `provenance`: commit, command, date, machine; rows without "
+        "one: `docs/seed_study.provenance.json`).", "",
         f"Design: one factor at a time around a base, {len(CELLS)} cells × {len(SEEDS)} seeds, in-process grid on "
         f"CPU (2 cores); {len(rows)} runs done in {hours:.2f} h of wall time. Cells that share a teacher setting "
         "reuse the same trained teachers per seed (`TrainedTeacherCache`; a test checks that this changes no "

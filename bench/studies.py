@@ -1,17 +1,26 @@
 """What the study scripts share: run one cell through the in-process grid with shared teachers, append its row
 to a JSON-lines file as soon as it is done (a rerun skips finished cells), and write a study's own section of
-docs/results.md without touching the other studies' sections."""
+docs/results.md without touching the other studies' sections.
+
+Every row carries a ``provenance`` object: the commit, whether the code had uncommitted changes, the command line,
+the date and the machine. A study prints its progress to stdout only; keep that log outside the repository
+(``> runs/<study>.log``: runs/ is ignored by git)."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
+import platform
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,7 @@ from server.app import run_federation  # noqa: E402
 from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402
 
 REPORT = ROOT / "docs" / "results.md"
+CODE_PATHS = ("fedkd", "clients", "server", "conf", "bench", "pyproject.toml")
 
 
 def run_cell(overrides: list[str], cache: TrainedTeacherCache) -> tuple[dict, list[dict], float, bool]:
@@ -70,6 +80,42 @@ def _claim(claims: Path, cell: str, seed: int) -> bool:
             return True
 
 
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def row_provenance() -> dict:
+    """Where a row comes from: the commit checked out, whether the code (``CODE_PATHS``) differed from it, the
+    command line, the date (UTC) and the machine."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    script = Path(sys.argv[0]).resolve()
+    argv0 = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    return {
+        "commit": _git("rev-parse", "HEAD") or "unknown",
+        "uncommitted_code_changes": None if status is None else bool(status),
+        "command": shlex.join(["python", argv0, *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"hostname": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "flwr": importlib.metadata.version("flwr")},
+    }
+
+
 def _finished(path: Path) -> set[tuple[str, int]]:
     return {(r["cell"], r["seed"]) for r in read_rows(path)}
 
@@ -101,7 +147,7 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
         ran += 1
         if seed != cache_seed:
             cache, cache_seed = TrainedTeacherCache(client_app), seed
-        row = make_row(cell, seed, cache)
+        row = {**make_row(cell, seed, cache), "provenance": row_provenance()}
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{cell} | seed {seed} | acc {row['accuracy']:.3f} wga {row['worst_group_accuracy']:.3f} | "
@@ -139,5 +185,7 @@ def write_section(marker: str, lines: list[str]) -> None:
 def provenance(stem: str, rows: list[dict]) -> str:
     """The report's first sentences: how to rerun the study, where its rows and plot are, how much it ran."""
     hours = sum(r["seconds"] for r in rows) / 3600
-    return (f"Command (resumable): `nohup .venv/bin/python bench/{stem}.py > docs/{stem}.log 2>&1 &`. Raw rows: "
-            f"`docs/{stem}.jsonl`; plot: `docs/{stem}.png`. {len(rows)} runs in {hours:.2f} h (in-process grid, CPU).")
+    return (f"Command (resumable): `mkdir -p runs; nohup .venv/bin/python bench/{stem}.py > runs/{stem}.log 2>&1 &`. "
+            f"Raw rows: `docs/{stem}.jsonl` (each row's `provenance`: commit, command, date, machine; rows without "
+            f"one: `docs/{stem}.provenance.json`); plot: `docs/{stem}.png`. {len(rows)} runs in {hours:.2f} h "
+            "(in-process grid, CPU).")
