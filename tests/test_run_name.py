@@ -10,7 +10,8 @@ import pytest
 import yaml
 from hydra.core.hydra_config import HydraConfig
 
-from fedkd.config import compose, load_run_config
+from fedkd.config import compose
+from fedkd.validation import load_run_config
 
 
 @pytest.mark.parametrize(
