@@ -61,7 +61,7 @@ def test_rad_distribution_on_a_hand_made_example():
 
 
 def _cfg(name: str) -> QueryConfig:
-    return QueryConfig(name=name, per_round=2)
+    return QUERY_STRATEGIES.config(name, per_round=2)
 
 
 def test_margin_and_entropy_pick_the_uncertain_points():
