@@ -1,0 +1,185 @@
+"""The clients as the server sees them: which nodes are still in, which partition each holds, what they sent and
+received, and who failed. Every message to the clients goes out through ``Federation.ask``, so drops, the byte
+meter and the ``min_clients`` rule are applied in one place whatever the round asks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedkd import protocol
+from fedkd.config import RunConfig
+from fedkd.display import RunDisplay
+
+NODE_WAIT_SECONDS = 120.0
+
+
+class FederationError(RuntimeError):
+    """Clients did not answer as the round needs (too few replies, error replies, malformed content)."""
+
+
+class Federation:
+    """The nodes still in, the partition ids learnt from their replies, this round's train reports, the drops
+    and the payload bytes. ``checkpoint_path`` and ``run_path`` only feed the hint of how to resume when too few
+    clients are left."""
+
+    def __init__(self, cfg: RunConfig, display: RunDisplay, checkpoint_path: Path, run_path: Path) -> None:
+        self.cfg = cfg.federation
+        self.display = display
+        self.checkpoint_path = checkpoint_path
+        self.run_path = run_path
+        self.nodes: list[int] = []  # the nodes still in the federation
+        self.partition_of: dict[int, int] = {}  # node id -> partition id, learnt from replies
+        self.reports: dict[int, protocol.TeacherReport] = {}  # partition id -> this round's train report
+        self.dropped: list[dict] = []  # every client that failed or timed out, with round, phase and reason
+        self.round_failures: list[dict] = []
+        self.bytes: dict[str, dict[int, int]] = {"down": {}, "up": {}}  # node id -> bytes this round
+        self.totals = {"bytes_down_total": 0, "bytes_up_total": 0, "fedavg_bytes_total": 0}
+
+    def state_dict(self) -> dict:
+        """Nodes and partition ids are learnt again from the next replies; drops and byte totals are not."""
+        return {"totals": dict(self.totals), "dropped": self.dropped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.totals = dict(state["totals"])
+        self.dropped = list(state["dropped"])
+
+    def start_round(self) -> None:
+        """A fresh byte meter and failure list for the round about to start."""
+        self.bytes = {"down": {}, "up": {}}
+        self.round_failures = []
+
+    def clients(self) -> list[int]:
+        """Partition ids of the clients still in the federation, in order (the teachers' row order)."""
+        return sorted(self.partition_of[n] for n in self.nodes if n in self.partition_of)
+
+    def class_counts(self, clients: list[int]) -> torch.Tensor:
+        """The class counts ``clients`` reported with this round's teachers, one row each."""
+        return torch.tensor([self.reports[p].class_counts for p in clients])
+
+    def wait_for_nodes(self, grid: Grid) -> None:
+        """Take the first ``num_clients`` nodes once that many are connected; a federation that never fills up
+        stops the run with a hint on sizing the simulation."""
+        wanted = self.cfg.num_clients
+        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        while len(nodes := sorted(grid.get_node_ids())) < wanted:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {len(nodes)} of {wanted} clients (federation.num_clients) connected within "
+                    f"{NODE_WAIT_SECONDS:.0f} s; with `flwr run`, size the simulation first "
+                    f"(`flwr federation simulation-config --num-supernodes {wanted}`) or use `make flwr-run`"
+                )
+            self.display.phase(1, f"waiting for clients ({len(nodes)}/{wanted})")
+            time.sleep(1.0)
+        self.nodes = nodes[:wanted]
+
+    def ask(self, grid: Grid, message_type: str, content: RecordDict, server_round: int,
+            phase: str) -> list[Message]:
+        """Send ``content`` to every node still in and return the replies that arrived without error; the others
+        are dropped (and logged with their client id) and the round goes on while ``min_clients`` remain."""
+        nodes = list(self.nodes)
+        self.display.phase(server_round, phase, 0, len(nodes))
+        messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
+                    for node in nodes]
+        for message in messages:
+            node = message.metadata.dst_node_id
+            self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(message.content)
+        timeout = self.cfg.round_timeout
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        # the grid has set each message's id; an error reply for a node that went offline comes from the
+        # SuperLink (src_node_id 1), so the node is the addressee of the message the reply answers
+        addressee = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        answered, good = set(), []
+        for reply in replies:
+            node = addressee.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            answered.add(node)
+            if reply.has_error():
+                self._drop(node, server_round, phase, f"error reply (code {reply.error.code}): {reply.error.reason}")
+                continue
+            self.bytes["up"][node] = self.bytes["up"].get(node, 0) + protocol.payload_bytes(reply.content)
+            good.append(reply)
+        for node in nodes:
+            if node not in answered:
+                self._drop(node, server_round, phase, f"no reply within federation.round_timeout={timeout:g} s")
+        self.display.phase(server_round, phase, len(good), len(nodes))
+        self.check_enough(server_round, phase)
+        return good
+
+    def take_reports(self, replies: list[Message], server_round: int) -> None:
+        """Learn which node holds which partition from the train replies; after a resume, a node holding a
+        partition that had dropped out earlier stays out (the uninterrupted run went on without it)."""
+        gone = {d["partition"] for d in self.dropped}
+        self.reports = {}
+        for reply in replies:
+            report = protocol.parse_train_reply(reply.content)
+            node = reply.metadata.src_node_id
+            if report.partition_id in self.reports:
+                raise FederationError(f"two nodes answer for partition {report.partition_id}: give every SuperNode "
+                                      "its own --node-config partition-id")
+            self.partition_of[node] = report.partition_id
+            if report.partition_id in gone:
+                self.nodes.remove(node)
+                continue
+            self.reports[report.partition_id] = report
+        self.check_enough(server_round, "training teachers")
+
+    def _drop(self, node: int, server_round: int, phase: str, reason: str) -> None:
+        partition = self.partition_of.get(node)
+        failure = {"round": server_round, "phase": phase, "node_id": node, "partition": partition, "reason": reason}
+        self.round_failures.append(failure)
+        self.dropped.append(failure)
+        self.nodes.remove(node)
+        self.display.console.print(
+            f"[yellow]round {server_round}: client {partition if partition is not None else '?'} (node {node}) "
+            f"dropped while {phase}: {reason}[/]", highlight=False, soft_wrap=True)
+
+    def check_enough(self, server_round: int, phase: str) -> None:
+        """Stop the run, naming every failure and the checkpoint to resume from, once fewer than ``min_clients``
+        nodes are left."""
+        needed = self.cfg.min_clients
+        if len(self.nodes) >= needed:
+            return
+        failures = "; ".join(f"client {f['partition']} (node {f['node_id']}), {f['phase']}: {f['reason']}"
+                             for f in self.dropped) or "none failed; too few nodes"
+        resume = (f"; the checkpoint of round {server_round - 1} is in {self.checkpoint_path}: fix the clients and "
+                  f"continue with `fedkd resume={self.run_path}`") if self.checkpoint_path.exists() else ""
+        raise FederationError(
+            f"round {server_round} ({phase}): {len(self.nodes)} clients left, fewer than federation.min_clients="
+            f"{needed}; failed: {failures}{resume}")
+
+    def communication(self, student: torch.nn.Module) -> dict:
+        """This round's payload bytes per client (by partition id, or ``node-<id>`` for a node that failed before
+        its partition was known), and what FedAvg of the student would move."""
+        def client(node: int) -> str:
+            return str(self.partition_of[node]) if node in self.partition_of else f"node-{node}"
+
+        down = {client(n): b for n, b in sorted(self.bytes["down"].items())}
+        up = {client(n): b for n, b in sorted(self.bytes["up"].items())}
+        return {"bytes_down": down, "bytes_up": up, "bytes_down_total": sum(down.values()),
+                "bytes_up_total": sum(up.values()),
+                "fedavg_bytes_per_client": protocol.fedavg_bytes_per_client_round(student)}
+
+    def count(self, communication: dict, num_clients: int) -> None:
+        """Add a finished round's ``communication`` to the run's totals."""
+        for key in ("bytes_down_total", "bytes_up_total"):
+            self.totals[key] += communication[key]
+        self.totals["fedavg_bytes_total"] += communication["fedavg_bytes_per_client"] * num_clients
+
+    def communication_totals(self, soft_labels_queried: int) -> dict:
+        """The run's byte totals for the summary, and the uplink against FedAvg's."""
+        return {**self.totals, "soft_labels_queried": soft_labels_queried,
+                "uplink_ratio_to_fedavg": self.totals["bytes_up_total"] / (self.totals["fedavg_bytes_total"] / 2)}
+
+    def teacher_columns(self, clients: list[int]) -> dict:
+        """The metrics columns of this round's teachers of ``clients``."""
+        reports = [self.reports[p] for p in clients]
+        return {
+            "teacher_mean_accuracy": float(np.mean([t.test_accuracy for t in reports])),
+            "teacher_mean_worst_group_accuracy": float(np.mean([t.test_worst_group_accuracy for t in reports])),
+            "teachers": [vars(t) for t in reports],
+        }
