@@ -44,6 +44,13 @@ from fedkd.validation import client_job, load_run_config, parse_client_job
         (["query.top_k=0"], "query.top_k"),
         (["student.min_steps=-1"], "student.min_steps"),
         (["student.min_steps=2.5"], "student.min_steps"),
+        (["teacher.lr=inf"], "teacher.lr"),  # non-finite floats silently gave NaN losses
+        (["dataset.color_std=nan"], "dataset.color_std"),
+        (["dataset=mnist_lt", "dataset.imbalance=inf"], "dataset.imbalance"),
+        (["aggregator=mean", "+aggregator.biased=fixed_client"], "aggregator.biased"),  # another choice's key
+        (["student.beta=0.7"], "student.beta"),  # a robust_kd key on the kd student
+        (["aggregator=agre", "aggregator.biased=fixed_client", "aggregator.biased_client=10"],
+         "aggregator.biased_client"),
     ],
 )
 def test_bad_values_name_their_key(overrides, key):
