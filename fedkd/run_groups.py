@@ -146,10 +146,15 @@ def is_grouping_key(key: str) -> bool:
     return key not in EXCLUDED_KEYS and not PATH_LIKE.search(key.rsplit(".", 1)[-1])
 
 
+ABSENT = object()  # a key the config does not have: a parameter of a component the run did not choose
+
+
 def varying_keys(flat_configs: Sequence[dict[str, Any]]) -> list[str]:
-    """The grouping keys whose values are not the same in every config (a key missing from some is varying)."""
+    """The grouping keys whose values are not the same in every config that has them. A key that only some configs
+    have is a parameter of one component (``aggregator.biased`` of agre): it follows the section's choice, and
+    varies only where the configs that have it disagree."""
     keys = sorted({k for flat in flat_configs for k in flat}, key=_key_order)
-    return [k for k in keys if is_grouping_key(k) and len({repr(flat.get(k)) for flat in flat_configs}) > 1]
+    return [k for k in keys if is_grouping_key(k) and len({repr(flat[k]) for flat in flat_configs if k in flat}) > 1]
 
 
 def _key_order(key: str) -> tuple[str, bool, str]:
@@ -164,15 +169,16 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     keys = varying_keys(flats)
     buckets: dict[tuple, list[Run]] = {}
     for run, flat in zip(runs, flats, strict=True):
-        buckets.setdefault(tuple(flat.get(k) for k in keys), []).append(run)
+        buckets.setdefault(tuple(flat.get(k, ABSENT) for k in keys), []).append(run)
     ordered = sorted(buckets.items(), key=lambda item: [_sort_value(v) for v in item[0]])
-    return [Group(dict(zip(keys, values, strict=True)), sorted(members, key=lambda r: (_sort_value(r.seed), r.path)))
+    return [Group({k: v for k, v in zip(keys, values, strict=True) if v is not ABSENT},
+                  sorted(members, key=lambda r: (_sort_value(r.seed), r.path)))
             for values, members in ordered]
 
 
 def _sort_value(value: Any) -> tuple[int, float, str]:
-    """Numbers in numeric order, then everything else by text; None first."""
-    if value is None:
+    """Numbers in numeric order, then everything else by text; None (and a key the run lacks) first."""
+    if value is None or value is ABSENT:
         return (0, 0.0, "")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return (1, float(value), "")

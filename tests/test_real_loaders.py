@@ -263,8 +263,9 @@ def test_cifar_pickles_are_what_torchvision_reads(tmp_path, monkeypatch):
 def test_cifar100_fine_labels(tmp_path):
     write_cifar100(tmp_path)
     for name, imbalance in (("cifar100", 1.0), ("cifar100_lt", 3.0)):
-        bench = build_benchmark(BENCHMARKS.config(name, data_root=str(tmp_path), imbalance=imbalance,
-                                              test_per_class=2, val_per_class=1), 0)
+        profile = {"imbalance": imbalance} if name.endswith("_lt") else {}  # balanced CIFAR has no such key
+        bench = build_benchmark(BENCHMARKS.config(name, data_root=str(tmp_path), test_per_class=2, val_per_class=1,
+                                                  **profile), 0)
         assert bench.num_classes == bench.num_groups == 100 and bench.group_names[7] == "fine7"
         assert np.bincount(bench["test"].y).tolist() == [2] * 100
         trained = np.bincount(np.concatenate([bench["pool"].y, bench["transfer"].y]), minlength=100)

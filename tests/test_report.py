@@ -184,8 +184,26 @@ def test_flatten_and_varying_keys_on_hand_made_configs():
                           "student.beta": 0.5, "student.layers": (1, 2)}
     assert varying_keys([flatten(a), flatten(b)]) == ["aggregator.name"]
     c = {**b, "student": {"beta": 1.0, "layers": [1, 2]}, "federation": {"num_rounds": 3}}
-    assert varying_keys([flatten(a), flatten(b), flatten(c)]) == ["aggregator.name", "federation.num_rounds",
+    # a key only some configs have follows their choices: it varies only where the configs that have it disagree
+    assert varying_keys([flatten(a), flatten(b), flatten(c)]) == ["aggregator.name", "student.beta"]
+    d = {**c, "federation": {"num_rounds": 5}}
+    assert varying_keys([flatten(a), flatten(c), flatten(d)]) == ["aggregator.name", "federation.num_rounds",
                                                                   "student.beta"]
+
+
+def test_a_parameter_of_one_choice_labels_only_the_runs_that_have_it():
+    """mean has no ``biased``; agre's two values of it are two groups, and the mean group is labelled by its
+    name alone."""
+    def config(seed: int, aggregator: dict) -> dict:
+        return {"seed": seed, "name": f"r{seed}", "aggregator": aggregator}
+
+    runs = [_run(config(0, {"name": "mean"})), _run(config(1, {"name": "agre", "biased": "mean_bases"})),
+            _run(config(2, {"name": "agre", "biased": "fixed_client"})), _run(config(3, {"name": "mean"}))]
+    assert [g.label for g in group_runs(runs)] == ["aggregator=agre aggregator.biased=fixed_client",
+                                                   "aggregator=agre aggregator.biased=mean_bases",
+                                                   "aggregator=mean"]
+    assert [g.seeds for g in group_runs(runs)] == [[2], [1], [0, 3]]
+    assert [g.label for g in group_runs(runs[:2] + runs[3:])] == ["aggregator=agre", "aggregator=mean"]
 
 
 def _run(config: dict, accuracy: float = 0.5, wga: float = 0.2, **summary) -> Run:
