@@ -50,7 +50,7 @@ class LongTailConfig(DatasetConfig):
 
 @dataclass(frozen=True)
 class MnistLongTailConfig(LongTailConfig, MnistSourcedConfig):
-    pass
+    """MNIST-LT: the long-tail profile over a chosen copy of MNIST."""
 
 
 @dataclass(frozen=True)
