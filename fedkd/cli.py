@@ -18,7 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from fedkd.checkpoint import CLIENT_STATE_ENV
+from fedkd import stopping
+from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, CheckpointError, load
 from fedkd.config import CONF_DIR, ConfigError, RunConfig
 from fedkd.console import flower_console
 from fedkd.results import SUMMARY_FILE, RunDirectory, read_summary
@@ -36,8 +37,11 @@ def backend_config(cfg: RunConfig) -> dict:
     init_args: dict = {"include_dashboard": False, "log_to_driver": True}
     if not os.environ.get("RAY_ADDRESS"):
         init_args["address"] = "local"
+    # Ray restarts a worker that died (max_restarts): the clients' states live with their nodes in this process,
+    # and the round loop asks again the clients whose message it lost (server/federation.py)
     return {
-        "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus},
+        "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus,
+                             "max_restarts": -1},
         "init_args": init_args,
     }
 
@@ -68,17 +72,47 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ[CLIENT_STATE_ENV] = state_dir  # Ray's workers inherit it
+    backend = backend_config(cfg)
     with flower_console() as verbose:
+        start_ray(backend["init_args"])
         run_simulation(
             server_app=server_app_for(cfg, run_dir, resume),
             client_app=client_app,
             num_supernodes=cfg.federation.num_clients,
-            backend_config=backend_config(cfg),
+            backend_config=backend,
             verbose_logging=verbose,
         )
     if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")
     return read_summary(run_dir.path)
+
+
+def start_ray(init_args: dict) -> None:
+    """Start Ray here, as Flower's Ray backend would (its workers see this process's ``sys.path``), so that the
+    backend finds it running; then take SIGINT and SIGTERM back from the handler ``ray.init`` installs, which
+    would exit without stopping the round loop."""
+    import ray
+
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    stopping.install_handlers()
+
+
+def resume_hint(run_dir: RunDirectory | None) -> str:
+    """What an interrupted run leaves and how to continue it."""
+    if run_dir is None:
+        return "no run directory was made; nothing to resume"
+    checkpoint = run_dir.path / SERVER_CHECKPOINT
+    if not checkpoint.exists():
+        return f"no round had finished ({run_dir.path} holds no checkpoint): start the run again"
+    try:
+        done = f"round {load(checkpoint)['round']}'s checkpoint"
+    except CheckpointError:
+        done = "the last finished round's checkpoint"
+    return f"{done} is in {checkpoint}: continue with `fedkd resume={run_dir.path}`"
 
 
 def _sweep_run_directory(cfg: RunConfig) -> RunDirectory | None:
@@ -124,16 +158,38 @@ def _main(composed: DictConfig) -> None:
     start = time.perf_counter()
     console = Console()
     cfg, run_dir, resume = _config_or_exit(composed, console)
-    try:
-        summary = simulate(cfg, console, run_dir, resume=resume)
-    except RuntimeError as err:
-        console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    with stopping.stop_on_signals():
+        try:
+            if run_dir is None:
+                run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
+                run_dir.write_config(cfg)
+            summary = simulate(cfg, console, run_dir, resume=resume)
+        except stopping.StopRequested:
+            left = stopping.stop_processes(stopping.started())
+            console.print(f"[bold yellow]fedkd: stopped; {resume_hint(run_dir)}[/]", highlight=False, soft_wrap=True)
+            if left:
+                console.print(f"fedkd: killed processes that did not stop within seconds: {left}", soft_wrap=True)
+            sys.stdout.flush()
+            os._exit(stopping.EXIT_CODE)  # the round loop's thread may be mid-computation; nothing is left to wait for
+        except OSError as err:
+            console.print(f"[bold red]fedkd: {write_error(err, run_dir)}[/]", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except RuntimeError as err:
+            console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
+            sys.exit(1)
     console.print(
         f"fedkd: done in {time.perf_counter() - start:.1f} s wall: accuracy {summary['test']['accuracy']:.4f}, "
         f"worst-group accuracy {summary['test']['worst_group_accuracy']:.4f}; results in {summary['run_dir']}",
         soft_wrap=True,
     )
+
+
+def write_error(err: OSError, run_dir: RunDirectory | None) -> str:
+    """One line for a file the run could not write (a full disk, a folder made read-only): which file, why, and
+    that the run's finished rounds are kept."""
+    where = err.filename or (run_dir.path if run_dir else "the run directory")
+    return (f"cannot write {where}: {err.strerror or err}; free space or choose another runs_dir (nothing was "
+            f"overwritten); {resume_hint(run_dir)}")
 
 
 def main() -> None:

@@ -371,6 +371,8 @@ def parse_section(section: str, raw: Any, cls: type, registries: dict[str, Any] 
         value, wanted = raw[f.name], _TYPES[f.type]
         if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
             fail(key, value, f"must be {'a whole number' if f.type == 'int' else f'of type {f.type}'}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            fail(key, value, "is too large: it must fit in a signed 64-bit integer")
         if isinstance(value, float) and not math.isfinite(value):
             fail(key, value, "must be a finite number")
         if "rule" in f.metadata:

@@ -54,17 +54,25 @@ class RunDirectory:
 
     def set_aside_metrics_after(self, server_round: int) -> None:
         """Keep the metrics lines of rounds up to ``server_round``; later ones (written after the checkpoint a
-        resume starts from) move to ``metrics.discarded.jsonl``, so nothing written is lost."""
+        resume starts from) and a line cut short by a kill move to ``metrics.discarded.jsonl``, so nothing written
+        is lost."""
         path = self.path / METRICS_FILE
         if not path.exists():
             return
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        later = [line for line in lines if json.loads(line)["round"] > server_round]
+        kept, later = [], []
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                later.append(line)  # only the last line can be cut: every line is appended whole
+                continue
+            (kept if record["round"] <= server_round else later).append(line)
         if not later:
             return
         with open(self.path / DISCARDED_METRICS_FILE, "a") as f:
             f.write("".join(line + "\n" for line in later))
-        kept = [line for line in lines if json.loads(line)["round"] <= server_round]
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
@@ -80,7 +88,10 @@ class RunDirectory:
         torch.save(state_dict, self.path / STUDENT_FILE)
 
     def write_summary(self, summary: dict) -> None:
-        (self.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        """Written last and renamed into place whole: a run directory with a summary is a finished run."""
+        tmp = self.path / f".{SUMMARY_FILE}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.path / SUMMARY_FILE)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -5,9 +5,14 @@ passes. Bad values raise one ``ConfigError`` naming the key and how to fix it, b
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from fedkd.aggregators import AGGREGATORS
@@ -35,7 +40,7 @@ from fedkd.data.partition import PARTITIONERS, PartitionError
 from fedkd.data.sources import SOURCES
 from fedkd.device import DeviceError, cuda_device_count, resolve_device
 from fedkd.distill import STUDENT_OBJECTIVES
-from fedkd.models import MODELS
+from fedkd.models import MODELS, build_model
 from fedkd.privacy import PRIVACY_MECHANISMS, PrivacyBudgetError, PrivacyPlan
 from fedkd.query import QUERY_STRATEGIES
 from fedkd.registry import Registry
@@ -47,6 +52,15 @@ COMPONENTS: dict[str, Registry] = {r.section: r for r in (BENCHMARKS, PARTITIONE
 REFERENCED = {"model": MODELS, "source": SOURCES, "compression": COMPRESSIONS}  # fields that name other entries
 TOP_LEVEL = {"seed", "name", "runs_dir", *COMPONENT_SECTIONS, *RUN_SECTIONS}
 OPTIONAL_TOP_LEVEL = {"engine", "device"}
+MAX_SEED = 2**32 - 1
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
+
+
+def check_name(name: Any) -> None:
+    """The run's name is the tail of its folder name: letters, digits and ``._+=-``, at most 100 of them."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        fail("name", name, "must be a folder name: 1 to 100 letters, digits or ._+=- (no / or spaces), starting "
+             "with a letter or digit")
 
 
 def parse_component(section: str, raw: Any) -> Any:
@@ -87,8 +101,9 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     check_choice("engine", raw["engine"], ENGINES)
     if not isinstance(raw["device"], str) or not DEVICE_PATTERN.fullmatch(raw["device"]):
         fail("device", raw["device"], "choose auto (CUDA when this machine has it), cpu, cuda or cuda:<index>")
-    if isinstance(raw["seed"], bool) or not isinstance(raw["seed"], int) or raw["seed"] < 0:
-        fail("seed", raw["seed"], "must be a non-negative whole number")
+    if isinstance(raw["seed"], bool) or not isinstance(raw["seed"], int) or not 0 <= raw["seed"] <= MAX_SEED:
+        fail("seed", raw["seed"], f"must be a whole number in 0..{MAX_SEED} (numpy and torch take 32-bit seeds)")
+    check_name(raw["name"])
     sections = {name: parse_component(name, raw[name]) for name in COMPONENT_SECTIONS}
     sections |= {name: parse_section(name, raw[name], cls) for name, cls in RUN_SECTIONS.items()}
     fed = sections["federation"]
@@ -117,12 +132,27 @@ def check_against_data(cfg: RunConfig) -> None:
         fail("federation.client_gpus", cfg.federation.client_gpus, f"this machine has {cuda_device_count()} "
              "CUDA device(s) for Ray to hand out, so no client could ever be scheduled; lower it (0 = none)")
 
+    if cfg.engine == "simulation" and not os.environ.get("RAY_ADDRESS"):
+        cpus = len(os.sched_getaffinity(0))
+        if cfg.federation.client_cpus > cpus:
+            fail("federation.client_cpus", cfg.federation.client_cpus, f"this machine has {cpus} CPUs for Ray to "
+                 f"hand out, so no client could ever be scheduled; lower it to at most {cpus}")
+
     try:
         bench = build_benchmark(cfg.dataset, cfg.seed)
     except MissingDataError as err:
         fail("dataset.data_root", cfg.dataset.data_root, f"dataset={cfg.dataset.name} needs files there:\n{err}")
-    except ValueError as err:
-        fail("dataset", cfg.dataset.name, str(err))
+    except (ValueError, OSError, EOFError) as err:
+        fail("dataset", cfg.dataset.name, f"cannot read its files under dataset.data_root={cfg.dataset.data_root}: "
+             f"{type(err).__name__}: {err}; replace the damaged file (or fix the value named)")
+    for section in ("teacher", "student"):
+        training = getattr(cfg, section)
+        if training.pretrained_path:
+            try:
+                build_model(training.arch, bench.input_shape, bench.num_classes, 0, training.pretrained_path)
+            except Exception as err:  # noqa: BLE001 - any failure to load means the same to the user
+                fail(f"{section}.pretrained_path", training.pretrained_path, f"does not load into {training.arch}: "
+                     f"{type(err).__name__}: {err}; save a torchvision-format state dict of the model there")
     pool_size = len(bench["pool"])
     if cfg.query.compression == "topk" and cfg.query.top_k >= bench.num_classes:
         fail("query.top_k", cfg.query.top_k, f"must be below the {bench.num_classes} classes of {cfg.dataset.name} "
@@ -135,6 +165,8 @@ def check_against_data(cfg: RunConfig) -> None:
     except PartitionError as err:
         fail("partition", cfg.partition.name, f"{err}; try fewer clients (federation.num_clients), a larger "
              "partition.alpha or a smaller partition.min_partition_size")
+
+    check_output_location(cfg, bench)
 
     parts = components_of(cfg)
     mechanism = parts.privacy(cfg.privacy)
@@ -151,6 +183,36 @@ def check_against_data(cfg: RunConfig) -> None:
         mechanism.plan(cfg, len(bench["transfer"]), shard_sizes, parts.aggregator)
     except PrivacyBudgetError as err:
         fail("privacy.epsilon", getattr(cfg.privacy, "epsilon", None), str(err))
+
+
+def first_files_bytes(cfg: RunConfig, bench: Any) -> int:
+    """About what a run writes by the end of its first round: the student (checkpoint and student.pt) and each
+    simulated client's saved teacher (and ERM base), float32, plus a MiB for the rest."""
+    def size(arch: str) -> int:
+        with torch.device("meta"):
+            model = MODELS[arch](bench.input_shape, bench.num_classes)
+        return 4 * sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+
+    teachers = cfg.federation.num_clients * size(cfg.teacher.arch) * 2
+    return 2 * size(cfg.student.arch) + teachers + 2**20
+
+
+def check_output_location(cfg: RunConfig, bench: Any) -> None:
+    """``runs_dir`` can be made and written, and its disk has room for the run's first files; the probe file is
+    removed at once."""
+    folder = Path(cfg.runs_dir).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        fail("runs_dir", cfg.runs_dir, f"{existing} is a file, not a folder; choose another runs_dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        fail("runs_dir", cfg.runs_dir, f"cannot write in {existing} ({err.strerror}); choose a writable runs_dir")
+    free, needed = shutil.disk_usage(existing).free, first_files_bytes(cfg, bench)
+    if free < needed:
+        fail("runs_dir", cfg.runs_dir, f"{existing} has {free / 2**20:.1f} MiB free, and the run's first round "
+             f"writes about {needed / 2**20:.1f} MiB; free space or choose another runs_dir")
 
 
 def load_run_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -196,7 +258,16 @@ def resume_target(path: str | Path) -> tuple[RunConfig, RunDirectory]:
     if not (folder / CONFIG_FILE).is_file():
         raise ConfigError(f"invalid config: resume = {str(path)!r}: not a run directory (no {CONFIG_FILE}); "
                           "give the folder a run printed as 'run directory'")
-    cfg = validate(yaml.safe_load((folder / CONFIG_FILE).read_text()))
+    try:
+        raw = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: {folder / CONFIG_FILE} cannot be read as YAML "
+                          f"({type(err).__name__}); restore it from the run's provenance or start the run again"
+                          ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config: resume = {str(path)!r}: {folder / CONFIG_FILE} is not a config "
+                          "(not a mapping of sections); restore it or start the run again")
+    cfg = validate(raw)
     check_against_data(cfg)
     checkpoint = folder / SERVER_CHECKPOINT
     if not checkpoint.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 
 from flwr.app import Context
@@ -11,6 +12,7 @@ from rich.console import Console
 from fedkd.config import ConfigError, RunConfig
 from fedkd.display import RunDisplay, summary_table
 from fedkd.results import RunDirectory
+from fedkd.stopping import StopRequested
 from fedkd.validation import load_run_config, resume_target
 from server.strategy import FederatedDistillation
 
@@ -37,7 +39,9 @@ def server_app_for(cfg: RunConfig, run_dir: RunDirectory, resume: bool = False) 
 
     @bound.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg, run_dir, resume=resume)
+        # a stop signal reaches the main thread, which stops the processes and reports; this thread only ends
+        with contextlib.suppress(StopRequested):
+            run_federation(grid, cfg, run_dir, resume=resume)
 
     return bound
 

@@ -10,13 +10,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedkd import protocol
 from fedkd.config import RunConfig
 from fedkd.display import RunDisplay
+from fedkd.stopping import check_stop
 
 NODE_WAIT_SECONDS = 120.0
+PULL_INTERVAL_SECONDS = 0.1
+RETRY_PAUSE_SECONDS = 1.0
+INFRASTRUCTURE_RETRIES = 2
+# error codes of a reply that failed on the way rather than in the ClientApp: Flower's simulation answers UNKNOWN
+# when the Ray worker running a client died (ActorDiedError), a SuperLink answers NODE_UNAVAILABLE for a node it
+# lost, a SuperNode CLIENT_APP_CRASHED for a ClientApp process that died; the ClientApp's own exceptions come back
+# as CLIENT_APP_RAISED_EXCEPTION (or the in-process grid's code) and are never retried
+INFRASTRUCTURE_ERRORS = frozenset({ErrorCode.UNKNOWN, ErrorCode.MESSAGE_UNAVAILABLE,
+                                   ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE,
+                                   ErrorCode.CLIENT_APP_CRASHED})
 
 
 class FederationError(RuntimeError):
@@ -75,40 +87,70 @@ class Federation:
                     f"(`flwr federation simulation-config --num-supernodes {wanted}`) or use `make flwr-run`"
                 )
             self.display.phase(1, f"waiting for clients ({len(nodes)}/{wanted})")
+            check_stop()
             time.sleep(1.0)
         self.nodes = nodes[:wanted]
 
     def ask(self, grid: Grid, message_type: str, content: RecordDict, server_round: int,
             phase: str) -> list[Message]:
-        """Send ``content`` to every node still in and return the replies that arrived without error; the others
-        are dropped (and logged with their client id) and the round goes on while ``min_clients`` remain."""
+        """Send ``content`` to every node still in and return the good replies, in node order. A reply that
+        failed on the way (the worker running the client died, the node's process was lost) is asked again,
+        ``INFRASTRUCTURE_RETRIES`` times within ``round_timeout``; a client that answers with its own error or
+        stays silent is dropped (and logged with its client id), and the round goes on while ``min_clients``
+        remain. A stop signal ends the wait at once."""
         nodes = list(self.nodes)
         self.display.phase(server_round, phase, 0, len(nodes))
-        messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
-                    for node in nodes]
-        for message in messages:
-            node = message.metadata.dst_node_id
-            self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(message.content)
         timeout = self.cfg.round_timeout
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        # the grid has set each message's id; an error reply for a node that went offline comes from the
-        # SuperLink (src_node_id 1), so the node is the addressee of the message the reply answers
-        addressee = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        answered, good = set(), []
-        for reply in replies:
-            node = addressee.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            answered.add(node)
-            if reply.has_error():
-                self._drop(node, server_round, phase, f"error reply (code {reply.error.code}): {reply.error.reason}")
-                continue
-            self.bytes["up"][node] = self.bytes["up"].get(node, 0) + protocol.payload_bytes(reply.content)
-            good.append(reply)
+        deadline = time.monotonic() + timeout
+        pending: dict[str, tuple[int, int]] = {}  # message id -> (node, attempt)
+        retry_at: list[tuple[float, int, int]] = []  # (when, node, attempt)
+        good: dict[int, Message] = {}
+        failed: dict[int, str] = {}
+
+        def push(batch: list[tuple[int, int]]) -> None:
+            messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
+                        for node, _ in batch]
+            for message in messages:
+                node = message.metadata.dst_node_id
+                self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(content)
+            ids = list(grid.push_messages(messages))
+            if len(ids) != len(messages):
+                raise FederationError(f"round {server_round} ({phase}): the SuperLink accepted {len(ids)} of "
+                                      f"{len(messages)} messages")
+            pending.update(zip(ids, batch, strict=True))
+
+        push([(node, 0) for node in nodes])
+        while True:  # every message pushed is pulled at least once, even one pushed after the deadline
+            check_stop()
+            for reply in grid.pull_messages(list(pending)):
+                node, attempt = pending.pop(reply.metadata.reply_to_message_id)
+                if not reply.has_error():
+                    self.bytes["up"][node] = self.bytes["up"].get(node, 0) + protocol.payload_bytes(reply.content)
+                    good[node] = reply
+                    continue
+                reason = f"error reply (code {reply.error.code}): {reply.error.reason}"
+                if (reply.error.code in INFRASTRUCTURE_ERRORS and attempt < INFRASTRUCTURE_RETRIES
+                        and time.monotonic() + RETRY_PAUSE_SECONDS < deadline):
+                    self._note(server_round, node, f"failed on the way while {phase}, asking again: {reason}")
+                    retry_at.append((time.monotonic() + RETRY_PAUSE_SECONDS, node, attempt + 1))
+                    continue
+                failed[node] = reason + (f" (after {attempt} retries)" if attempt else "")
+            if not (pending or retry_at) or time.monotonic() >= deadline:
+                break
+            now = time.monotonic()
+            if due := [(node, attempt) for when, node, attempt in retry_at if when <= now]:
+                retry_at = [r for r in retry_at if r[0] > now]
+                push(due)
+            else:
+                time.sleep(PULL_INTERVAL_SECONDS)
         for node in nodes:
-            if node not in answered:
+            if node in failed:
+                self._drop(node, server_round, phase, failed[node])
+            elif node not in good:
                 self._drop(node, server_round, phase, f"no reply within federation.round_timeout={timeout:g} s")
         self.display.phase(server_round, phase, len(good), len(nodes))
         self.check_enough(server_round, phase)
-        return good
+        return [good[node] for node in nodes if node in good]
 
     def take_reports(self, replies: list[Message], server_round: int) -> None:
         """Learn which node holds which partition from the train replies; after a resume, a node holding a
@@ -134,9 +176,13 @@ class Federation:
         self.round_failures.append(failure)
         self.dropped.append(failure)
         self.nodes.remove(node)
+        self._note(server_round, node, f"dropped while {phase}: {reason}")
+
+    def _note(self, server_round: int, node: int, what: str) -> None:
+        partition = self.partition_of.get(node)
         self.display.console.print(
             f"[yellow]round {server_round}: client {partition if partition is not None else '?'} (node {node}) "
-            f"dropped while {phase}: {reason}[/]", highlight=False, soft_wrap=True)
+            f"{what}[/]", highlight=False, soft_wrap=True)
 
     def check_enough(self, server_round: int, phase: str) -> None:
         """Stop the run, naming every failure and the checkpoint to resume from, once fewer than ``min_clients``

@@ -3,6 +3,8 @@ the Ray backend settings, and (on a machine with CUDA) a GPU run that agrees wit
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import yaml
@@ -79,8 +81,20 @@ def test_a_gpu_the_machine_lacks_is_refused_before_anything_starts(no_cuda, tmp_
 
 def test_ray_gets_the_cpus_and_gpus_per_client(two_gpus, tmp_path):
     cfg = load_run_config(["federation.client_cpus=2", "federation.client_gpus=0.25", f"runs_dir={tmp_path}"])
-    assert backend_config(cfg)["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
-    assert backend_config(load_run_config([]))["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+    # max_restarts: Ray brings a worker that died back, for the clients routed to it later
+    assert backend_config(cfg)["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25, "max_restarts": -1}
+    assert backend_config(load_run_config([]))["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0,
+                                                                       "max_restarts": -1}
+
+
+def test_more_cpus_per_client_than_the_machine_has_is_refused(tmp_path):
+    """Ray would build an empty actor pool and the round would wait for round_timeout."""
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match=rf"federation.client_cpus = {cpus + 1}.*this machine has {cpus} CPUs"):
+        load_run_config([f"federation.client_cpus={cpus + 1}", f"runs_dir={tmp_path}"])
+    check_against_data(load_run_config([f"federation.client_cpus={cpus + 1}", "engine=inprocess",
+                                        f"runs_dir={tmp_path}"]))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ray_joins_a_cluster_only_when_ray_address_names_one(monkeypatch):
