@@ -1,5 +1,5 @@
 """``python -m fedkd`` is the ``fedkd`` command."""
 
-from fedkd.cli import main
+from fedkd.entry import main
 
 main()

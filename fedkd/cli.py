@@ -26,6 +26,7 @@ from fedkd.results import SUMMARY_FILE, RunDirectory, read_summary
 from fedkd.validation import check_against_data, resume_target, validate
 
 CLIENT_STATE_DIR = "client_state"
+_COMPOSED = False  # whether Hydra composed the config and called _main
 
 
 def backend_config(cfg: RunConfig) -> dict:
@@ -82,6 +83,7 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
             backend_config=backend,
             verbose_logging=verbose,
         )
+    stopping.check_stop()  # the round loop ended on a stop signal
     if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")
     return read_summary(run_dir.path)
@@ -99,6 +101,7 @@ def start_ray(init_args: dict) -> None:
     os.environ["PYTHONPATH"] = pythonpath
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
     stopping.install_handlers()
+    stopping.check_stop()
 
 
 def resume_hint(run_dir: RunDirectory | None) -> str:
@@ -155,24 +158,32 @@ def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig, 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(composed: DictConfig) -> None:
+    global _COMPOSED
+    _COMPOSED = True
     start = time.perf_counter()
     console = Console()
     cfg, run_dir, resume = _config_or_exit(composed, console)
-    with stopping.stop_on_signals():
+    made: list[RunDirectory] = [run_dir] if run_dir is not None else []
+
+    def on_stop() -> None:
+        left = stopping.stop_processes(stopping.started())
+        console.print(f"[bold yellow]fedkd: stopped; {resume_hint(made[0] if made else None)}[/]",
+                      highlight=False, soft_wrap=True)
+        if left:
+            console.print(f"fedkd: killed processes that did not stop within seconds: {left}", soft_wrap=True)
+        sys.stdout.flush()
+
+    with stopping.stop_on_signals(on_stop):
         try:
-            if run_dir is None:
-                run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
-                run_dir.write_config(cfg)
-            summary = simulate(cfg, console, run_dir, resume=resume)
+            if not made:
+                made.append(RunDirectory.create(cfg.runs_dir, cfg.name))
+                made[0].write_config(cfg)
+            summary = simulate(cfg, console, made[0], resume=resume)
         except stopping.StopRequested:
-            left = stopping.stop_processes(stopping.started())
-            console.print(f"[bold yellow]fedkd: stopped; {resume_hint(run_dir)}[/]", highlight=False, soft_wrap=True)
-            if left:
-                console.print(f"fedkd: killed processes that did not stop within seconds: {left}", soft_wrap=True)
-            sys.stdout.flush()
-            os._exit(stopping.EXIT_CODE)  # the round loop's thread may be mid-computation; nothing is left to wait for
+            stopping.finish()
         except OSError as err:
-            console.print(f"[bold red]fedkd: {write_error(err, run_dir)}[/]", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]fedkd: {write_error(err, made[0] if made else None)}[/]", highlight=False,
+                          soft_wrap=True)
             sys.exit(1)
         except RuntimeError as err:
             console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
@@ -199,4 +210,11 @@ def main() -> None:
         from fedkd.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
-    _main()
+    global _COMPOSED
+    _COMPOSED = False
+    try:
+        _main()
+    except SystemExit as err:
+        if err.code == 1 and not _COMPOSED:
+            sys.exit(2)  # Hydra printed why it could not compose (an unknown preset): bad input, as ours
+        raise

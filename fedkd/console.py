@@ -6,8 +6,11 @@ propagates to the root, so every record was printed by the root's handler as wel
 would not show, and each warning twice. ``run_simulation`` also warns on every call that it is deprecated in
 favour of ``flwr run`` (which ``make flwr-run`` uses); the simulator keeps it on purpose.
 
-``FEDKD_FLOWER_LOG=debug`` turns Flower's DEBUG lines (with timestamps), Ray's INFO output and the deprecation
-warning back on.
+A Ray worker that died is logged by Flower as an error with a traceback; the round loop asks the client again and
+says so in one line, so those records are dropped too.
+
+``FEDKD_FLOWER_LOG=debug`` turns Flower's DEBUG lines (with timestamps), Ray's INFO output, the deprecation
+warning and the lost-worker tracebacks back on.
 """
 
 from __future__ import annotations
@@ -26,8 +29,18 @@ def flower_debug() -> bool:
     return os.environ.get(FLOWER_LOG_ENV, "").strip().lower() == "debug"
 
 
+WORKER_LOSS = ("ActorDiedError", "ActorUnavailableError", "An exception was raised when processing a message by")
+
+
 def _not_run_simulation_deprecation(record: logging.LogRecord) -> bool:
     return RUN_SIMULATION_DEPRECATION not in record.getMessage()
+
+
+def _not_worker_loss(record: logging.LogRecord) -> bool:
+    """Flower logs a lost Ray worker as an error with its traceback; the round loop asks the client again and
+    says so in one line (server/federation.py), so these records are kept for ``FEDKD_FLOWER_LOG=debug``."""
+    message = record.getMessage()
+    return not any(marker in message for marker in WORKER_LOSS)
 
 
 def flower_records_once() -> None:
@@ -44,10 +57,12 @@ def flower_console() -> Iterator[bool]:
     logger = logging.getLogger("flwr")
     debug, propagate = flower_debug(), logger.propagate
     logger.propagate = False
-    if not debug:
-        logger.addFilter(_not_run_simulation_deprecation)
+    quieted = [] if debug else [_not_run_simulation_deprecation, _not_worker_loss]
+    for quiet in quieted:
+        logger.addFilter(quiet)
     try:
         yield debug
     finally:
         logger.propagate = propagate
-        logger.removeFilter(_not_run_simulation_deprecation)
+        for quiet in quieted:
+            logger.removeFilter(quiet)

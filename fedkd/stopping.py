@@ -1,10 +1,12 @@
 """Stopping a run cleanly on SIGINT or SIGTERM, from any phase and on every engine.
 
-The first signal sets ``STOP`` and raises ``StopRequested`` in the main thread; the round loop, wherever it runs,
-checks ``STOP`` while it waits for replies and raises the same. The command then stops every process the run
-started (Ray's own included, found as this process's descendants when the run began) and exits with 130. A second
-signal exits at once. Every file a run writes is either renamed into place whole or an append-only line that
-``fedkd resume`` sets aside when it is cut, so stopping mid-write loses nothing finished.
+The handler only sets ``STOP``: raising from a signal handler can land inside a library's lock handling (Ray's
+start-up, the logging module) and leave the process hung. The round loop checks ``STOP`` while it waits for
+replies and raises ``StopRequested``, which the command turns into its ``finish`` (stop every process the run
+started, Ray's own included, say how to resume, exit 130). Work that does not wait (a teacher training in this
+process, Ray shutting down) gets ``GRACE_SECONDS``; then a watchdog calls the same ``finish``. A second signal
+finishes at once. Every file a run writes is renamed into place whole or is an append-only line that
+``fedkd resume`` sets aside when it was cut, so stopping mid-write loses nothing finished.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import psutil
 
 STOP = threading.Event()
-_AT_STOP: list[psutil.Process] = []  # this process's descendants when the first signal came
 EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+GRACE_SECONDS = 2.0
+
+_AT_STOP: list[psutil.Process] = []  # this process's descendants when the first signal came
+_FINISH: list[Callable[[], None]] = []  # the command's finish while stop_on_signals is active
+_FINISHING = threading.Lock()
 
 
 class StopRequested(BaseException):
@@ -34,32 +41,50 @@ def check_stop() -> None:
         raise StopRequested("stopped by a signal")
 
 
+def finish() -> None:
+    """Run the command's finish once (from whichever thread gets here first); it ends the process."""
+    if _FINISHING.acquire(blocking=False):
+        _FINISH[0]()
+        os._exit(EXIT_CODE)
+    threading.Event().wait()  # another thread is finishing; it ends the process
+
+
+def _watchdog() -> None:
+    time.sleep(GRACE_SECONDS)
+    finish()
+
+
 def _handle(signum: int, frame: object) -> None:
     if STOP.is_set():
-        stop_processes(descendants())
-        os._exit(EXIT_CODE)
+        threading.Thread(target=finish, daemon=True).start()
+        return
     STOP.set()
     _AT_STOP[:] = descendants()
-    raise StopRequested(f"stopped by {signal.Signals(signum).name}")
+    threading.Thread(target=_watchdog, daemon=True).start()
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM stop the run (from the main thread only: Python delivers signals there)."""
+def stop_on_signals(on_stop: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM stop the run and ``on_stop`` (which reports and stops the
+    processes) runs before the process exits with 130. Main thread only: Python delivers signals there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     STOP.clear()
+    _FINISH[:] = [on_stop]
     previous = {s: signal.signal(s, _handle) for s in SIGNALS}
     try:
         yield
     finally:
+        _FINISH.clear()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
 def install_handlers() -> None:
-    """Take SIGINT and SIGTERM back after a library (Ray's ``init``) installed its own."""
+    """Inside ``stop_on_signals``: take SIGINT and SIGTERM back after a library (Ray's ``init``) installed its own."""
+    if not _FINISH or threading.current_thread() is not threading.main_thread():
+        return
     for s in SIGNALS:
         signal.signal(s, _handle)
 
@@ -76,7 +101,7 @@ def started() -> list[psutil.Process]:
     return now + [p for p in _AT_STOP if p.pid not in {q.pid for q in now}]
 
 
-def stop_processes(processes: list[psutil.Process], grace: float = 3.0) -> list[int]:
+def stop_processes(processes: list[psutil.Process], grace: float = 1.5) -> list[int]:
     """SIGTERM each of ``processes`` still alive, SIGKILL those alive after ``grace`` seconds; the PIDs that had
     to be killed."""
     alive = []

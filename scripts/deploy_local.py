@@ -245,6 +245,9 @@ def deploy(args: argparse.Namespace) -> int:
         raise DeployError(f"--node-ports gives {len(args.node_ports)} ports for --nodes {args.nodes}")
     explicit = [p for p in [args.port, *(args.node_ports or [])] if p is not None]
     for port in explicit:
+        if not 1 <= port <= 65535:
+            raise DeployError(f"port {port} is outside 1..65535: give --port / --node-ports valid TCP ports, or "
+                              "leave them out to get free ones")
         check_port_free(port)
     if args.tls and args.certs is not None:
         check_certs(args.certs, args.nodes)

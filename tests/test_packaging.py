@@ -67,7 +67,7 @@ def test_the_fedkd_command_is_declared(wheel):
         entry_points = zf.read(f"{_dist_info(wheel)}/entry_points.txt").decode()
     parser = configparser.ConfigParser()
     parser.read_string(entry_points)
-    assert dict(parser["console_scripts"]) == {"fedkd": "fedkd.cli:main"}
+    assert dict(parser["console_scripts"]) == {"fedkd": "fedkd.entry:main"}
 
 
 def test_the_unpacked_wheel_composes_its_config_from_fedkd_conf(wheel, tmp_path):

@@ -41,8 +41,11 @@ def require(name: str, expected: list[tuple[Path, ...]], hint: str) -> list[Path
 
 def _read_idx(path: Path) -> np.ndarray:
     """An idx-ubyte array (LeCun's MNIST format, gzip'd or not): magic 0x0000 08 <ndim>, big-endian int32 dims."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        raw = f.read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {err}); download it again") from None
     magic = int.from_bytes(raw[:4], "big")
     ndim = magic & 0xFF
     if magic >> 8 != 0x08 or ndim == 0:
@@ -104,8 +107,14 @@ class TrainTest:
 
 def _unpickle(path: Path) -> dict[str, object]:
     """A CIFAR pickle (Python 2, hence latin1) with its keys as str, whether they were pickled as str or bytes."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path}: not a readable CIFAR pickle ({type(err).__name__}: {err}); download it again"
+                         ) from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: not a CIFAR batch (a {type(entry).__name__}, not a dict); download it again")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
