@@ -5,8 +5,10 @@ A run never overwrites an existing directory: a name that is taken gets a numeri
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +24,17 @@ DISCARDED_METRICS_FILE = "metrics.discarded.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
 STUDENT_FILE = "student.pt"
 SUMMARY_FILE = "summary.json"
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[Path]:
+    """Name ``path`` in an OSError raised while writing it (a write on a full disk raises one without a name)."""
+    try:
+        yield path
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 class RunDirectory:
@@ -46,10 +59,11 @@ class RunDirectory:
         raise FileExistsError(f"no free run directory name for {parent / stem}")
 
     def write_config(self, cfg: RunConfig) -> None:
-        (self.path / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with writing(self.path / CONFIG_FILE) as path:
+            path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.path / METRICS_FILE, "a") as f:
+        with writing(self.path / METRICS_FILE) as path, open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def set_aside_metrics_after(self, server_round: int) -> None:
@@ -78,26 +92,32 @@ class RunDirectory:
         tmp.replace(path)
 
     def write_predictions(self, split: str, y: np.ndarray, g: np.ndarray, pred: np.ndarray) -> None:
-        with open(self.path / PREDICTIONS_FILE, "w", newline="") as f:
+        with writing(self.path / PREDICTIONS_FILE) as path, open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["split", "index", "y", "g", "pred"])
             for i, row in enumerate(zip(y.tolist(), g.tolist(), pred.tolist(), strict=True)):
                 writer.writerow([split, i, *row])
 
     def save_student(self, state_dict: dict) -> None:
-        torch.save(state_dict, self.path / STUDENT_FILE)
+        with writing(self.path / STUDENT_FILE) as path:
+            torch.save(state_dict, path)
 
     def write_summary(self, summary: dict) -> None:
         """Written last and renamed into place whole: a run directory with a summary is a finished run."""
-        tmp = self.path / f".{SUMMARY_FILE}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.path / SUMMARY_FILE)
+        with writing(self.path / SUMMARY_FILE) as path:
+            tmp = self.path / f".{SUMMARY_FILE}.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            tmp.replace(path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All round records of a run, in order."""
-    with open(Path(run_dir) / METRICS_FILE) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All round records of a run, in order; a last line cut short (a kill or a full disk while it was written)
+    is not a record."""
+    lines = [line for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    with contextlib.suppress(json.JSONDecodeError, IndexError):
+        records.append(json.loads(lines[-1]))
+    return records
 
 
 def read_predictions(run_dir: str | Path, split: str = "test") -> dict[str, np.ndarray]:

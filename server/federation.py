@@ -110,9 +110,9 @@ class Federation:
         def push(batch: list[tuple[int, int]]) -> None:
             messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
                         for node, _ in batch]
-            for message in messages:
-                node = message.metadata.dst_node_id
-                self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(content)
+            for node, attempt in batch:  # the meter counts the protocol's messages, not the transport's retries
+                if attempt == 0:
+                    self.bytes["down"][node] = self.bytes["down"].get(node, 0) + protocol.payload_bytes(content)
             ids = list(grid.push_messages(messages))
             if len(ids) != len(messages):
                 raise FederationError(f"round {server_round} ({phase}): the SuperLink accepted {len(ids)} of "

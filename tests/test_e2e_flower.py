@@ -12,7 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from flwr.clientapp import ClientApp
 
+from clients.app import app as client_app
+from clients.app import query_softlabels, train_teacher
+from fedkd import protocol
 from fedkd.checkpoint import SERVER_CHECKPOINT, load
 from fedkd.metrics import worst_group_accuracy
 from fedkd.results import read_metrics, read_predictions, read_summary
@@ -67,7 +71,6 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
     comparison checks the resume and the engines' agreement."""
     overrides = ["federation.num_clients=2", "federation.num_rounds=4", "teacher.epochs=1", "student.epochs=1",
                  "query=random", "query.per_round=300"]
-    from clients.app import app as client_app
     from fedkd.validation import load_run_config
     from server.app import run_federation
     from server.inprocess import InProcessGrid
@@ -115,7 +118,6 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
 
 
 def test_resume_refuses_other_overrides_and_finished_runs(tmp_path):
-    from clients.app import app as client_app
     from fedkd.validation import load_run_config
     from server.app import run_federation
     from server.inprocess import InProcessGrid
@@ -128,3 +130,47 @@ def test_resume_refuses_other_overrides_and_finished_runs(tmp_path):
                           ([f"resume={tmp_path}"], "not a run directory")):
         proc = subprocess.run([sys.executable, "-m", "fedkd", *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stdout.replace("\n", ""), proc.stdout
+
+
+KILL_MARK_ENV = "FEDKD_TEST_KILL_MARK"
+worker_killer = ClientApp()
+
+
+@worker_killer.train("teacher")
+def _train_then_die_once(msg, context):
+    """The real handler, except that the Ray worker running partition 1's round-2 training kills itself (SIGKILL,
+    as the OOM killer would) the first time; the mark file makes the restarted worker go on."""
+    mark = Path(os.environ[KILL_MARK_ENV])
+    if (context.node_config["partition-id"] == 1 and protocol.parse_train_request(msg.content).round == 2
+            and not mark.exists()):
+        mark.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_teacher(msg, context)
+
+
+@worker_killer.query("softlabels")
+def _query(msg, context):
+    return query_softlabels(msg, context)
+
+
+def test_a_killed_ray_worker_takes_no_healthy_client_with_it(tmp_path, monkeypatch):
+    """A Ray worker dies while a client trains: Ray restarts it, the round loop asks the client again, and the
+    run finishes with every client and the metrics of the run without the kill (on the in-process grid, which
+    the Ray engine reproduces bit for bit)."""
+    from fedkd.cli import simulate
+    from fedkd.validation import load_run_config
+    from server.app import run_federation
+    from server.inprocess import InProcessGrid
+
+    overrides = ["aggregator=mean", "federation.num_clients=3", "federation.num_rounds=3",
+                 "federation.min_clients=2", "teacher.epochs=1", "student.epochs=1"]
+    whole = run_federation(InProcessGrid(client_app, 3),
+                           load_run_config([*overrides, f"runs_dir={tmp_path / 'inprocess'}"]))
+    mark = tmp_path / "killed-worker-pid"
+    monkeypatch.setenv(KILL_MARK_ENV, str(mark))
+    monkeypatch.setattr("clients.app.app", worker_killer)
+    killed = simulate(load_run_config([*overrides, f"runs_dir={tmp_path / 'ray'}"]))
+    assert mark.exists()  # a worker did die
+    assert killed["dropped_clients"] == [] and killed["num_clients"] == 3
+    strip = [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(killed["run_dir"])]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(whole["run_dir"])]

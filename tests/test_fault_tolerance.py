@@ -3,18 +3,31 @@ the in-process grid (no Ray), with failures injected at the seam where Flower wo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import FAST
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 
 from clients.app import NodeConfigError, partition_id
 from clients.app import app as client_app
-from fedkd import protocol
+from fedkd import cli, protocol
 from fedkd.checkpoint import SERVER_CHECKPOINT, CheckpointError, ClientStateStore, atomic_save, load
 from fedkd.config import ConfigError
-from fedkd.results import RunDirectory, read_metrics, read_summary
+from fedkd.results import (
+    DISCARDED_METRICS_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    RunDirectory,
+    read_metrics,
+    read_summary,
+)
 from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
@@ -175,6 +188,9 @@ def test_a_run_killed_after_round_2_of_4_and_resumed_equals_the_uninterrupted_ru
         run_federation(KillingGrid(3, str(tmp_path / "nodes-b"), server_round=3), cfg, run_dir)
     assert [r["round"] for r in read_metrics(run_dir.path)] == [1, 2]
     assert load(run_dir.path / SERVER_CHECKPOINT)["round"] == 2
+    cut = '{"round": 3, "participants": [0, 1'  # a kill in the middle of writing round 3's line
+    with open(run_dir.path / METRICS_FILE, "a") as f:
+        f.write(cut)
     # fresh nodes (new contexts, new node ids) that kept their states on disk, like restarted SuperNodes
     fresh = InProcessGrid(client_app, 3, state_dir=str(tmp_path / "nodes-b"), first_node_id=11)
     resumed = run_federation(fresh, cfg, run_dir, resume=True)
@@ -183,6 +199,7 @@ def test_a_run_killed_after_round_2_of_4_and_resumed_equals_the_uninterrupted_ru
     for key in ("test", "teachers", "selected_round", "epsilon_spent", "communication"):
         assert resumed[key] == whole[key], key
     assert resumed["resumed_after_rounds"] == [2] and whole["resumed_after_rounds"] == []
+    assert (run_dir.path / DISCARDED_METRICS_FILE).read_text() == cut + "\n"  # set aside, not deleted
 
 
 def test_resume_without_the_clients_states_fails_with_the_fix(tmp_path):
@@ -278,3 +295,90 @@ def test_the_flower_server_app_resumes_from_run_config(tmp_path):
     context.run_config["overrides"] = "seed=2"
     with pytest.raises(ConfigError, match="drop the overrides"):
         serve(InProcessGrid(client_app, 3), context)
+
+
+class LostOnceGrid(InProcessGrid):
+    """The first message of round ``server_round`` to node ``node`` is lost on the way: Flower's simulation answers
+    it with UNKNOWN, as it does when the Ray worker running the client died (ActorDiedError)."""
+
+    def __init__(self, num_nodes: int, node: int, server_round: int, message_type: str) -> None:
+        super().__init__(client_app, num_nodes)
+        self.lost = (node, server_round, message_type)
+        self.deliveries: list[tuple[int, int, str]] = []
+
+    def _deliver(self, message: Message) -> Message:
+        key = (message.metadata.dst_node_id, int(message.metadata.group_id), message.metadata.message_type)
+        self.deliveries.append(key)
+        if key == self.lost and self.deliveries.count(key) == 1:
+            return Message(Error(code=ErrorCode.UNKNOWN, reason="<class 'ray.exceptions.ActorDiedError'>:<'The "
+                                 "actor died unexpectedly before finishing this task.'>"), reply_to=message)
+        return super()._deliver(message)
+
+
+@pytest.mark.parametrize("message_type", [protocol.TRAIN_TEACHER, protocol.QUERY_SOFTLABELS])
+def test_a_message_lost_with_its_worker_is_asked_again_and_changes_no_number(tmp_path, message_type):
+    """Infrastructure failures are not client failures: the client is asked again and stays in the federation,
+    and the run computes exactly what the run without the loss computes (the byte meter counts a message once)."""
+    cfg = _cfg(tmp_path, "federation.min_clients=2")
+    plain = LostOnceGrid(3, node=0, server_round=0, message_type="none")
+    whole = run_federation(plain, cfg)
+    grid = LostOnceGrid(3, node=2, server_round=2, message_type=message_type)
+    lossy = run_federation(grid, cfg)
+    assert len(grid.deliveries) == len(plain.deliveries) + 1  # the lost message, asked again
+    assert lossy["dropped_clients"] == [] and lossy["num_clients"] == 3
+    assert _without_time(read_metrics(lossy["run_dir"])) == _without_time(read_metrics(whole["run_dir"]))
+    assert lossy["test"] == whole["test"]
+
+
+def test_a_clients_own_error_is_not_asked_again(tmp_path):
+    cfg = _cfg(tmp_path, "federation.min_clients=2")
+    grid = InProcessGrid(failing_client(1, 2, protocol.TRAIN_TEACHER), 3)
+    asked = []
+    deliver = grid._deliver
+    grid._deliver = lambda m: asked.append((m.metadata.dst_node_id, m.metadata.group_id)) or deliver(m)
+    summary = run_federation(grid, cfg)
+    assert asked.count((2, "2")) == 1  # its error reply of round 2 ended it: no retry, no later message
+    (failure,) = summary["dropped_clients"]
+    assert failure["partition"] == 1 and "injected failure of partition 1" in failure["reason"]
+
+
+def test_a_full_disk_ends_the_run_with_one_message_and_no_summary(tmp_path, monkeypatch, capsys):
+    """The disk fills during round 2: the command exits 1 naming the file, prints no traceback, keeps round 1's
+    checkpoint and writes no summary.json (a run directory with a summary is a finished run). On a small tmpfs
+    where this machine lets the test mount one, else by a write that fails as a full disk does."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(runs)],
+                             capture_output=True).returncode == 0
+    original = RunDirectory.append_metrics
+
+    def append_metrics(self, record):
+        if record["round"] == 2:
+            if mounted:
+                with open(runs / "filler", "wb") as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 2**20)
+                        f.flush()
+            else:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path / METRICS_FILE))
+        original(self, record)
+
+    monkeypatch.setattr(RunDirectory, "append_metrics", append_metrics)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["fedkd", *FAST, "engine=inprocess", "federation.num_rounds=3",
+                                      f"runs_dir={runs}"])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        out = capsys.readouterr()
+        text = " ".join((out.out + out.err).split())
+        (run_dir,) = [p for p in runs.glob("*/*") if p.is_dir()]
+        assert exit_info.value.code == 1, text
+        assert f"cannot write {run_dir / METRICS_FILE}: No space left on device" in text
+        assert f"round 1's checkpoint is in {run_dir / SERVER_CHECKPOINT}" in text and "Traceback" not in text
+        assert not (run_dir / SUMMARY_FILE).exists()
+        assert load(run_dir / SERVER_CHECKPOINT)["round"] == 1
+        assert [r["round"] for r in read_metrics(run_dir)] == [1]
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(runs)], check=True)
