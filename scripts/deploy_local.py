@@ -2,6 +2,7 @@
 the default job run through them with `flwr run`, and every process stopped again by PID.
 
     python scripts/deploy_local.py --nodes 3 [--tls] [hydra overrides ...]     (what `make deploy-local` calls)
+    python scripts/deploy_local.py --nodes 3 --resume runs/<date>/<time>_<name>  (continue a stopped run)
 
 - explicit ports: free ones are picked (or give --port / --node-ports); a port in use is an error, before any
   process starts;
@@ -142,7 +143,17 @@ class Deployment:
                               check=False)
 
     def stop(self) -> None:
-        """SIGTERM every started process (newest first), then SIGKILL what is left after STOP_SECONDS."""
+        """SIGTERM every started process (newest first), then SIGKILL what is left after STOP_SECONDS; then the
+        processes they had started themselves (the SuperLink's flwr-serverapp, the SuperNodes' flwr-clientapp),
+        which a SIGTERM to their parent leaves running."""
+        import psutil
+
+        from fedkd.stopping import stop_processes
+
+        started = []
+        for _, proc in self.processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                started += psutil.Process(proc.pid).children(recursive=True)
         for _, proc in reversed(self.processes):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -153,6 +164,7 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        stop_processes(started)
 
 
 def wait_listening(deployment: Deployment, name: str, proc: subprocess.Popen, port: int) -> None:
@@ -251,12 +263,17 @@ def deploy(args: argparse.Namespace) -> int:
         check_port_free(port)
     if args.tls and args.certs is not None:
         check_certs(args.certs, args.nodes)
-    from fedkd.validation import load_run_config
+    from fedkd.validation import load_run_config, resume_target
 
     overrides = list(args.overrides)
-    if not any(o.startswith("federation.num_clients=") for o in overrides):
-        overrides.append(f"federation.num_clients={args.nodes}")
-    cfg = load_run_config(overrides)  # ConfigError: before any process starts
+    if args.resume is not None:
+        if overrides:
+            raise DeployError(f"--resume continues a run with its own config.yaml; drop the overrides {overrides}")
+        cfg, _ = resume_target(args.resume)  # ConfigError: before any process starts
+    else:
+        if not any(o.startswith("federation.num_clients=") for o in overrides):
+            overrides.append(f"federation.num_clients={args.nodes}")
+        cfg = load_run_config(overrides)  # ConfigError: before any process starts
     if cfg.federation.num_clients != args.nodes:
         raise DeployError(f"federation.num_clients={cfg.federation.num_clients} but --nodes {args.nodes}: one "
                           "SuperNode per client; drop the override or make them equal")
@@ -289,7 +306,14 @@ def deploy(args: argparse.Namespace) -> int:
                 key = certs / f"node-{i}.key"
             node = start_supernode(deployment, f"supernode-{i}", superlink_port, port, text, certs, key)
             print(f"deploy-local: SuperNode {i} (pid {node.pid}) on {HOST}:{port}, node config '{text}'")
-        return run_job(deployment, overrides)
+        started = time.time()
+        try:
+            return run_job(deployment, overrides, args.resume)
+        except (KeyboardInterrupt, SystemExit):
+            home_arg = "" if home == DEFAULT_HOME.resolve() else f" --home {home}"
+            print(f"deploy-local: stopped; {resume_hint(cfg.runs_dir, started, f'--nodes {args.nodes}{home_arg}')}",
+                  flush=True)
+            raise
     finally:
         deployment.stop()
         signal.signal(signal.SIGTERM, previous)
@@ -297,9 +321,24 @@ def deploy(args: argparse.Namespace) -> int:
               f"({', '.join(str(p.pid) for _, p in deployment.processes)})")
 
 
-def run_job(deployment: Deployment, overrides: list[str]) -> int:
+def resume_hint(runs_dir: str, since: float, options: str) -> str:
+    """Where the newest run this deployment started keeps its last checkpoint, and the command that continues it
+    (the ServerApp runs in the repository, so a relative runs_dir is under it)."""
+    from fedkd.checkpoint import SERVER_CHECKPOINT
+
+    root = Path(runs_dir) if Path(runs_dir).is_absolute() else ROOT / runs_dir
+    runs = [p.parents[1] for p in root.glob(f"*/*/{SERVER_CHECKPOINT}") if p.parents[1].stat().st_mtime >= since - 1]
+    if not runs:
+        return "no round had finished: start the run again"
+    run = max(runs, key=lambda p: p.stat().st_mtime)
+    return (f"the last finished round's checkpoint is in {run / SERVER_CHECKPOINT}: continue with "
+            f"`python scripts/deploy_local.py {options} --resume {run}`")
+
+
+def run_job(deployment: Deployment, overrides: list[str], resume: Path | None = None) -> int:
     """`flwr run . <connection> --stream`, echoed; then the run's final status from `flwr ls`."""
-    run_config = f"overrides={json.dumps(shlex.join(overrides))}"
+    run_config = (f"resume={json.dumps(str(resume.resolve()))}" if resume is not None
+                  else f"overrides={json.dumps(shlex.join(overrides))}")
     stream = subprocess.Popen([bin_path("flwr"), "run", str(ROOT), CONNECTION, "--stream", "--run-config",
                                run_config], cwd=ROOT, env=deployment.env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -330,6 +369,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-ports", type=int, nargs="+", help="the SuperNodes' ports (default: free ones)")
     p.add_argument("--node-configs", nargs="+", help="one --node-config string per node (default: partition-id=i "
                    "num-partitions=N)")
+    p.add_argument("--resume", type=Path, help="continue a run stopped or killed in an earlier deployment from its "
+                   "last checkpoint (the run directory; the nodes' states are under --home)")
     p.add_argument("--home", type=Path, default=DEFAULT_HOME, help="FLWR_HOME (default: .flwr-deploy in the repo)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the job, e.g. federation.num_rounds=2")
     return p

@@ -146,3 +146,23 @@ def test_bad_input_is_refused_before_any_process_starts(tmp_path, capsys):
     assert _main(home, "aggregator=nope") == 2
     assert "aggregator" in capsys.readouterr().err
     assert not home.exists()  # nothing was started or written
+
+
+def test_stopping_a_deployment_stops_what_its_processes_started(tmp_path):
+    """A SuperLink's flwr-serverapp and a SuperNode's flwr-clientapp outlive a SIGTERM to their parent: the
+    deployment stops them too, by the PIDs it saw under its own processes."""
+    (tmp_path / "logs").mkdir()
+    deployment = deploy_local.Deployment(tmp_path)
+    parent = deployment.start("parent", [sys.executable, "-c", (
+        "import signal, subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, "
+        "signal.SIG_IGN); time.sleep(300)'])\n"
+        "time.sleep(300)\n")])
+    deadline = time.monotonic() + 30
+    while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (child,) = psutil.Process(parent.pid).children()
+    deployment.stop()
+    psutil.wait_procs([child], timeout=10)
+    assert parent.poll() is not None
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
