@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -72,9 +74,8 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
     from server.app import server_app_for
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ[CLIENT_STATE_ENV] = state_dir  # Ray's workers inherit it
     backend = backend_config(cfg)
-    with flower_console() as verbose:
+    with flower_console() as verbose, client_state_env(state_dir):
         start_ray(backend["init_args"])
         run_simulation(
             server_app=server_app_for(cfg, run_dir, resume),
@@ -87,6 +88,20 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
     if not (Path(run_dir.path) / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without a summary in {run_dir.path}; see the log above")
     return read_summary(run_dir.path)
+
+
+@contextlib.contextmanager
+def client_state_env(state_dir: str) -> Iterator[None]:
+    """``FEDKD_CLIENT_STATE_DIR`` for this simulation's Ray workers (they inherit it), as it was afterwards."""
+    previous = os.environ.get(CLIENT_STATE_ENV)
+    os.environ[CLIENT_STATE_ENV] = state_dir
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(CLIENT_STATE_ENV, None)
+        else:
+            os.environ[CLIENT_STATE_ENV] = previous
 
 
 def start_ray(init_args: dict) -> None:

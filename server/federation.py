@@ -190,7 +190,8 @@ class Federation:
         needed = self.cfg.min_clients
         if len(self.nodes) >= needed:
             return
-        failures = "; ".join(f"client {f['partition']} (node {f['node_id']}), {f['phase']}: {f['reason']}"
+        failures = "; ".join(f"client {'?' if f['partition'] is None else f['partition']} (node {f['node_id']}), "
+                             f"{f['phase']}: {f['reason']}"
                              for f in self.dropped) or "none failed; too few nodes"
         resume = (f"; the checkpoint of round {server_round - 1} is in {self.checkpoint_path}: fix the clients and "
                   f"continue with `fedkd resume={self.run_path}`") if self.checkpoint_path.exists() else ""

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from clients.app import app as client_app
 from clients.app import query_softlabels, train_teacher
 from fedkd import protocol
-from fedkd.checkpoint import SERVER_CHECKPOINT, load
+from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, load
 from fedkd.metrics import worst_group_accuracy
 from fedkd.results import read_metrics, read_predictions, read_summary
 
@@ -171,6 +171,7 @@ def test_a_killed_ray_worker_takes_no_healthy_client_with_it(tmp_path, monkeypat
     monkeypatch.setattr("clients.app.app", worker_killer)
     killed = simulate(load_run_config([*overrides, f"runs_dir={tmp_path / 'ray'}"]))
     assert mark.exists()  # a worker did die
+    assert CLIENT_STATE_ENV not in os.environ  # the simulation's setting for its workers is undone
     assert killed["dropped_clients"] == [] and killed["num_clients"] == 3
     strip = [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(killed["run_dir"])]
     assert strip == [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(whole["run_dir"])]
