@@ -11,17 +11,26 @@ import torch
 from fedkd.config import RunConfig
 from fedkd.data import Benchmark
 from fedkd.device import resolve_device
-from fedkd.metrics import group_report
 from fedkd.models import build_model
 from fedkd.teachers import TEACHER_OBJECTIVES, TeacherModels, train_teacher
 from fedkd.training import predict_logits
 
 
 def ensemble_report(teacher_logits: torch.Tensor, bench: Benchmark) -> dict:
-    """The teachers' ensemble (mean of softmax probabilities) evaluated directly on test."""
-    test = bench["test"]
-    pred = torch.softmax(teacher_logits, dim=-1).mean(0).argmax(1).numpy()
-    return group_report(pred, test.y, test.g, bench.group_names)
+    """The teachers' ensemble evaluated directly on test: the mean of their softmax probabilities, and under
+    ``vote`` the majority of their top classes (AGRE-KD's "Deep Ens." row; ties to the lowest class), and
+    ``members`` each teacher alone, from the same answers."""
+    probs = torch.softmax(teacher_logits, dim=-1)
+    report = bench.report(probs.mean(0).argmax(1).numpy())
+    votes = torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).sum(0)
+    report["vote"] = _short(bench.report(votes.argmax(-1).numpy()))
+    report["members"] = [_short(bench.report(p.argmax(1).numpy())) for p in probs]
+    return report
+
+
+def _short(report: dict) -> dict:
+    """A report's headline numbers, without the per-group tables."""
+    return {k: v for k, v in report.items() if k not in ("per_group_accuracy", "group_counts")}
 
 
 def _trained_report(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int, seed: int) -> dict:
@@ -33,9 +42,7 @@ def _trained_report(cfg: RunConfig, bench: Benchmark, split: str, objective: str
     torch.manual_seed(seed)
     train_teacher(TeacherModels(teacher=model, base=None), bench[split], bench.num_classes, bench.num_groups,
                   teacher_cfg, False, np.random.default_rng([seed, 5]), lambda: model)
-    test = bench["test"]
-    pred = predict_logits(model, test.x).argmax(1).numpy()
-    return group_report(pred, test.y, test.g, bench.group_names)
+    return bench.report(predict_logits(model, bench["test"].x).argmax(1).numpy())
 
 
 def one_hot_report(cfg: RunConfig, bench: Benchmark) -> dict:

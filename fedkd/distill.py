@@ -160,14 +160,18 @@ class ReliabilitySoftened(StudentObjective):
     """Reliability-aware distillation after Teacher's pet (Lukasik et al., arXiv 2106.10494; reconstructed,
     METHODS.md "reliability softening"): distillation hurts the classes where the teacher is unreliable.
 
-    Reliability r_y = the aggregated teacher's recall of class y on the labeled server split (mean of the
-    teachers' tempered probabilities), α_y = r_y ** ``soften_power``. A transfer point whose teacher top class is
-    ŷ is distilled towards α_ŷ · q(x) + (1 − α_ŷ) · u (u uniform); every step also takes a minibatch of the labeled
-    split with the per-class mix (1 − α_y) · CE(y) + α_y · ℓ_KD, weighted by ``labeled_weight``.
+    A transfer point has no label, only the teacher's top class ŷ, so its softening is indexed by ŷ and the
+    reliability that matters is how often the teacher is right when it says ŷ: the per-class precision p_ŷ of the
+    aggregated teacher (mean of the teachers' tempered probabilities) on the labeled server split. It is
+    distilled towards α_ŷ · q(x) + (1 − α_ŷ) · u (u uniform), α = p ** ``soften_power``. Every step also takes a
+    minibatch of the labeled split, whose true class y is known: there the reliability is the teacher's recall
+    r_y on class y, and the loss mixes (1 − β_y) · CE(y) + β_y · ℓ_KD with β = r ** ``soften_power``, weighted
+    by ``labeled_weight``.
 
     Checked against the paper (search, 2026-11-23): only the abstract is reachable from here (OpenReview
     ph3AYXpwEb, TMLR 2022). It confirms the idea, "soften the teacher influence for subgroups where it is less
-    reliable", with errors judged per class; the map α = r ** power and the CE/KD mix stay our reading.
+    reliable", with errors judged per class; the maps α = p ** power, β = r ** power and the CE/KD mix stay our
+    reading.
     """
 
     needs_val_softlabels = True
@@ -176,11 +180,12 @@ class ReliabilitySoftened(StudentObjective):
         super().__init__(cfg, student, val, num_classes)
         self.student, self.num_classes = student, num_classes
         self.val_x, self.val_y = torch.from_numpy(val.x), torch.from_numpy(val.y)
-        self.alpha = torch.ones(num_classes)
+        self.alpha = torch.ones(num_classes)  # softening of a transfer point, by its teacher top class
+        self.beta = torch.ones(num_classes)  # KD share of a labeled point, by its true class
         self.val_probs: torch.Tensor | None = None
         self.generator = torch.Generator().manual_seed(0)
 
-    state_keys = ("alpha", "val_probs")
+    state_keys = ("alpha", "beta", "val_probs")
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "generator": self.generator.get_state()}
@@ -191,7 +196,8 @@ class ReliabilitySoftened(StudentObjective):
 
     def observe_val(self, val_probs: torch.Tensor) -> None:
         super().observe_val(val_probs)
-        self.alpha = reliability(val_probs, self.val_y, self.num_classes) ** self.cfg.soften_power
+        self.alpha = precision(val_probs, self.val_y, self.num_classes) ** self.cfg.soften_power
+        self.beta = recall(val_probs, self.val_y, self.num_classes) ** self.cfg.soften_power
 
     def soften(self, targets: torch.Tensor) -> torch.Tensor:
         """α_ŷ · q + (1 − α_ŷ) · u, ŷ the target's top class."""
@@ -206,20 +212,31 @@ class ReliabilitySoftened(StudentObjective):
         idx = torch.randperm(len(self.val_y), generator=self.generator)[: self.cfg.batch_size]
         device = student_logits.device
         logits, y = self.student(self.val_x[idx].to(device)), self.val_y[idx].to(device)
-        alpha = self.alpha.to(device)[y]
-        labeled = (1.0 - alpha) * F.cross_entropy(logits, y, reduction="none") + alpha * kd_per_example(
+        beta = self.beta.to(device)[y]
+        labeled = (1.0 - beta) * F.cross_entropy(logits, y, reduction="none") + beta * kd_per_example(
             logits, self.val_probs[idx].to(device), tau)
         return transfer + self.cfg.labeled_weight * labeled.mean()
 
 
-def reliability(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class recall of argmax(probs) against labels y; 1 for a class absent from y. Returns [C]."""
-    pred = probs.argmax(1)
+def recall(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class recall of argmax(probs) against labels y, P(ŷ = c | y = c); 1 for a class absent from y.
+    Returns [C]."""
+    return _per_class_agreement(y, probs.argmax(1), num_classes)
+
+
+def precision(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class precision of argmax(probs) against labels y, P(y = c | ŷ = c); 1 for a class never predicted
+    (no evidence against the teacher there). Returns [C]."""
+    return _per_class_agreement(probs.argmax(1), y, num_classes)
+
+
+def _per_class_agreement(given: torch.Tensor, other: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """For each class c, the share of the examples with ``given`` = c whose ``other`` is c too (1 where none)."""
     out = torch.ones(num_classes)
     for c in range(num_classes):
-        mask = y == c
+        mask = given == c
         if mask.any():
-            out[c] = (pred[mask] == c).float().mean()
+            out[c] = (other[mask] == c).float().mean()
     return out
 
 

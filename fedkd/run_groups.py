@@ -50,6 +50,8 @@ METRICS = (
     Metric("accuracy", "accuracy", ".4f", lambda s: s["test"]["accuracy"]),
     Metric("worst_group_accuracy", "WGA", ".4f", lambda s: s["test"]["worst_group_accuracy"]),
     Metric("mean_group_accuracy", "mean-group acc.", ".4f", lambda s: s["test"].get("mean_group_accuracy")),
+    Metric("two_group_worst_group_accuracy", "WGA (aligned / conflicting)", ".4f",
+           lambda s: s["test"].get("two_group_worst_group_accuracy")),
     Metric("epsilon_spent", "ε spent", ".3g", lambda s: s.get("epsilon_spent")),
     Metric("soft_labels_queried", "soft labels", ".0f",
            lambda s: s.get("communication", {}).get("soft_labels_queried")),

@@ -21,6 +21,7 @@ class AggregationInputs:
     group_names: tuple[str, ...] = ()
     seed: int = 0
     clients: tuple[int, ...] = ()  # partition id of each teacher row (empty: 0..M-1, every client answered)
+    round: int = 0  # the server round these answers are aggregated in
 
 
 def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -62,6 +62,9 @@ def render_block(summary: dict, rounds: list[dict], command: str = COMMAND) -> s
         ("student worst-group accuracy", f"{_f(test['worst_group_accuracy'])} ({test['worst_group']})"),
         ("student mean-group accuracy", _f(test["mean_group_accuracy"])),
         ("student worst-class accuracy", _f(test["worst_class_accuracy"])),
+        *([("student bias-aligned / bias-conflicting accuracy (the lower is AGRE-KD's two-group WGA)",
+            f"{_f(test['bias_aligned_accuracy'])} / {_f(test['bias_conflicting_accuracy'])}")]
+          if "two_group_worst_group_accuracy" in test else []),
         (f"student per-group accuracy, lowest / highest of {len(per_group)} groups",
          f"{_extreme(per_group, False)} / {_extreme(per_group, True)}"),
         ("teachers' mean accuracy", _f(teachers["mean_accuracy"])),
@@ -79,6 +82,10 @@ def render_block(summary: dict, rounds: list[dict], command: str = COMMAND) -> s
         else:
             rows.append((f"{label}: accuracy / worst-group accuracy",
                          f"{_f(report['accuracy'])} / {_f(report['worst_group_accuracy'])}"))
+            if "vote" in report:
+                vote = report["vote"]
+                rows.append((f"{label}, majority vote: accuracy / worst-group accuracy",
+                             f"{_f(vote['accuracy'])} / {_f(vote['worst_group_accuracy'])}"))
     lines += ["", "| final student (test split) and references | value |", "|---|---|"]
     lines += [f"| {label} | {value} |" for label, value in rows]
     return "\n".join(lines)

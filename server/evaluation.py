@@ -18,7 +18,7 @@ from fedkd.data import Benchmark
 from fedkd.device import cpu_state
 from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.display import RunDisplay
-from fedkd.metrics import group_report, worst_group_accuracy
+from fedkd.metrics import worst_group_accuracy
 from fedkd.results import RunDirectory
 from fedkd.training import predict_logits
 
@@ -59,7 +59,7 @@ class Evaluation:
         """The group report of ``model`` on ``split``, and its predictions."""
         data = self.data[split]
         pred = predict_logits(model, data.x).argmax(1).numpy()
-        return group_report(pred, data.y, data.g, self.data.group_names), pred
+        return self.data.report(pred, split), pred
 
     def round_model(self) -> tuple[torch.nn.Module, str]:
         """The distilled student, or with student DFR a copy whose last layer is retrained on part of the

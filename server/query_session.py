@@ -104,7 +104,8 @@ class QuerySession:
             self.pool.add(chosen, logits, base, clients)
             if self.privacy.server_release:
                 release_stats = self.privacy.release(
-                    chosen, self.aggregation_inputs(chosen, logits, base, clients), self.aggregator, self.student,
+                    chosen, self.aggregation_inputs(chosen, logits, base, clients, server_round), self.aggregator,
+                    self.student,
                     torch.from_numpy(self.data["transfer"].x[chosen]).to(self.device))
             else:
                 self.privacy.account_client_noise(len(chosen))
@@ -113,17 +114,17 @@ class QuerySession:
                 "teacher_error_val": teacher_error, "stopped_by_privacy_budget": budget < wanted,
                 **release_stats, **self.strategy.last_stats}
 
-    def targets(self, clients: list[int]) -> tuple[np.ndarray, Aggregator | ReleasedTargets]:
+    def targets(self, clients: list[int], server_round: int) -> tuple[np.ndarray, Aggregator | ReleasedTargets]:
         """The transfer points the student distills on this round and what gives their targets: the released
         targets of a server-side mechanism, or the aggregator prepared on the pool's answers of ``clients``."""
         if self.privacy.server_release:
             return self.privacy.released.indices, self.privacy.released
         indices, teacher_logits, base_logits = self.pool.answers(clients)
-        self.aggregator.prepare(self.aggregation_inputs(indices, teacher_logits, base_logits, clients))
+        self.aggregator.prepare(self.aggregation_inputs(indices, teacher_logits, base_logits, clients, server_round))
         return indices, self.aggregator
 
     def aggregation_inputs(self, indices: np.ndarray, teacher_logits: torch.Tensor, base_logits: torch.Tensor | None,
-                           clients: list[int]) -> AggregationInputs:
+                           clients: list[int], server_round: int) -> AggregationInputs:
         """What an aggregator or a release needs about the answers of ``clients`` on ``indices``."""
         return AggregationInputs(
             teacher_logits=teacher_logits,
@@ -134,4 +135,5 @@ class QuerySession:
             group_names=self.data.group_names,
             seed=self.cfg.seed,
             clients=tuple(clients),
+            round=server_round,
         )

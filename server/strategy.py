@@ -111,7 +111,7 @@ class FederatedDistillation:
 
         self.display.phase(server_round, "aggregating and distilling")
         clients = self.federation.clients()
-        indices, targets = self.queries.targets(clients)
+        indices, targets = self.queries.targets(clients, server_round)
         loss = self.student.distill(server_round, self.data["transfer"].x, indices, targets)
 
         self.display.phase(server_round, "evaluating")

@@ -40,9 +40,10 @@ def test_mean_averages_tempered_probabilities():
 
 
 def test_entropy_reduction_sharpens_the_mean():
-    out = _fixed_targets("entropy_reduction", _inputs([[[0.8, 0.2]], [[0.4, 0.6]]]), era_temperature=0.5)
-    # mean [0.6, 0.4]; softmax(log(mean) / 0.5) = mean^2 / sum = [0.36, 0.16] / 0.52
-    np.testing.assert_allclose(out, [[0.36 / 0.52, 0.16 / 0.52]], rtol=1e-5)
+    out = _fixed_targets("entropy_reduction", _inputs([[[0.8, 0.2]], [[0.4, 0.6]]]), era_temperature=0.1)
+    # DS-FL: the mean [0.6, 0.4] as logits at T = 0.1: softmax([6, 4]) = [1, e^-2] / (1 + e^-2)
+    np.testing.assert_allclose(out, [[1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2))]], rtol=1e-5)
+    assert out[0, 0] < 0.6**10 / (0.6**10 + 0.4**10)  # gentler than the power mean^(1/T) renormalised
 
 
 def test_vote_is_the_majority_one_hot_with_ties_to_the_lowest_class():
@@ -185,3 +186,55 @@ def test_agre_logs_weights_per_teacher_and_group():
     assert set(stats["mean_weight_per_group_and_teacher"]) == {"a", "b", "c"}
     assert all(math.isclose(sum(w), 1.0, rel_tol=1e-6) for w in stats["mean_weight_per_group_and_teacher"].values())
     assert stats["variant"] == "example/last_layer/cos"
+
+
+def test_aekd_weights_are_the_min_norm_point_hand_computed():
+    """Gradients (1, 0) and (0, 2): the min-norm point of their hull is α(1, 0) + (1 − α)(0, 2) with
+    α = 4/5 (minimise α² + 4(1 − α)²). A cap of 1/(M ν) = 2/3 (ν = 3/4) stops it at 2/3; ν = 1 forces equal
+    weights."""
+    from fedkd.aggregators.aekd import aekd_weights
+
+    grads = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(aekd_weights(grads).numpy(), [0.8, 0.2], atol=1e-4)
+    np.testing.assert_allclose(aekd_weights(grads, nu=0.75).numpy(), [2 / 3, 1 / 3], atol=1e-4)
+    np.testing.assert_allclose(aekd_weights(grads, nu=1.0).numpy(), [0.5, 0.5], atol=1e-6)
+    # normalised: unit vectors (1, 0), (0, 1) give α = 1/2, then rescaled by 1/‖g‖ = (1, 1/2): (2/3, 1/3)
+    np.testing.assert_allclose(aekd_weights(grads, normalize=True).numpy(), [2 / 3, 1 / 3], atol=1e-4)
+    # two opposed teachers cancel: the hull holds the origin at (1/2, 1/2, 0), the third teacher gets nothing
+    three = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(aekd_weights(three).numpy(), [0.5, 0.5, 0.0], atol=1e-4)
+
+
+def test_aekd_targets_weight_the_teachers_by_their_gradients_against_the_student():
+    """Student at uniform [0.5, 0.5]; teachers [0.9, 0.1] and [0.2, 0.8]: gradients τ(p_s − p_m) = (−0.4, 0.4)
+    and (0.3, −0.3), opposed, so the min-norm point is zero at α·0.4 = (1 − α)·0.3, α = 3/7."""
+    aggregator = AGGREGATORS["aekd"](AGGREGATORS.params("aekd")(name="aekd"))
+    aggregator.prepare(_inputs([[[0.9, 0.1]], [[0.2, 0.8]]]))
+    targets, weights = aggregator.targets(np.arange(1), None, None, torch.zeros(1, 2))
+    assert weights is None
+    alpha = 3 / 7
+    np.testing.assert_allclose(targets.numpy(), [[alpha * 0.9 + (1 - alpha) * 0.2, alpha * 0.1 + (1 - alpha) * 0.8]],
+                               atol=1e-4)
+    np.testing.assert_allclose(aggregator.round_stats()["teacher_weights_mean"], [alpha, 1 - alpha], atol=1e-4)
+
+
+def test_random_distils_each_minibatch_from_one_teacher_drawn_by_seed_and_round():
+    probs = [[[0.9, 0.1], [0.8, 0.2]], [[0.3, 0.7], [0.4, 0.6]], [[0.5, 0.5], [0.6, 0.4]]]
+
+    def draws(seed, server_round, batches=60):
+        aggregator = AGGREGATORS["random"](AGGREGATORS.params("random")(name="random"))
+        inputs = _inputs(probs)
+        aggregator.prepare(AggregationInputs(**{**vars(inputs), "seed": seed, "round": server_round}))
+        out = []
+        for _ in range(batches):
+            targets, weights = aggregator.targets(np.arange(2), None, None, torch.zeros(2, 2))
+            assert weights is None
+            (teacher,) = [m for m in range(3) if torch.allclose(targets, torch.tensor(probs[m]))]
+            out.append(teacher)
+        assert aggregator.round_stats()["teacher_draws"] == np.bincount(out, minlength=3).tolist()
+        return out
+
+    first = draws(0, 1)
+    assert first == draws(0, 1)  # a resumed round draws the same teachers
+    assert first != draws(0, 2) and first != draws(1, 1)
+    assert set(first) == {0, 1, 2} and max(np.bincount(first)) < 40  # uniform-ish over 60 minibatches

@@ -96,3 +96,37 @@ def test_robust_kd_weight_update_and_trade_off():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     objective.loss(logits, targets, None)  # step 1: no update (period 2)
     np.testing.assert_allclose(objective.lam.numpy(), lam, rtol=1e-6)
+
+
+def test_two_group_report_is_aligned_versus_conflicting_hand_computed():
+    """AGRE-KD's Colored MNIST WGA: accuracy on the bias-conflicting images against the aligned ones."""
+    from fedkd.metrics import bias_group_report, group_report
+
+    y = np.array([0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
+    pred = np.array([0, 0, 1, 0, 2, 2, 0, 0, 0, 2])
+    aligned = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0], dtype=bool)
+    # aligned: indices 0, 1, 2, 4, all right; conflicting: 3, 5, 6, 7, 8, 9, right at 5 and 9: 2 of 6
+    two = bias_group_report(pred, y, aligned)
+    assert two == {"bias_aligned_accuracy": 1.0, "bias_conflicting_accuracy": 2 / 6,
+                   "two_group_worst_group_accuracy": 2 / 6}
+    full = group_report(pred, y, y, ["c0", "c1", "c2"], aligned)
+    assert full["two_group_worst_group_accuracy"] == 2 / 6 and full["accuracy"] == 0.6
+    assert "two_group_worst_group_accuracy" not in group_report(pred, y, y, ["c0", "c1", "c2"])
+
+
+def test_colored_mnist_reports_two_groups_and_the_ensemble_its_vote_and_members():
+    from fedkd.baselines import ensemble_report
+    from fedkd.data import build_benchmark
+    from fedkd.validation import load_run_config
+
+    bench = build_benchmark(load_run_config([]).dataset, 0)
+    test = bench["test"]
+    assert bench.bias_attribute and np.mean(test.a == test.y) == pytest.approx(0.1, abs=0.03)  # unbiased test
+    # three teachers: two always say the colour's class, one is right: the mean ensemble follows the majority
+    colour = torch.nn.functional.one_hot(torch.from_numpy(test.a), 10).float() * 5
+    right = torch.nn.functional.one_hot(torch.from_numpy(test.y), 10).float() * 5
+    report = ensemble_report(torch.stack([colour, colour, right]), bench)
+    assert report["bias_aligned_accuracy"] == 1.0 and report["bias_conflicting_accuracy"] == 0.0
+    assert report["two_group_worst_group_accuracy"] == 0.0
+    assert report["vote"]["accuracy"] == report["accuracy"] == pytest.approx(np.mean(test.a == test.y))
+    assert [m["two_group_worst_group_accuracy"] for m in report["members"]] == [0.0, 0.0, 1.0]

@@ -9,7 +9,7 @@ import torch
 from clients.app import app as client_app
 from fedkd.baselines import ensemble_report
 from fedkd.data import Split, federated_data
-from fedkd.distill import ReliabilitySoftened, kd_per_example, reliability
+from fedkd.distill import ReliabilitySoftened, kd_per_example, precision, recall
 from fedkd.metrics import group_report
 from fedkd.models import build_model
 from fedkd.results import read_summary
@@ -18,11 +18,19 @@ from server.app import run_federation
 from server.inprocess import InProcessGrid
 
 
-def test_reliability_is_per_class_recall():
-    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]])
-    y = torch.tensor([0, 0, 1, 1])
-    # class 0: 1 of 2 right; class 1: 1 of 2 right; class 2 absent -> 1
-    np.testing.assert_allclose(reliability(probs, y, 3).numpy(), [0.5, 0.5, 1.0])
+def test_recall_and_precision_per_class_hand_computed():
+    # predictions 0, 1, 0, 1, 1 for labels 0, 0, 1, 1, 1
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0], [0.3, 0.7, 0.0]])
+    y = torch.tensor([0, 0, 1, 1, 1])
+    # recall: class 0 1 of 2 right, class 1 2 of 3, class 2 absent -> 1
+    np.testing.assert_allclose(recall(probs, y, 3).numpy(), [0.5, 2 / 3, 1.0], rtol=1e-6)
+    # precision: "0" said twice, right once; "1" said three times, right twice; "2" never said -> 1
+    np.testing.assert_allclose(precision(probs, y, 3).numpy(), [0.5, 2 / 3, 1.0], rtol=1e-6)
+    # where they differ: a teacher that says "0" for everything has recall [1, 0] but precision [0.5, 1]
+    always_zero = torch.tensor([[1.0, 0.0]] * 4)
+    y2 = torch.tensor([0, 0, 1, 1])
+    np.testing.assert_allclose(recall(always_zero, y2, 2).numpy(), [1.0, 0.0])
+    np.testing.assert_allclose(precision(always_zero, y2, 2).numpy(), [0.5, 1.0])
 
 
 def _softened(power=1.0):
@@ -34,25 +42,29 @@ def _softened(power=1.0):
 
 def test_softened_targets_hand_computed():
     objective = _softened(power=2.0)
-    objective.observe_val(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]]))  # recall [1, 0.5]
-    np.testing.assert_allclose(objective.alpha.numpy(), [1.0, 0.25])
+    # labels 0, 0, 1, 1; predictions 0, 0, 0, 1: precision [2/3, 1], recall [1, 0.5]
+    objective.observe_val(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]]))
+    np.testing.assert_allclose(objective.alpha.numpy(), [4 / 9, 1.0], rtol=1e-6)  # softening by precision^2
+    np.testing.assert_allclose(objective.beta.numpy(), [1.0, 0.25])  # labeled KD share by recall^2
     targets = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
-    # top class 0 (alpha 1): unchanged; top class 1 (alpha 0.25): 0.25 [0.2, 0.8] + 0.75 [0.5, 0.5]
-    np.testing.assert_allclose(objective.soften(targets).numpy(), [[0.7, 0.3], [0.425, 0.575]], rtol=1e-6)
+    # top class 0 (alpha 4/9): 4/9 [0.7, 0.3] + 5/9 [0.5, 0.5]; top class 1 (alpha 1): unchanged
+    np.testing.assert_allclose(objective.soften(targets).numpy(),
+                               [[4 / 9 * 0.7 + 5 / 18, 4 / 9 * 0.3 + 5 / 18], [0.2, 0.8]], rtol=1e-6)
 
 
 def test_softened_loss_adds_the_per_class_mix_on_labeled_data():
     objective = _softened()
-    val_probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])  # recall [0.5, 1]
+    val_probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])  # recall [0.5, 1], precision [1, 2/3]
     objective.observe_val(val_probs)
     logits, targets = torch.zeros(3, 2), torch.tensor([[0.6, 0.4], [0.5, 0.5], [0.1, 0.9]])
     loss = objective.loss(logits, targets, None)
     tau = objective.cfg.temperature
     transfer = kd_per_example(logits, objective.soften(targets), tau).mean()
     val_logits = objective.student(objective.val_x)  # batch_size >= 4: the whole split, in some order
-    alpha = objective.alpha[objective.val_y]
+    beta = objective.beta[objective.val_y]
+    np.testing.assert_allclose(objective.beta.numpy(), [0.5, 1.0])
     ce = torch.nn.functional.cross_entropy(val_logits, objective.val_y, reduction="none")
-    labeled = ((1 - alpha) * ce + alpha * kd_per_example(val_logits, val_probs, tau)).mean()
+    labeled = ((1 - beta) * ce + beta * kd_per_example(val_logits, val_probs, tau)).mean()
     assert loss.item() == pytest.approx((transfer + labeled).item(), rel=1e-5)
 
 
@@ -64,8 +76,11 @@ def test_ensemble_report_is_the_argmax_of_the_mean_probability():
     wrong = torch.roll(right, 1, dims=1)
     logits = torch.stack([right, right, wrong])  # two of three teachers confident and right
     assert ensemble_report(logits, bench)["accuracy"] == 1.0
-    expected = group_report((test.y + 1) % 10, test.y, test.g, bench.group_names)
-    assert ensemble_report(torch.stack([wrong, wrong, right]), bench) == expected
+    expected = group_report((test.y + 1) % 10, test.y, test.g, bench.group_names, test.a == test.y)
+    report = ensemble_report(torch.stack([wrong, wrong, right]), bench)
+    assert {k: v for k, v in report.items() if k not in ("vote", "members")} == expected
+    assert report["vote"]["accuracy"] == 0.0  # two of three say "y + 1"
+    assert [m["accuracy"] for m in report["members"]] == [0.0, 0.0, 1.0]
 
 
 def test_baselines_land_in_the_summary_marked(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 from fedkd.config import DatasetConfig, non_negative, one_of, open_unit, positive, registered, rule
 from fedkd.data.ondisk import GroupTable, load_images, read_celeba, read_cifar, read_waterbirds
 from fedkd.data.sources import ImageSource, load_source
+from fedkd.metrics import group_report
 from fedkd.registry import Registry
 
 SPLITS = ("pool", "transfer", "val", "test")
@@ -106,6 +107,7 @@ class Benchmark:
     group_names: tuple[str, ...]
     splits: dict[str, Split] = field(repr=False)
     description: dict[str, object] = field(default_factory=dict)
+    bias_attribute: bool = False  # the attribute a is a spurious cue for the class: a == y marks a bias-aligned image
 
     @property
     def num_groups(self) -> int:
@@ -117,6 +119,13 @@ class Benchmark:
 
     def __getitem__(self, split: str) -> Split:
         return self.splits[split]
+
+    def report(self, pred: np.ndarray, split: str = "test") -> dict:
+        """The group report of predictions ``pred`` on ``split``; on a benchmark with a bias attribute it holds
+        the two-group (bias-aligned / bias-conflicting) accuracies too."""
+        data = self[split]
+        aligned = data.a == data.y if self.bias_attribute else None
+        return group_report(pred, data.y, data.g, self.group_names, aligned)
 
 
 def _rng(seed: int, tag: str) -> np.random.Generator:
@@ -219,6 +228,7 @@ def _coloured_benchmark(
         group_names=group_names,
         splits=splits,
         description={"bias_ratio": cfg.bias_ratio, "group_by": group_by, "color_std": cfg.color_std},
+        bias_attribute=True,
     )
 
 
