@@ -129,6 +129,7 @@ class Evaluation:
                 "mean_worst_group_accuracy": last["teacher_mean_worst_group_accuracy"],
                 "best_worst_group_accuracy": max(t["test_worst_group_accuracy"] for t in last["teachers"]),
                 "worst_worst_group_accuracy": min(t["test_worst_group_accuracy"] for t in last["teachers"]),
+                **two_group_teachers(baselines),
             },
             "baselines": baselines,
             **run_columns,
@@ -136,3 +137,13 @@ class Evaluation:
         }
         self.run_dir.write_summary(summary)
         return summary
+
+
+def two_group_teachers(baselines: dict) -> dict:
+    """The teachers' mean two-group (aligned / conflicting) worst-group accuracy, from the ensemble baseline's
+    answers of each teacher on the test split, where the benchmark has a bias attribute and the ensemble ran."""
+    members = baselines.get("ensemble", {}).get("members", [])
+    if not members or "two_group_worst_group_accuracy" not in members[0]:
+        return {}
+    return {"mean_two_group_worst_group_accuracy":
+            float(np.mean([m["two_group_worst_group_accuracy"] for m in members]))}

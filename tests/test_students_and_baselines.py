@@ -12,7 +12,7 @@ from fedkd.data import Split, federated_data
 from fedkd.distill import ReliabilitySoftened, kd_per_example, precision, recall
 from fedkd.metrics import group_report
 from fedkd.models import build_model
-from fedkd.results import read_summary
+from fedkd.results import read_metrics, read_summary
 from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
@@ -93,6 +93,12 @@ def test_baselines_land_in_the_summary_marked(tmp_path):
     assert baselines["centralized_erm"]["non_federated"] and baselines["centralized_group_dro"]["non_federated"]
     assert "non_federated" not in baselines["ensemble"] and "non_federated" not in baselines["one_hot"]
     assert all(0 <= b["worst_group_accuracy"] <= b["accuracy"] <= 1 for b in baselines.values())
+    # each teacher alone, from the ensemble's answers: the same accuracy the client reported for its teacher
+    members = baselines["ensemble"]["members"]
+    reported = read_metrics(summary["run_dir"])[-1]["teachers"]
+    assert [m["accuracy"] for m in members] == [t["test_accuracy"] for t in reported]
+    assert summary["teachers"]["mean_two_group_worst_group_accuracy"] == pytest.approx(
+        np.mean([m["two_group_worst_group_accuracy"] for m in members]))
 
 
 def test_min_steps_raises_the_epochs_over_a_small_pool_to_whole_epochs():
