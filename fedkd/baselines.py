@@ -11,6 +11,7 @@ import torch
 from fedkd.config import RunConfig
 from fedkd.data import Benchmark
 from fedkd.device import resolve_device
+from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.models import build_model
 from fedkd.teachers import TEACHER_OBJECTIVES, TeacherModels, train_teacher
 from fedkd.training import predict_logits
@@ -33,7 +34,8 @@ def _short(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("per_group_accuracy", "group_counts")}
 
 
-def _trained_report(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int, seed: int) -> dict:
+def _trained_model(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int,
+                   seed: int) -> torch.nn.Module:
     params = TEACHER_OBJECTIVES.params(objective)  # the run's teacher settings where that objective has them
     shared = {f.name: getattr(cfg.teacher, f.name) for f in dataclasses.fields(params) if hasattr(cfg.teacher, f.name)}
     teacher_cfg = params(**{**shared, "objective": objective, "epochs": epochs})
@@ -42,19 +44,32 @@ def _trained_report(cfg: RunConfig, bench: Benchmark, split: str, objective: str
     torch.manual_seed(seed)
     train_teacher(TeacherModels(teacher=model, base=None), bench[split], bench.num_classes, bench.num_groups,
                   teacher_cfg, False, np.random.default_rng([seed, 5]), lambda: model)
+    return model
+
+
+def _test_report(model: torch.nn.Module, bench: Benchmark) -> dict:
     return bench.report(predict_logits(model, bench["test"].x).argmax(1).numpy())
 
 
 def one_hot_report(cfg: RunConfig, bench: Benchmark) -> dict:
     """The student architecture trained with cross-entropy on the server's labeled split alone: what the server
     could do without any client."""
-    return _trained_report(cfg, bench, "val", "erm", cfg.baselines.one_hot_epochs, cfg.seed + 101)
+    return _test_report(_trained_model(cfg, bench, "val", "erm", cfg.baselines.one_hot_epochs, cfg.seed + 101), bench)
 
 
 def centralized_reports(cfg: RunConfig, bench: Benchmark) -> dict[str, dict]:
     """NON-FEDERATED references: the student architecture trained on the pooled client data with erm and with
-    group_dro, for teacher.epochs x num_rounds epochs (the teachers' own budget)."""
+    group_dro, for teacher.epochs x num_rounds epochs (the teachers' own budget); and the erm model with its last
+    layer retrained on the labeled server split as the student's DFR does (``student.dfr_*``): AGRE-KD's
+    "One-hot" and "One-hot + DFR" rows (labels on the biased training data)."""
     epochs = cfg.teacher.epochs * cfg.federation.num_rounds
-    return {f"centralized_{name}": {**_trained_report(cfg, bench, "pool", name, epochs, cfg.seed + 202),
-                                    "non_federated": True}
-            for name in ("erm", "group_dro")}
+    erm = _trained_model(cfg, bench, "pool", "erm", epochs, cfg.seed + 202)
+    reports = {"centralized_erm": _test_report(erm, bench),
+               "centralized_group_dro": _test_report(
+                   _trained_model(cfg, bench, "pool", "group_dro", epochs, cfg.seed + 202), bench)}
+    s = cfg.student
+    fit_part, _ = held_out_split(bench["val"], s.dfr_holdout)
+    retrain_last_layer(erm, fit_part, s.dfr_subsets, s.dfr_steps, s.dfr_lr, s.dfr_l2,
+                       np.random.default_rng([cfg.seed, 303]))
+    reports["centralized_erm_dfr"] = _test_report(erm, bench)
+    return {name: {**report, "non_federated": True} for name, report in reports.items()}

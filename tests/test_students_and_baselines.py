@@ -89,8 +89,9 @@ def test_baselines_land_in_the_summary_marked(tmp_path):
                            "baselines.centralized=true", f"runs_dir={tmp_path}"])
     summary = run_federation(InProcessGrid(client_app, 2), cfg)
     baselines = read_summary(summary["run_dir"])["baselines"]
-    assert set(baselines) == {"ensemble", "one_hot", "centralized_erm", "centralized_group_dro"}
-    assert baselines["centralized_erm"]["non_federated"] and baselines["centralized_group_dro"]["non_federated"]
+    assert set(baselines) == {"ensemble", "one_hot", "centralized_erm", "centralized_group_dro", "centralized_erm_dfr"}
+    assert all(baselines[f"centralized_{n}"]["non_federated"] for n in ("erm", "group_dro", "erm_dfr"))
+    assert baselines["centralized_erm_dfr"]["per_group_accuracy"] != baselines["centralized_erm"]["per_group_accuracy"]
     assert "non_federated" not in baselines["ensemble"] and "non_federated" not in baselines["one_hot"]
     assert all(0 <= b["worst_group_accuracy"] <= b["accuracy"] <= 1 for b in baselines.values())
     # each teacher alone, from the ensemble's answers: the same accuracy the client reported for its teacher
