@@ -7,6 +7,7 @@ even when the ServerApp crashed) and stop, by PID, the background SuperLink that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -71,9 +72,28 @@ def main(overrides: list[str]) -> int:
         print(f"fedkd: Flower reports the run as: {status}")
         return 0 if status.startswith("finished:completed") else 1
     finally:
-        for pid in superlink_pids(flwr_home) - already_running:
-            os.kill(pid, signal.SIGTERM)
+        stop_superlinks(superlink_pids(flwr_home) - already_running)
+
+
+def stop_superlinks(pids: set[int]) -> None:
+    """SIGTERM the SuperLinks this script made flwr start, then stop what they had started themselves (the
+    simulation process and its Ray workers), which a SIGTERM to their parent can leave running."""
+    import psutil
+
+    from fedkd.stopping import stop_processes
+
+    started = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            started.append(psutil.Process(pid))
+            started += started[-1].children(recursive=True)
+    stop_processes(started)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally block that stops the SuperLink
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main(sys.argv[1:]))
+    print("fedkd: stopped; the run directory keeps its last finished round's checkpoint: continue with "
+          "`flwr run . --run-config 'resume=\"<run dir>\"'` or `fedkd resume=<run dir>`")
+    sys.exit(130)
