@@ -205,8 +205,8 @@ def check_output_location(cfg: RunConfig, bench: Any) -> None:
     if not existing.is_dir():
         fail("runs_dir", cfg.runs_dir, f"{existing} is a file, not a folder; choose another runs_dir")
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        with tempfile.TemporaryFile(dir=existing) as probe:
+            probe.write(b"\0")  # creating a file there is the check; it is gone when closed
     except OSError as err:
         fail("runs_dir", cfg.runs_dir, f"cannot write in {existing} ({err.strerror}); choose a writable runs_dir")
     free, needed = shutil.disk_usage(existing).free, first_files_bytes(cfg, bench)
