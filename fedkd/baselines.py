@@ -11,7 +11,7 @@ import torch
 from fedkd.config import RunConfig
 from fedkd.data import Benchmark
 from fedkd.device import resolve_device
-from fedkd.dfr import held_out_split, retrain_last_layer
+from fedkd.dfr import split_in_halves, tuned_last_layer
 from fedkd.models import build_model
 from fedkd.teachers import TEACHER_OBJECTIVES, TeacherModels, train_teacher
 from fedkd.training import predict_logits
@@ -60,16 +60,15 @@ def one_hot_report(cfg: RunConfig, bench: Benchmark) -> dict:
 def centralized_reports(cfg: RunConfig, bench: Benchmark) -> dict[str, dict]:
     """NON-FEDERATED references: the student architecture trained on the pooled client data with erm and with
     group_dro, for teacher.epochs x num_rounds epochs (the teachers' own budget); and the erm model with its last
-    layer retrained on the labeled server split as the student's DFR does (``student.dfr_*``): AGRE-KD's
-    "One-hot" and "One-hot + DFR" rows (labels on the biased training data)."""
+    layer retrained on the labeled server split as DFR teachers do it (half to fit, half to choose the L2
+    strength; ``student.dfr_steps`` and ``dfr_lr``): AGRE-KD's "One-hot" and "One-hot + DFR" rows (labels on the
+    biased training data)."""
     epochs = cfg.teacher.epochs * cfg.federation.num_rounds
     erm = _trained_model(cfg, bench, "pool", "erm", epochs, cfg.seed + 202)
     reports = {"centralized_erm": _test_report(erm, bench),
                "centralized_group_dro": _test_report(
                    _trained_model(cfg, bench, "pool", "group_dro", epochs, cfg.seed + 202), bench)}
-    s = cfg.student
-    fit_part, _ = held_out_split(bench["val"], s.dfr_holdout)
-    retrain_last_layer(erm, fit_part, s.dfr_subsets, s.dfr_steps, s.dfr_lr, s.dfr_l2,
-                       np.random.default_rng([cfg.seed, 303]))
+    fit_half, select_half = split_in_halves(bench["val"], np.random.default_rng([cfg.seed, 303]))
+    tuned_last_layer(erm, fit_half, select_half, cfg.student.dfr_steps, cfg.student.dfr_lr)
     reports["centralized_erm_dfr"] = _test_report(erm, bench)
     return {name: {**report, "non_federated": True} for name, report in reports.items()}

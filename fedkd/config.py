@@ -86,6 +86,9 @@ class DatasetConfig(ComponentConfig):
     test_per_class: int = field(default=100, metadata=positive())
     val_per_class: int = field(default=20, metadata=positive())
     transfer_fraction: float = field(default=0.25, metadata=open_unit())
+    # held_out: the transfer set is a part of the training images no client holds; pool: the transfer set is the
+    # clients' pool itself, pool and transfer merged (AGRE-KD distils the student on the teachers' training set)
+    transfer_from: str = field(default="held_out", metadata=one_of("held_out", "pool"))
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class PartitionConfig(ComponentConfig):
     """IID needs only ``name``; partitioners with parameters extend it."""
 
     name: str
+    repeats_examples: ClassVar[bool] = False  # whether an example can sit on several clients (no disjoint shards)
 
 
 @dataclass(frozen=True)

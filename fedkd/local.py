@@ -62,7 +62,7 @@ def train_local_teacher(
     generator = np.random.default_rng([job.seed, partition_id, server_round])
     torch.manual_seed(job.seed * 7919 + partition_id * 104729 + server_round)
     loss = train_teacher(models, shard, bench.num_classes, bench.num_groups, job.teacher, job.erm_base, generator,
-                         lambda: _new_model(job, bench, partition_id), job.privacy)
+                         lambda: _new_model(job, bench, partition_id), job.privacy, public=bench["val"])
     class_counts = np.bincount(shard.y, minlength=bench.num_classes)
     group_counts_ = group_counts(shard.g, bench.num_groups)
     if job.privacy.withhold_statistics:

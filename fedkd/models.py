@@ -46,6 +46,28 @@ def small_cnn(input_shape: tuple[int, int, int], num_classes: int, width: int = 
     return FeatureClassifier(body, 64, num_classes)
 
 
+@MODELS.register("cnn_wide")
+def wide_cnn(input_shape: tuple[int, int, int], num_classes: int) -> FeatureClassifier:
+    """The two-block CNN at twice the channels (32, 64): a teacher larger than the ``cnn`` student (2.1x the
+    parameters, 0.49x its CPU training throughput), standing in for AGRE-KD's MobileNetV2 teachers where those
+    do not fit a CPU study (docs/results.md)."""
+    return small_cnn(input_shape, num_classes, width=32)
+
+
+@MODELS.register("mobilenet_v2", batch_norm=True)
+def mobilenet_v2(input_shape: tuple[int, int, int], num_classes: int) -> FeatureClassifier:
+    """torchvision's MobileNetV2 (AGRE-KD's Colored MNIST teacher), adapted to 28x28 inputs: the stem takes the
+    input's channels at stride 1, so that the last feature map is 4x4 rather than 1x1; ``features`` are the 1280
+    pooled channels (torchvision's dropout before the classifier is dropped with its classifier)."""
+    from torchvision.models import mobilenet_v2 as torchvision_mobilenet_v2
+
+    net = torchvision_mobilenet_v2()
+    stem = net.features[0][0]
+    net.features[0][0] = nn.Conv2d(input_shape[0], stem.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return FeatureClassifier(body, net.last_channel, num_classes)
+
+
 @MODELS.register("mlp")
 def mlp(input_shape: tuple[int, int, int], num_classes: int, hidden: int = 128) -> FeatureClassifier:
     """One hidden layer on flattened pixels."""

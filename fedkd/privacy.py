@@ -52,6 +52,9 @@ class NoisyPrivacyConfig(PrivacyConfig):
     noise_multiplier: float | None = None  # σ: noise std / sensitivity (gnmax: std of the vote noise)
 
     def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        if run.partition.repeats_examples:
+            fail("partition.name", run.partition.name, f"privacy={self.name} protects an example held by one "
+                 "client; this partition gives every client the same examples: use partition=iid or dirichlet")
         if self.epsilon is None and self.noise_multiplier is None:
             fail(f"{section}.epsilon", None, f"privacy={self.name} needs a target privacy.epsilon (σ is calibrated "
                  "from it) or a privacy.noise_multiplier")

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedkd.config import ClientPrivacy, TeacherConfig, non_negative, open_unit, positive
+from fedkd.config import ClientPrivacy, TeacherConfig, non_negative, one_of, open_unit, positive
 from fedkd.data import Split
 from fedkd.device import model_device
-from fedkd.dfr import held_out_split, retrain_last_layer
+from fedkd.dfr import held_out_split, retrain_last_layer, split_in_halves, tuned_last_layer
 from fedkd.registry import Registry
 from fedkd.training import run_epochs, sgd
 
@@ -48,8 +48,10 @@ class TeacherObjective(ABC):
     # whether DP-SGD (cross-entropy through Opacus) trains exactly this objective, so that privacy=dpsgd covers it
     dpsgd_compatible: ClassVar[bool] = False
 
-    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig) -> None:
+    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
+                 public: Split | None = None) -> None:
         self.cfg = cfg
+        self.public = public  # the server's public labeled split (with groups), which every node can build
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -114,8 +116,9 @@ class LogitAdjusted(TeacherObjective):
     CE(y, z + τ_la · log π) with π the client's own class priors, so that the unadjusted logits z used at
     prediction time are balanced across classes. METHODS.md "balanced"."""
 
-    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig) -> None:
-        super().__init__(shard, num_classes, num_groups, cfg)
+    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
+                 public: Split | None = None) -> None:
+        super().__init__(shard, num_classes, num_groups, cfg, public)
         priors = class_priors(shard.y, num_classes)
         self.shift = torch.tensor(cfg.la_tau * np.log(priors), dtype=torch.float32)
 
@@ -135,8 +138,9 @@ class GroupDRO(TeacherObjective):
     group g in the batch (0 for a group absent from the batch, as in the authors' code). q persists across
     rounds in the client's state."""
 
-    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig) -> None:
-        super().__init__(shard, num_classes, num_groups, cfg)
+    def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
+                 public: Split | None = None) -> None:
+        super().__init__(shard, num_classes, num_groups, cfg, public)
         self.num_groups = num_groups
         self.q = torch.full((num_groups,), 1.0 / num_groups)
 
@@ -164,30 +168,46 @@ class GroupDRO(TeacherObjective):
 
 @dataclass(frozen=True)
 class DfrTeacherConfig(TeacherConfig):
-    dfr_holdout: float = field(default=0.2, metadata=open_unit())  # fraction of the shard held out for the head
-    dfr_subsets: int = field(default=5, metadata=positive())  # group-balanced subsets whose heads are averaged
-    dfr_steps: int = field(default=200, metadata=positive())  # full-batch steps per subset
+    # public: the head is refitted on half of the server's public labeled split and its L2 strength chosen on
+    # the other half (AGRE-KD's DFR teachers); local: on a held-out part of the client's own shard
+    dfr_data: str = field(default="public", metadata=one_of("public", "local"))
+    dfr_holdout: float = field(default=0.2, metadata=open_unit())  # local: fraction of the shard held out
+    dfr_subsets: int = field(default=5, metadata=positive())  # local: group-balanced subsets whose heads are averaged
+    dfr_steps: int = field(default=200, metadata=positive())  # full-batch steps per fit
     dfr_lr: float = field(default=0.01, metadata=positive())
-    dfr_l2: float = field(default=0.001, metadata=non_negative())
+    dfr_l2: float = field(default=0.001, metadata=non_negative())  # local: the L2 strength (public: chosen)
 
 
 @TEACHER_OBJECTIVES.register("dfr", params=DfrTeacherConfig)
 class DFR(ERM):
-    """DFR teacher (Kirichenko et al. 2022): an ERM base trained on the shard minus a held-out part, then a copy
-    whose last layer is retrained on a group-balanced sample of the held-out part. The base is kept: it is the
-    biased model AGRE-KD needs (METHODS.md "dfr")."""
+    """DFR teacher (Kirichenko et al. 2022): an ERM base, then a copy whose last layer is retrained
+    group-balanced on held-out, group-annotated data. ``dfr_data=public`` as AGRE-KD does it (Kenfack et al.,
+    Sec. 4): the base trains on the whole shard, the head on half of the server's public labeled split with
+    group-balanced weights and the L2 strength chosen by worst-group accuracy on the other half
+    (``fedkd.dfr.tuned_last_layer``). ``dfr_data=local``: the base trains on the shard minus a held-out part and
+    the head on group-balanced subsets of that part, for a client that has no public labeled data. The base is
+    kept: it is the biased model AGRE-KD needs (METHODS.md "dfr")."""
 
     dpsgd_compatible = False
 
     def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
             new_model: Callable[[], nn.Module]) -> float:
-        train_part, held_out = held_out_split(shard, self.cfg.dfr_holdout)
         if models.base is None:
             models.base = new_model()
-        loss = fit_on(models.base, train_part, self.loss, self.cfg, generator)
+        if self.cfg.dfr_data == "local":
+            train_part, held_out = held_out_split(shard, self.cfg.dfr_holdout)
+            loss = fit_on(models.base, train_part, self.loss, self.cfg, generator)
+            models.teacher = copy.deepcopy(models.base)
+            retrain_last_layer(models.teacher, held_out, self.cfg.dfr_subsets, self.cfg.dfr_steps, self.cfg.dfr_lr,
+                               self.cfg.dfr_l2, generator)
+            return loss
+        if self.public is None:
+            raise ValueError("teacher.dfr_data=public needs the server's public labeled split")
+        loss = fit_on(models.base, shard, self.loss, self.cfg, generator)
         models.teacher = copy.deepcopy(models.base)
-        retrain_last_layer(models.teacher, held_out, self.cfg.dfr_subsets, self.cfg.dfr_steps, self.cfg.dfr_lr,
-                           self.cfg.dfr_l2, generator)
+        fit_half, select_half = split_in_halves(self.public, generator)
+        l2 = tuned_last_layer(models.teacher, fit_half, select_half, self.cfg.dfr_steps, self.cfg.dfr_lr)
+        models.extra["dfr_l2"] = torch.tensor(l2)
         return loss
 
 
@@ -234,10 +254,10 @@ def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: 
 
 def train_teacher(models: TeacherModels, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
                   keep_base: bool, generator: np.random.Generator, new_model: Callable[[], nn.Module],
-                  privacy: ClientPrivacy | None = None) -> float:
-    """One round of the configured objective on the shard (with DP-SGD under ``privacy=dpsgd``); returns the
-    last epoch's mean loss."""
+                  privacy: ClientPrivacy | None = None, public: Split | None = None) -> float:
+    """One round of the configured objective on the shard (with DP-SGD under ``privacy=dpsgd``), ``public``
+    the server's labeled split for objectives that use it; returns the last epoch's mean loss."""
     if privacy is not None and privacy.dp_sgd:
         return fit_dpsgd(models, shard, cfg, privacy)
-    objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg)
+    objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg, public)
     return objective.fit(models, shard, keep_base, generator, new_model)

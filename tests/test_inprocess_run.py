@@ -80,6 +80,16 @@ def test_trained_teacher_cache_reuses_teachers_and_changes_no_number(tmp_path):
     assert (cache.misses, cache.hits) == (3 * 2, 2 * 3 * 2)  # 3 clients x 2 rounds trained once, reused twice
     fresh = [_metrics_without_time(_run(cfg)["run_dir"]) for cfg in (mean_cfg, agre_cfg)]
     assert cached[0] == fresh[0] and cached[1] == fresh[1] and cached[2] == fresh[0]
+    # the repeated mean run found every answer stored: at least each client's transfer query of each round
+    assert cache.query_hits >= 3 * 2
+
+
+def test_trained_teacher_cache_answers_again_when_the_request_differs(tmp_path):
+    cache = TrainedTeacherCache(client_app)
+    configs = [load_run_config([*FAST, f"runs_dir={tmp_path}", f"query.compression={c}"]) for c in ("fp32", "int8")]
+    cached = [_metrics_without_time(run_federation(InProcessGrid(cache, 3), cfg)["run_dir"]) for cfg in configs]
+    assert cache.hits == 3 * 2 and cache.query_hits == 0  # same teachers, but no fp32 answer serves an int8 query
+    assert cached[1] == _metrics_without_time(_run(configs[1])["run_dir"])
 
 
 def test_trained_teacher_cache_keys_on_the_base_when_it_costs_training(tmp_path):

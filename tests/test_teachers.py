@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from fedkd.data import Split
-from fedkd.dfr import group_balanced_indices, held_out_split
+from fedkd.dfr import (
+    DFR_L2_GRID,
+    group_balanced_indices,
+    group_balanced_weights,
+    held_out_split,
+    split_in_halves,
+    tuned_last_layer,
+)
 from fedkd.models import build_model
 from fedkd.teachers import GroupDRO, LogitAdjusted, TeacherModels, class_priors, train_teacher
 from fedkd.validation import load_run_config
@@ -73,14 +81,16 @@ def _models(seed=0):
     return TeacherModels(teacher=build_model("mlp", (1, 2, 2), 2, seed), base=None)
 
 
-def test_dfr_keeps_its_erm_base_and_changes_only_the_head():
+@pytest.mark.parametrize("dfr_data", ["public", "local"])
+def test_dfr_keeps_its_erm_base_and_changes_only_the_head(dfr_data):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     g = y * 2 + (rng.random(200) < 0.1)
     shard = _split(y, g)
-    cfg = _teacher_cfg("dfr", epochs=2)
+    public = _split(np.arange(40) % 2, np.arange(40) % 4, seed=1)
+    cfg = _teacher_cfg("dfr", epochs=2, dfr_data=dfr_data)
     models = _models()
-    train_teacher(models, shard, 2, 4, cfg, False, rng, lambda: build_model("mlp", (1, 2, 2), 2, 1))
+    train_teacher(models, shard, 2, 4, cfg, False, rng, lambda: build_model("mlp", (1, 2, 2), 2, 1), public=public)
     assert models.base is not None and models.base is not models.teacher
     for (name, p_base), (_, p_teacher) in zip(models.base.named_parameters(), models.teacher.named_parameters(),
                                               strict=True):
@@ -110,3 +120,83 @@ def test_erm_teacher_is_its_own_base_whether_asked_or_not():
         models = _models()
         train_teacher(models, shard, 2, 2, cfg, keep_base, np.random.default_rng(0), new)
         assert models.base is models.teacher
+
+
+def test_public_dfr_base_is_the_erm_teacher_trained_on_the_whole_shard():
+    """dfr_data=public trains its base exactly as teacher=erm trains its teacher (whole shard, same seeds)."""
+    rng_y = np.random.default_rng(3)
+    y = rng_y.integers(0, 2, 120)
+    shard = _split(y, y * 2 + (rng_y.random(120) < 0.2))
+    public = _split(np.arange(40) % 2, np.arange(40) % 4, seed=1)
+    new = lambda: build_model("mlp", (1, 2, 2), 2, 1)  # noqa: E731
+    erm = TeacherModels(teacher=new(), base=None)
+    train_teacher(erm, shard, 2, 4, _teacher_cfg("erm", epochs=2), False, np.random.default_rng(5), new)
+    dfr = TeacherModels(teacher=new(), base=None)
+    train_teacher(dfr, shard, 2, 4, _teacher_cfg("dfr", epochs=2), False, np.random.default_rng(5), new,
+                  public=public)
+    for p_erm, p_base in zip(erm.teacher.parameters(), dfr.base.parameters(), strict=True):
+        assert torch.equal(p_erm, p_base)
+    assert float(dfr.extra["dfr_l2"]) in DFR_L2_GRID
+
+
+def test_public_dfr_needs_the_public_split():
+    shard = _split(np.arange(20) % 2, np.arange(20) % 2)
+    with pytest.raises(ValueError, match="public labeled split"):
+        train_teacher(_models(), shard, 2, 2, _teacher_cfg("dfr", epochs=1), False, np.random.default_rng(0),
+                      lambda: build_model("mlp", (1, 2, 2), 2, 1))
+
+
+def test_group_balanced_weights_give_every_group_equal_mass():
+    groups = np.array([0, 0, 0, 1, 2, 2])
+    w = group_balanced_weights(groups)
+    np.testing.assert_allclose(w, [1 / 9, 1 / 9, 1 / 9, 1 / 3, 1 / 6, 1 / 6], rtol=1e-6)
+    assert [w[groups == k].sum() for k in range(3)] == pytest.approx([1 / 3] * 3)
+
+
+def test_split_in_halves_halves_every_group():
+    split = _split(np.arange(30) % 2, np.array([0] * 10 + [1] * 7 + [2] * 13))
+    first, second = split_in_halves(split, np.random.default_rng(0))
+    assert np.bincount(first.g).tolist() == [5, 3, 6] and np.bincount(second.g).tolist() == [5, 4, 7]
+    assert set(first.source_index).isdisjoint(second.source_index)
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def test_tuned_last_layer_keeps_the_head_with_the_best_selection_wga():
+    """Recomputed independently: every penalty's head fitted on the first half, scored by WGA on the second; the
+    chosen strength is the argmax and the model carries exactly its head."""
+    from fedkd.dfr import _balanced_head
+    from fedkd.metrics import worst_group_accuracy
+    from fedkd.models import FeatureClassifier
+
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        y = rng.integers(0, 2, n)
+        minority = rng.random(n) < 0.2
+        spurious = np.where(minority, 1 - y, y)
+        x = np.stack([(2 * y - 1) * 0.4 + rng.normal(size=n), 3.0 * (2 * spurious - 1) + rng.normal(size=n),
+                      rng.normal(size=n), rng.normal(size=n)], 1)
+        return Split(x=x.reshape(n, 1, 2, 2).astype(np.float32), y=y, g=y * 2 + minority, a=spurious,
+                     source_index=np.arange(n))
+
+    fit, select = data(60), data(200)
+    model = FeatureClassifier(_Identity(), 4, 2)
+    start = copy.deepcopy(model.head)
+    grid = (3.0, 0.3, 0.0)
+    chosen = tuned_last_layer(model, fit, select, steps=300, lr=0.05, grid=grid)
+    x_fit, y_fit = torch.from_numpy(fit.x).flatten(1), torch.from_numpy(fit.y)
+    weights = torch.from_numpy(group_balanced_weights(fit.g))
+    scores, heads = [], []
+    for l2 in grid:
+        head = _balanced_head(start, x_fit, y_fit, weights, 300, 0.05, l2)
+        pred = head(torch.from_numpy(select.x).flatten(1)).argmax(1).numpy()
+        scores.append(worst_group_accuracy(pred, select.y, select.g))
+        heads.append(head)
+    assert len(set(scores)) > 1, scores  # the choice matters on this case
+    best = int(np.argmax(scores))
+    assert chosen == grid[best]
+    assert torch.allclose(model.head.weight, heads[best].weight)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
@@ -16,8 +16,17 @@ __all__ = ["BENCHMARKS", "Benchmark", "FederatedData", "Split", "build_benchmark
 
 @lru_cache(maxsize=4)
 def build_benchmark(cfg: DatasetConfig, seed: int) -> Benchmark:
-    """Build (once per process) the benchmark named by ``cfg.name``."""
-    return BENCHMARKS[cfg.name](cfg, seed)
+    """Build (once per process) the benchmark named by ``cfg.name``; with ``transfer_from=pool`` the pool and
+    the transfer split are merged and serve as both (the clients' training images are the public transfer set)."""
+    bench = BENCHMARKS[cfg.name](cfg, seed)
+    if cfg.transfer_from == "pool":
+        pool, transfer = bench["pool"], bench["transfer"]
+        merged = Split(**{f.name: np.concatenate([getattr(pool, f.name), getattr(transfer, f.name)])
+                          for f in fields(Split)})
+        merged = merged.subset(np.argsort(merged.source_index, kind="stable"))
+        bench = replace(bench, splits={**bench.splits, "pool": merged, "transfer": merged},
+                        description={**bench.description, "transfer_from": "pool"})
+    return bench
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Partition the client pool across clients with flwr-datasets partitioners (IID, Dirichlet)."""
+"""Partition the client pool across clients with flwr-datasets partitioners (IID, Dirichlet), or give every
+client the whole pool (AGRE-KD's setting: teachers that differ only in their seed)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from datasets import Dataset
@@ -22,6 +24,11 @@ class DirichletConfig(PartitionConfig):
     self_balancing: bool = False
 
 
+@dataclass(frozen=True)
+class WholePoolConfig(PartitionConfig):
+    repeats_examples: ClassVar[bool] = True
+
+
 def _iid(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
     return IidPartitioner(num_partitions=num_clients)
 
@@ -38,8 +45,31 @@ def _dirichlet(cfg: DirichletConfig, num_clients: int, seed: int) -> Partitioner
     )
 
 
+class WholePoolPartitioner(Partitioner):
+    """Every partition is the whole dataset: AGRE-KD trains each of its teachers on the entire biased training
+    set, with its own seed (Kenfack et al., Sec. 5.1). flwr-datasets has no partitioner that repeats the data."""
+
+    def __init__(self, num_partitions: int) -> None:
+        super().__init__()
+        self._num_partitions = num_partitions
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+    def load_partition(self, partition_id: int) -> Dataset:
+        if not 0 <= partition_id < self._num_partitions:
+            raise ValueError(f"partition {partition_id} is outside 0..{self._num_partitions - 1}")
+        return self.dataset
+
+
+def _whole(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
+    return WholePoolPartitioner(num_clients)
+
+
 PARTITIONERS.register("iid")(_iid)
 PARTITIONERS.register("dirichlet", params=DirichletConfig)(_dirichlet)
+PARTITIONERS.register("whole", params=WholePoolConfig)(_whole)
 
 
 class PartitionError(ValueError):
@@ -49,7 +79,8 @@ class PartitionError(ValueError):
 def partition_pool(
     labels: np.ndarray, groups: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: int
 ) -> list[np.ndarray]:
-    """Pool indices of every client, disjoint and covering the pool, identical for the same seed.
+    """Pool indices of every client, covering the pool (disjoint unless the partitioner repeats the data),
+    identical for the same seed.
 
     The pool is shuffled with the seed first (flwr-datasets' IID partitioner takes contiguous shards).
     """

@@ -1,0 +1,248 @@
+"""AGRE-KD's Table 1 (Kenfack et al., Colored MNIST at 99.5 / 99 / 98 / 95 % bias-aligned) side by side with the
+paper, then the same layout on federated shards; through the in-process grid (the round loop of Flower's engines,
+without Ray).
+
+    .venv/bin/python bench/table1_study.py                    # every missing cell, then docs/results.md
+    .venv/bin/python bench/table1_study.py --threads 1 [--reverse]   # two workers sharing the cells
+    .venv/bin/python bench/table1_study.py --report-only      # only rebuild the report from the finished rows
+
+The paper's setting is the preset ``experiment=agre_table1`` (conf/experiment/agre_table1.yaml). Every finished
+(cell, seed) is appended to docs/table1_study.jsonl at once; a rerun skips it. Cells whose clients train
+identically are adjacent, so that a seed's teachers are trained once and shared by every method
+(``TrainedTeacherCache``, which also reuses their answers).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from studies import ROOT, read_rows, run_cell, study_main, write_section  # noqa: E402
+
+from server.inprocess import TrainedTeacherCache  # noqa: E402
+
+RESULTS = ROOT / "docs" / "table1_study.jsonl"
+PLOT = ROOT / "docs" / "table1_study.png"
+SEEDS = (0, 1, 2)
+NAME = "table 1 study"
+BIASES = (0.995, 0.99, 0.98, 0.95)
+METHODS = {"mean": "AVER", "random": "Random", "aekd": "AE-KD", "agre": "AGRE-KD"}
+TEACHERS = {"erm": ["teacher=erm"], "dfr": ["teacher=dfr"]}
+
+# The paper's Table 1 (average / WGA, %), read from its PDF (docs/AGRE-KD.pdf of dat-tran05/robust-ensemble-kd);
+# keys: (row, teachers), values per bias ratio in BIASES order.
+PAPER: dict[tuple[str, str], tuple[tuple[float, float], ...]] = {
+    ("Teacher", "erm"): ((37.4, 30.5), (55.3, 50.4), (71.7, 68.7), (87.7, 86.3)),
+    ("Teacher", "dfr"): ((58.4, 54.7), (66.0, 63.1), (80.3, 78.1), (83.4, 81.7)),
+    ("Deep Ens.", "erm"): ((36.2, 29.2), (56.2, 51.4), (74.4, 71.5), (89.6, 88.4)),
+    ("Deep Ens.", "dfr"): ((72.8, 69.8), (77.7, 75.3), (84.2, 82.5), (90.0, 88.9)),
+    ("One-hot", "erm"): ((26.9, 19.0), (29.3, 21.6), (34.5, 27.4), (47.0, 41.4)),
+    ("One-hot", "dfr"): ((53.6, 52.6), (51.9, 51.7), (81.5, 80.0), (61.8, 60.9)),
+    ("Random", "erm"): ((25.0, 16.7), (26.5, 18.5), (29.4, 21.7), (41.1, 34.6)),
+    ("Random", "dfr"): ((53.2, 48.5), (49.7, 44.5), (39.3, 32.6), (41.8, 35.5)),
+    ("AVER", "erm"): ((33.9, 26.5), (51.6, 46.2), (72.2, 69.1), (89.3, 88.1)),
+    ("AVER", "dfr"): ((54.1, 49.0), (62.8, 58.7), (86.5, 85.0), (88.5, 87.3)),
+    ("AE-KD", "erm"): ((36.2, 29.2), (55.0, 50.0), (73.4, 70.5), (89.7, 88.6)),
+    ("AE-KD", "dfr"): ((58.8, 54.5), (69.4, 66.3), (86.6, 85.1), (88.1, 86.9)),
+    ("AGRE-KD", "erm"): ((36.3, 29.2), (55.5, 51.5), (74.2, 71.4), (90.2, 89.1)),
+    ("AGRE-KD", "dfr"): ((63.9, 59.9), (70.7, 67.5), (87.5, 86.2), (89.0, 88.7)),
+}
+
+# The federated counterpart: full-MNIST Colored MNIST, 10 clients on disjoint shards (IID, or Dirichlet 0.3 over
+# labels), a held-out transfer pool, the same teachers (cnn_wide) and student as the preset, 2 rounds.
+FEDERATED_BIASES = (0.99, 0.95)
+FEDERATED_BASE = ["dataset=cmnist", "dataset.source=mnist", "dataset.test_per_class=1000", "dataset.val_per_class=500",
+                  "dataset.transfer_fraction=0.1", "teacher=dfr", "teacher.arch=cnn_wide", "teacher.epochs=2",
+                  "teacher.weight_decay=0.0001", "student.epochs=6", "student.weight_decay=0.0001",
+                  "federation.num_rounds=2"]
+PARTITIONS = {"iid": ["partition=iid"],
+              "dirichlet 0.3": ["partition=dirichlet", "partition.by=label", "partition.alpha=0.3"]}
+FEDERATED_METHODS = {"mean": ["aggregator=mean"], "agre": ["aggregator=agre"], "agre_fed": ["aggregator=agre_fed"],
+                     "support": ["aggregator=support"]}
+
+
+def _cells() -> dict[str, list[str]]:
+    cells = {}
+    for bias in BIASES:
+        for teachers, teacher_overrides in TEACHERS.items():
+            for method in METHODS:
+                references = ["baselines.centralized=true"] if teachers == "erm" and method == "mean" else \
+                    ["baselines.centralized=false"]
+                cells[f"paper | {bias} | {teachers} | {method}"] = [
+                    "experiment=agre_table1", f"dataset.bias_ratio={bias}", *teacher_overrides,
+                    f"aggregator={method}", *references, "runs_dir=runs/table1_study"]
+    for bias in FEDERATED_BIASES:
+        for partition, partition_overrides in PARTITIONS.items():
+            for dfr_data in ("public", "local"):
+                for method, method_overrides in FEDERATED_METHODS.items():
+                    cells[f"federated {partition} | {bias} | dfr {dfr_data} | {method}"] = [
+                        *FEDERATED_BASE, f"dataset.bias_ratio={bias}", *partition_overrides,
+                        f"teacher.dfr_data={dfr_data}", *method_overrides, "runs_dir=runs/table1_study"]
+    return cells
+
+
+CELLS = _cells()
+
+
+def _short(report: dict) -> dict:
+    return {"average_accuracy": report["accuracy"], "worst_group_accuracy": report["two_group_worst_group_accuracy"],
+            "worst_group_accuracy_20": report["worst_group_accuracy"]}
+
+
+def make_row(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
+    overrides = [*CELLS[cell], f"seed={seed}"]
+    summary, records, seconds, reused = run_cell(overrides, cache)
+    setting, bias, teachers, method = (part.strip() for part in cell.split("|"))
+    test, baselines = summary["test"], summary["baselines"]
+    ensemble = baselines["ensemble"]
+    members = [m["two_group_worst_group_accuracy"] for m in ensemble["members"]]
+    references = {
+        "teacher_mean": {"average_accuracy": float(np.mean([m["accuracy"] for m in ensemble["members"]])),
+                         "worst_group_accuracy": float(np.mean(members))},
+        "deep_ensemble_mean": _short(ensemble), "deep_ensemble_vote": _short(ensemble["vote"]),
+    }
+    for name in ("centralized_erm", "centralized_erm_dfr"):
+        if name in baselines:
+            references[name] = _short(baselines[name])
+    return {
+        "cell": cell, "seed": seed, "setting": setting, "bias_ratio": float(bias),
+        "teachers": teachers.replace("dfr ", "dfr_"), "method": method, "overrides": overrides,
+        "average_accuracy": test["accuracy"], "worst_group_accuracy": test["two_group_worst_group_accuracy"],
+        "worst_group_accuracy_20": test["worst_group_accuracy"],
+        "bias_aligned_accuracy": test["bias_aligned_accuracy"], "references": references,
+        "aggregator_stats": {k: v for k, v in records[-1]["aggregator_stats"].items()
+                             if k in ("biased_client", "mean_weight_per_teacher")},
+        "teachers_reused": reused, "run_dir": summary["run_dir"], "seconds": seconds,
+        # the row printer of studies.run_missing reads these two
+        "accuracy": test["accuracy"],
+    }
+
+
+def _mean(rows: list[dict], key: str, reference: str | None = None) -> tuple[float, float, int] | None:
+    values = [(r["references"][reference] if reference else r)[key] for r in rows
+              if reference is None or reference in r["references"]]
+    return (100 * float(np.mean(values)), 100 * float(np.std(values)), len(values)) if values else None
+
+
+def _cell_text(ours: tuple | None, ours_wga: tuple | None, paper: tuple[float, float]) -> str:
+    if ours is None or ours_wga is None:
+        return f"– (paper {paper[0]:.1f} / {paper[1]:.1f})"
+    gap = ours_wga[0] - paper[1]
+    return (f"{ours[0]:.1f} / {ours_wga[0]:.1f} ± {ours_wga[1]:.1f} (paper {paper[0]:.1f} / {paper[1]:.1f}; "
+            f"WGA {gap:+.1f})")
+
+
+def _paper_rows(rows: list[dict]) -> list[tuple[str, str, list[tuple | None], list[tuple | None]]]:
+    """(row, teachers, [ours average per bias], [ours WGA per bias]) in the paper's layout."""
+    out = []
+    sources = {"Teacher": ("mean", "teacher_mean"), "Deep Ens.": ("mean", "deep_ensemble_mean"),
+               "Deep Ens. (vote)": ("mean", "deep_ensemble_vote")}
+    for label, (method, reference) in sources.items():
+        for teachers in TEACHERS:
+            got = [[r for r in rows if r["bias_ratio"] == b and r["teachers"] == teachers and r["method"] == method]
+                   for b in BIASES]
+            out.append((label, teachers, [_mean(g, "average_accuracy", reference) for g in got],
+                        [_mean(g, "worst_group_accuracy", reference) for g in got]))
+    for teachers, reference in (("erm", "centralized_erm"), ("dfr", "centralized_erm_dfr")):
+        got = [[r for r in rows if r["bias_ratio"] == b and r["teachers"] == "erm" and r["method"] == "mean"]
+               for b in BIASES]
+        out.append(("One-hot", teachers, [_mean(g, "average_accuracy", reference) for g in got],
+                    [_mean(g, "worst_group_accuracy", reference) for g in got]))
+    for method, label in METHODS.items():
+        for teachers in TEACHERS:
+            got = [[r for r in rows if r["bias_ratio"] == b and r["teachers"] == teachers and r["method"] == method]
+                   for b in BIASES]
+            out.append((label, teachers, [_mean(g, "average_accuracy") for g in got],
+                        [_mean(g, "worst_group_accuracy") for g in got]))
+    return out
+
+
+def _plot(table: list) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, teachers in zip(axes, TEACHERS, strict=True):
+        for i, (label, kind, _, wga) in enumerate(r for r in table if r[1] == teachers):
+            colour = f"C{i}"
+            xs = [b for b, w in zip(BIASES, wga, strict=True) if w is not None]
+            ax.plot(xs, [w[0] for w in wga if w is not None], "o-", color=colour, label=f"{label} (fedkd)")
+            paper = PAPER.get((label, kind))
+            if paper:
+                ax.plot(BIASES, [p[1] for p in paper], "x--", color=colour, alpha=0.6)
+        ax.set_title(f"{'ERM' if teachers == 'erm' else 'DFR-debiased'} teachers (x--: the paper)")
+        ax.set_xlabel("bias-aligned fraction of the training set")
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("two-group WGA (%)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def _federated_table(rows: list[dict]) -> list[str]:
+    lines = ["| setting | bias | DFR data | " + " | ".join(FEDERATED_METHODS) + " | teachers | one run |",
+             "|---|---|---|" + "---|" * (len(FEDERATED_METHODS) + 2)]
+    for partition in PARTITIONS:
+        for bias in FEDERATED_BIASES:
+            for dfr_data in ("public", "local"):
+                got = [r for r in rows if r["setting"] == f"federated {partition}" and r["bias_ratio"] == bias
+                       and r["teachers"] == f"dfr_{dfr_data}"]
+                if not got:
+                    continue
+                cells = []
+                for method in FEDERATED_METHODS:
+                    mine = [r for r in got if r["method"] == method]
+                    acc, wga = _mean(mine, "average_accuracy"), _mean(mine, "worst_group_accuracy")
+                    cells.append("–" if acc is None else f"{acc[0]:.1f} / {wga[0]:.1f} (n={wga[2]})")
+                teacher = _mean(got, "worst_group_accuracy", "teacher_mean")
+                teacher_acc = _mean(got, "average_accuracy", "teacher_mean")
+                seconds = np.mean([r["seconds"] for r in got])
+                lines.append(f"| {partition} | {bias} | {dfr_data} | " + " | ".join(cells)
+                             + f" | {teacher_acc[0]:.1f} / {teacher[0]:.1f} | {seconds:.0f} s |")
+    return lines
+
+
+def report() -> None:
+    rows = read_rows(RESULTS)
+    paper_rows = [r for r in rows if r["setting"] == "paper"]
+    hours = sum(r["seconds"] for r in rows) / 3600
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        "## AGRE-KD's Table 1, side by side (Colored MNIST)", "",
+        "Commands (resumable; finished cells are skipped), two workers on 2 cores: "
+        "`mkdir -p runs; nohup .venv/bin/python bench/table1_study.py --threads 1 > runs/table1_study.log 2>&1 &` "
+        "and `nohup .venv/bin/python bench/table1_study.py --threads 1 --reverse > runs/table1_study.2.log 2>&1 &`, "
+        "then `.venv/bin/python bench/table1_study.py --report-only`. Raw rows: `docs/table1_study.jsonl` (one "
+        "object per run, with its overrides and provenance); plot: `docs/table1_study.png`. "
+        f"{len(rows)} runs in {hours:.2f} h (in-process grid, CPU), seeds {seeds}.", "",
+        "Setting: `experiment=agre_table1` (conf/experiment/agre_table1.yaml): 10 teachers, each on the whole "
+        "55000-image biased pool of full MNIST with its own seed, distilled at τ = 4 without labels into the "
+        "two-layer `cnn` on that same pool; DFR teachers: ERM base, last layer refitted group-balanced on half of "
+        "the 5000-image labeled split (500 per digit, colours independent of the digit), L2 chosen on the other "
+        "half; test: 10000 images, colours independent of the digit. WGA is the paper's two-group one (accuracy "
+        "on the bias-conflicting test images); each cell: ours average / WGA ± std over seeds (the paper's average "
+        "/ WGA; our WGA minus the paper's). Teacher: the 10 teachers' mean; Deep Ens.: the mean of their "
+        "probabilities, (vote): their majority vote; One-hot: the `cnn` trained with labels on the biased pool "
+        "(`centralized_erm`), + DFR on the labeled split as the teachers' (`centralized_erm_dfr`).", "",
+        "| row | teachers | " + " | ".join(f"{100 * b:g} %" for b in BIASES) + " |",
+        "|---|---|" + "---|" * len(BIASES),
+    ]
+    table = _paper_rows(paper_rows)
+    for label, teachers, acc, wga in table:
+        paper = PAPER.get((label, teachers), ((float("nan"), float("nan")),) * len(BIASES))
+        lines.append(f"| {label} | {'ERM' if teachers == 'erm' else 'DFR'} | "
+                     + " | ".join(_cell_text(a, w, p) for a, w, p in zip(acc, wga, paper, strict=True)) + " |")
+    if paper_rows:
+        _plot(table)
+    lines += ["", "### The federated counterpart", "",
+              "10 clients on disjoint shards of the same full-MNIST pool (IID, or Dirichlet α = 0.3 over labels), a "
+              "held-out transfer pool (10 %), 2 rounds; DFR teachers with their head refitted on the server's "
+              "public labeled split (`public`) or on 20 % of their own shard (`local`). Student average / two-group "
+              "WGA (%); overrides in each row's `overrides`.", ""]
+    lines += _federated_table([r for r in rows if r["setting"] != "paper"])
+    write_section("table1-study", lines)
+
+
+if __name__ == "__main__":
+    study_main(__doc__, NAME, RESULTS, list(CELLS), SEEDS, make_row, report)
