@@ -60,6 +60,7 @@ def study_arguments(doc: str) -> argparse.Namespace:
     parser.add_argument("--max-cells", type=int, default=0, help="stop after running this many cells (0: all)")
     parser.add_argument("--seeds", type=lambda text: tuple(int(s) for s in text.split(",")), default=None,
                         help="run only these seeds, comma separated (default: all of the study's)")
+    parser.add_argument("--match", default="", help="run only the cells whose name contains this text")
     return parser.parse_args()
 
 
@@ -134,7 +135,7 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
     claims = path.with_suffix(".claims")
     claims.mkdir(exist_ok=True)
     finished = _finished(path)
-    order = cells[::-1] if args.reverse else cells  # a reversed worker meets the forward one mid-seed
+    order = [c for c in (cells[::-1] if args.reverse else cells) if args.match in c]  # reversed: meets mid-seed
     seeds = tuple(s for s in seeds if args.seeds is None or s in args.seeds)
     todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in order if (c, s) not in finished]
     print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} not finished", flush=True)

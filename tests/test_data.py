@@ -100,3 +100,19 @@ def test_mnist_lt_counts_follow_profile_and_test_is_balanced():
     assert np.bincount(bench["test"].y).tolist() == [100] * 10
     assert np.array_equal(bench["test"].g, bench["test"].y)
     assert bench["pool"].x.shape[1:] == (1, 28, 28)
+
+
+def test_transfer_from_pool_merges_pool_and_transfer_into_one_training_set():
+    held_out = build_benchmark(BENCHMARKS.config("cmnist", bias_ratio=0.98), 0)
+    merged = build_benchmark(BENCHMARKS.config("cmnist", bias_ratio=0.98, transfer_from="pool"), 0)
+    assert merged["pool"] is merged["transfer"]
+    expected = np.sort(np.concatenate([held_out["pool"].source_index, held_out["transfer"].source_index]))
+    assert np.array_equal(merged["pool"].source_index, expected)
+    # the images are those of the held-out construction, moved, not redrawn; val and test are untouched
+    position = {int(i): k for k, i in enumerate(merged["pool"].source_index)}
+    for split in ("pool", "transfer"):
+        at = [position[int(i)] for i in held_out[split].source_index]
+        assert np.array_equal(merged["pool"].x[at], held_out[split].x)
+        assert np.array_equal(merged["pool"].a[at], held_out[split].a)
+    for split in ("val", "test"):
+        assert np.array_equal(merged[split].x, held_out[split].x)

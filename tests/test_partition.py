@@ -80,3 +80,17 @@ def test_same_seed_gives_same_partitions_in_a_fresh_process():
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert here == there
+
+
+def test_whole_gives_every_client_the_whole_pool():
+    y = _labels(50)
+    parts = partition_pool(y, y, PARTITIONERS.config("whole"), num_clients=4, seed=0)
+    assert len(parts) == 4 and all(np.array_equal(p, np.arange(50)) for p in parts)
+
+
+def test_privacy_is_refused_when_every_client_holds_every_example():
+    from fedkd.config import ConfigError
+    from fedkd.validation import load_run_config
+
+    with pytest.raises(ConfigError, match="partition.name.*protects an example held by one client"):
+        load_run_config(["partition=whole", "privacy=central_gaussian", "privacy.epsilon=4", "aggregator=mean"])

@@ -17,7 +17,7 @@ import studies  # noqa: E402
 def test_each_new_row_carries_commit_command_date_and_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(studies.ROOT / "bench" / "seed_study.py"), "--threads", "1"])
     rows = tmp_path / "study.jsonl"
-    args = argparse.Namespace(threads=0, reverse=False, seeds=None, max_cells=0)
+    args = argparse.Namespace(threads=0, reverse=False, seeds=None, max_cells=0, match="")
     studies.run_missing("study", rows, ["a", "b"], (0,),
                         lambda cell, seed, cache: {"cell": cell, "seed": seed, "accuracy": 0.5,
                                                    "worst_group_accuracy": 0.25, "seconds": 1.0},
