@@ -89,9 +89,10 @@ class DpSgdConfig(GaussianPrivacyConfig):
         if parts.teacher_model.get("batch_norm"):
             fail("teacher.arch", run.teacher.arch, "privacy=dpsgd: Opacus computes no per-sample gradients through "
                  "the BatchNorm layers of this model; use teacher.arch=cnn or mlp")
-        if not parts.teacher.dpsgd_compatible:
+        if not parts.teacher.covered_by_dpsgd(run.teacher):
             fail("teacher.objective", run.teacher.objective, "privacy=dpsgd trains teachers with Opacus DP-SGD on "
-                 "cross-entropy; this objective uses the shard in ways DP-SGD does not cover: use teacher=erm")
+                 "cross-entropy; this objective uses the shard in ways DP-SGD does not cover: use teacher=erm, "
+                 "or teacher=dfr with teacher.dfr_data=public")
         if parts.aggregator.needs_class_counts(run.aggregator):
             if not self.count_noise > 0:
                 fail(f"{section}.count_noise", self.count_noise, f"aggregator={run.aggregator.name} reads the "

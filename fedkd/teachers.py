@@ -48,6 +48,11 @@ class TeacherObjective(ABC):
     # whether DP-SGD (cross-entropy through Opacus) trains exactly this objective, so that privacy=dpsgd covers it
     dpsgd_compatible: ClassVar[bool] = False
 
+    @classmethod
+    def covered_by_dpsgd(cls, cfg: TeacherConfig) -> bool:
+        """Whether privacy=dpsgd covers everything this objective, so configured, does with the shard."""
+        return cls.dpsgd_compatible
+
     def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
                  public: Split | None = None) -> None:
         self.cfg = cfg
@@ -56,6 +61,11 @@ class TeacherObjective(ABC):
     @abstractmethod
     def loss(self, logits: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Scalar loss of one minibatch."""
+
+    def fit_private(self, models: TeacherModels, shard: Split, privacy: ClientPrivacy,
+                    generator: np.random.Generator) -> float:
+        """One round under privacy=dpsgd: DP-SGD on cross-entropy (``fit_dpsgd``); the teacher is its own base."""
+        return fit_dpsgd(models, shard, self.cfg, privacy)
 
     def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
             new_model: Callable[[], nn.Module]) -> float:
@@ -188,7 +198,28 @@ class DFR(ERM):
     the head on group-balanced subsets of that part, for a client that has no public labeled data. The base is
     kept: it is the biased model AGRE-KD needs (METHODS.md "dfr")."""
 
-    dpsgd_compatible = False
+    @classmethod
+    def covered_by_dpsgd(cls, cfg: TeacherConfig) -> bool:
+        """The public variant refits the head on public data only: post-processing of the DP-SGD base."""
+        return cfg.dfr_data == "public"
+
+    def fit_private(self, models: TeacherModels, shard: Split, privacy: ClientPrivacy,
+                    generator: np.random.Generator) -> float:
+        """DP-SGD trains the base (which the last round's teacher is not: its head was refitted), then the head is
+        refitted on the public split as without privacy; the client's ε is the base's."""
+        if models.base is not None:
+            models.teacher = models.base
+        loss = fit_dpsgd(models, shard, self.cfg, privacy)
+        self._refit_head_on_public(models, generator)
+        return loss
+
+    def _refit_head_on_public(self, models: TeacherModels, generator: np.random.Generator) -> None:
+        if self.public is None:
+            raise ValueError("teacher.dfr_data=public needs the server's public labeled split")
+        models.teacher = copy.deepcopy(models.base)
+        fit_half, select_half = split_in_halves(self.public, generator)
+        l2 = tuned_last_layer(models.teacher, fit_half, select_half, self.cfg.dfr_steps, self.cfg.dfr_lr)
+        models.extra["dfr_l2"] = torch.tensor(l2)
 
     def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
             new_model: Callable[[], nn.Module]) -> float:
@@ -204,10 +235,7 @@ class DFR(ERM):
         if self.public is None:
             raise ValueError("teacher.dfr_data=public needs the server's public labeled split")
         loss = fit_on(models.base, shard, self.loss, self.cfg, generator)
-        models.teacher = copy.deepcopy(models.base)
-        fit_half, select_half = split_in_halves(self.public, generator)
-        l2 = tuned_last_layer(models.teacher, fit_half, select_half, self.cfg.dfr_steps, self.cfg.dfr_lr)
-        models.extra["dfr_l2"] = torch.tensor(l2)
+        self._refit_head_on_public(models, generator)
         return loss
 
 
@@ -257,7 +285,7 @@ def train_teacher(models: TeacherModels, shard: Split, num_classes: int, num_gro
                   privacy: ClientPrivacy | None = None, public: Split | None = None) -> float:
     """One round of the configured objective on the shard (with DP-SGD under ``privacy=dpsgd``), ``public``
     the server's labeled split for objectives that use it; returns the last epoch's mean loss."""
-    if privacy is not None and privacy.dp_sgd:
-        return fit_dpsgd(models, shard, cfg, privacy)
     objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg, public)
+    if privacy is not None and privacy.dp_sgd:
+        return objective.fit_private(models, shard, privacy, generator)
     return objective.fit(models, shard, keep_base, generator, new_model)

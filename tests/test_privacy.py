@@ -173,6 +173,28 @@ def test_dpsgd_teacher_epsilon_is_opacus_own_report_and_meets_the_target():
     assert second.class_counts == [0] * len(second.class_counts)  # no exact statistic of the shard leaves
 
 
+def test_dpsgd_dfr_teacher_is_the_dp_base_with_a_head_refitted_on_public_data():
+    """Public DFR under DP-SGD: the base is exactly the DP-SGD ERM teacher in every round (the refitted head never
+    enters the private training), the teacher differs from it only in the head, and ε is the base's."""
+    rounds = {}
+    for teacher in ("erm", "dfr"):
+        cfg = load_run_config([*FAST, "privacy=dpsgd", "privacy.epsilon=4", "federation.num_rounds=2",
+                               f"teacher={teacher}", *(["teacher.dfr_steps=20"] if teacher == "dfr" else [])])
+        job = client_job(cfg)
+        state, _ = train_local_teacher(job, 0, 1, None)
+        rounds[teacher] = train_local_teacher(job, 0, 2, state)
+    (erm_state, erm_report), (dfr_state, dfr_report) = rounds["erm"], rounds["dfr"]
+    for name, tensor in erm_state["teacher"].items():
+        assert torch.equal(dfr_state["base"][name], tensor), name
+        assert torch.equal(dfr_state["teacher"][name], tensor) != name.startswith("head."), name
+    assert dfr_report.epsilon == erm_report.epsilon
+
+
+def test_dpsgd_refuses_dfr_on_the_clients_own_shard():
+    with pytest.raises(ConfigError, match="teacher.objective"):
+        load_run_config([*FAST, "privacy=dpsgd", "privacy.epsilon=4", "teacher=dfr", "teacher.dfr_data=local"])
+
+
 def test_noisy_class_counts_are_released_once_and_accounted():
     cfg = load_run_config([*FAST, "aggregator=support", "privacy=dpsgd", "privacy.epsilon=null",
                            "privacy.noise_multiplier=1.0", "privacy.count_noise=5"])
