@@ -135,7 +135,10 @@ def _mean(rows: list[dict], key: str, reference: str | None = None) -> tuple[flo
     return (100 * float(np.mean(values)), 100 * float(np.std(values)), len(values)) if values else None
 
 
-def _cell_text(ours: tuple | None, ours_wga: tuple | None, paper: tuple[float, float]) -> str:
+def _cell_text(ours: tuple | None, ours_wga: tuple | None, paper: tuple[float, float] | None) -> str:
+    if paper is None:
+        return "–" if ours is None or ours_wga is None else \
+            f"{ours[0]:.1f} / {ours_wga[0]:.1f} ± {ours_wga[1]:.1f} (no such row in the paper)"
     if ours is None or ours_wga is None:
         return f"– (paper {paper[0]:.1f} / {paper[1]:.1f})"
     gap = ours_wga[0] - paper[1]
@@ -239,7 +242,7 @@ def report() -> None:
     ]
     table = _paper_rows(paper_rows)
     for label, teachers, acc, wga in table:
-        paper = PAPER.get((label, teachers), ((float("nan"), float("nan")),) * len(BIASES))
+        paper = PAPER.get((label, teachers), (None,) * len(BIASES))
         lines.append(f"| {label} | {'ERM' if teachers == 'erm' else 'DFR'} | "
                      + " | ".join(_cell_text(a, w, p) for a, w, p in zip(acc, wga, paper, strict=True)) + " |")
     if paper_rows:
