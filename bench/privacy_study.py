@@ -79,8 +79,7 @@ def _attack(grid: InProcessGrid, cfg, run_dir: str, seed: int) -> dict:
     bench = data.benchmark
     transfer = bench["transfer"]
     rng = np.random.default_rng([seed, 11])
-    unseen = np.setdiff1d(np.arange(len(transfer)), grid.fedkd_queried)
-    nonmember = transfer.subset(rng.choice(unseen, size=min(MIA_SAMPLE, len(unseen)), replace=False))
+    nonmember = grid.unqueried_sample(transfer, rng, MIA_SAMPLE)
     teachers = []
     for pid in range(cfg.federation.num_clients):
         shard = data.shard(pid)
@@ -112,6 +111,11 @@ class RecordingGrid(InProcessGrid):
     def __init__(self, client_app, num_nodes: int) -> None:
         super().__init__(client_app, num_nodes)
         self.fedkd_queried = np.zeros(0, dtype=np.int64)
+
+    def unqueried_sample(self, transfer, rng: np.random.Generator, size: int):  # noqa: ANN001, ANN201
+        """Up to ``size`` transfer points no teacher was asked about (and so the student never saw): non-members."""
+        unseen = np.setdiff1d(np.arange(len(transfer)), self.fedkd_queried)
+        return transfer.subset(rng.choice(unseen, size=min(size, len(unseen)), replace=False))
 
     def push_messages(self, messages):
         from fedkd import protocol
@@ -228,7 +232,7 @@ def _group_auc_range(rows: list[dict], key: str) -> str:
     return f"{min(aucs):.2f}–{max(aucs):.2f}" if aucs else "–"
 
 
-def _group_columns(names: list[str]) -> dict[str, list[str]]:
+def group_columns(names: list[str]) -> dict[str, list[str]]:
     """Columns of the per-group drop table: every group when there are at most 10 (MNIST-LT's classes, head
     first), else the groups pooled by their kind (Colored MNIST: aligned vs conflicting)."""
     if len(names) <= 10:
@@ -247,7 +251,7 @@ def _group_drop_tables(rows: list[dict], eps: float = 8.0) -> list[str]:
         names = next((list(r[0]["per_group_accuracy"]) for r in refs.values() if r), None)
         if names is None:
             continue
-        columns = _group_columns(names)
+        columns = group_columns(names)
         lines += ["", f"Accuracy lost per group at ε = {eps:g} against ε = ∞ (same aggregator), {dataset}; "
                   "positive = worse, mean over seeds:", "",
                   "| mechanism | aggregator | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]

@@ -183,10 +183,11 @@ def write_section(marker: str, lines: list[str]) -> None:
         REPORT.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
 
 
-def provenance(stem: str, rows: list[dict]) -> str:
+def provenance(stem: str, rows: list[dict], plots: list[str] | None = None) -> str:
     """The report's first sentences: how to rerun the study, where its rows and plot are, how much it ran."""
     hours = sum(r["seconds"] for r in rows) / 3600
+    plot_names = ", ".join(f"`docs/{name}`" for name in (plots or [f"{stem}.png"]))
     return (f"Command (resumable): `mkdir -p runs; nohup .venv/bin/python bench/{stem}.py > runs/{stem}.log 2>&1 &`. "
             f"Raw rows: `docs/{stem}.jsonl` (each row's `provenance`: commit, command, date, machine; rows without "
-            f"one: `docs/{stem}.provenance.json`); plot: `docs/{stem}.png`. {len(rows)} runs in {hours:.2f} h "
+            f"one: `docs/{stem}.provenance.json`); plot: {plot_names}. {len(rows)} runs in {hours:.2f} h "
             "(in-process grid, CPU).")

@@ -28,6 +28,7 @@ from fedkd.accounting import (
     gaussian_rdp,
     gnmax,
     gnmax_rdp_data_dependent,
+    threshold_rdp_data_dependent,
 )
 from fedkd.config import ClientPrivacy, Components, PrivacyConfig, RunConfig, fail, non_negative, positive
 from fedkd.noise import gaussian_noise, project_to_simplex
@@ -105,9 +106,8 @@ class DpSgdConfig(GaussianPrivacyConfig):
 
 @dataclass(frozen=True)
 class GNMaxConfig(NoisyPrivacyConfig):
-    # T: answer only when the top vote count + N(0, σ1²) reaches it (0 = plain GNMax, every query answered)
-    threshold: float = field(default=0.0, metadata=non_negative(" (0 = plain GNMax, every query answered)"))
-    threshold_sigma: float = field(default=0.0, metadata=non_negative())  # σ1 of the threshold check
+    threshold: float | None = None  # T: answer only when the top vote count + N(0, σ1²) reaches it (None: plain GNMax)
+    threshold_sigma: float | None = None  # σ1 of the threshold check
 
     def check(self, section: str, run: RunConfig, parts: Components) -> None:
         if not parts.aggregator.plurality_vote:
@@ -115,10 +115,24 @@ class GNMaxConfig(NoisyPrivacyConfig):
                  "votes; it replaces the aggregator: use aggregator=vote (a weighted vote has no bounded "
                  "sensitivity)")
         super().check(section, run, parts)
-        if self.threshold > 0 and not self.threshold_sigma > 0:
-            fail(f"{section}.threshold_sigma", self.threshold_sigma, "confident GNMax (privacy.threshold > 0) needs "
-                 "σ1 > 0")
-        if self.threshold > 0 and self.noise_multiplier is None:
+        if self.threshold is None:
+            if self.threshold_sigma is not None:
+                fail(f"{section}.threshold_sigma", self.threshold_sigma, "σ1 is the noise of confident GNMax's "
+                     "threshold check, and privacy.threshold is null (plain GNMax): set privacy.threshold too, or "
+                     "leave privacy.threshold_sigma null")
+            return
+        teachers = run.federation.num_clients
+        if not self.threshold > 0:
+            fail(f"{section}.threshold", self.threshold, "must be > 0 (leave it null for plain GNMax, which answers "
+                 "every query)")
+        if self.threshold > teachers:
+            fail(f"{section}.threshold", self.threshold, f"is above the number of teachers "
+                 f"(federation.num_clients={teachers}), the largest a top vote count can be: the check would refuse "
+                 f"nearly every query; choose a threshold ≤ {teachers} (PATE on MNIST: 200 of 250 teachers)")
+        if self.threshold_sigma is None or not self.threshold_sigma > 0:
+            fail(f"{section}.threshold_sigma", self.threshold_sigma, "confident GNMax (privacy.threshold set) needs "
+                 "the noise of its threshold check, σ1 > 0")
+        if self.noise_multiplier is None:
             fail(f"{section}.noise_multiplier", None, "confident GNMax is not calibrated from a target ε here: give σ "
                  "(privacy.noise_multiplier) and σ1 (privacy.threshold_sigma); privacy.epsilon then caps the run")
 
@@ -270,9 +284,11 @@ class CentralGaussian(ServerRelease):
         noisy = project_to_simplex(q + gaussian_noise(tuple(q.shape), plan.noise_multiplier * plan.sensitivity,
                                                       generator))
         rdp = self.query_rdp(plan, n)
-        return Release(targets=noisy.float(), answered=np.ones(n, dtype=bool), rdp=rdp, rdp_data_dependent=rdp,
+        answered = np.ones(n, dtype=bool)
+        return Release(targets=noisy.float(), answered=answered, rdp=rdp, rdp_data_dependent=rdp,
                        stats={"noise_std": plan.noise_multiplier * plan.sensitivity,
-                              "l1_noise_effect": float((noisy - q).abs().sum(1).mean())})
+                              "l1_noise_effect": float((noisy - q).abs().sum(1).mean()),
+                              "per_group": _answers_per_group(answered, noisy.argmax(1).numpy(), inputs)})
 
 
 @PRIVACY_MECHANISMS.register("local_gaussian", params=GaussianPrivacyConfig)
@@ -304,14 +320,15 @@ class LocalGaussian(PrivacyMechanism):
 class GNMaxVoting(ServerRelease):
     """PATE's noisy argmax of the teachers' votes (Papernot et al. 2018, GNMax and Confident GNMax): the student
     trains on one-hot answers; refused queries are counted and dropped. Data-independent RDP λ/σ² per answer and
-    λ/(2σ₁²) per threshold check; the data-dependent bound of Theorem 6 reported beside it."""
+    λ/(2σ₁²) per threshold check; beside it the data-dependent bound of Theorem 6 on both steps: every check
+    (answered or refused) and every answer, as the mechanism ran."""
 
     unit = "client"
     data_dependent_accounting = True
 
     def plan(self, run: RunConfig, pool_size: int, shard_sizes: list[int], aggregator: type[Aggregator]) -> PrivacyPlan:
         queries = run.query.planned_queries(pool_size, run.federation.num_rounds)
-        if self.cfg.threshold > 0:
+        if self.cfg.threshold is not None:
             plan = PrivacyPlan(noise_multiplier=self.cfg.noise_multiplier, releases_per_query=1,
                                planned_queries=queries, planned_epsilon=None, cap=self.cfg.epsilon)
             one = epsilon_from_rdp(self.query_rdp(plan, 1), self.cfg.delta)
@@ -329,7 +346,7 @@ class GNMaxVoting(ServerRelease):
         if not count:
             return np.zeros_like(ORDERS)
         rdp = gaussian_rdp(plan.noise_multiplier / SQRT2, count)
-        if self.cfg.threshold > 0:
+        if self.cfg.threshold is not None:
             rdp = rdp + gaussian_rdp(self.cfg.threshold_sigma, count)
         return rdp
 
@@ -340,18 +357,38 @@ class GNMaxVoting(ServerRelease):
         answers = gnmax(votes.astype(np.float64), plan.noise_multiplier, self.cfg.threshold,
                         self.cfg.threshold_sigma, rng)
         num_answered = int(answers.answered.sum())
-        threshold_rdp = (gaussian_rdp(self.cfg.threshold_sigma, len(votes)) if self.cfg.threshold > 0
-                         else np.zeros_like(ORDERS))
-        rdp = threshold_rdp + (gaussian_rdp(plan.noise_multiplier / SQRT2, num_answered) if num_answered
-                               else np.zeros_like(ORDERS))
-        rdp_dd = threshold_rdp + sum((gnmax_rdp_data_dependent(lq, plan.noise_multiplier)
-                                      for lq in answers.log_q[answers.answered]), np.zeros_like(ORDERS))
+        zero = np.zeros_like(ORDERS)
+        if self.cfg.threshold is not None:
+            threshold_rdp = gaussian_rdp(self.cfg.threshold_sigma, len(votes))
+            threshold_rdp_dd = sum((threshold_rdp_data_dependent(lp, self.cfg.threshold_sigma)
+                                    for lp in answers.log_pr_answered), zero)
+        else:
+            threshold_rdp = threshold_rdp_dd = zero
+        rdp = threshold_rdp + (gaussian_rdp(plan.noise_multiplier / SQRT2, num_answered) if num_answered else zero)
+        rdp_dd = threshold_rdp_dd + sum((gnmax_rdp_data_dependent(lq, plan.noise_multiplier)
+                                         for lq in answers.log_q[answers.answered]), zero)
         targets = torch.nn.functional.one_hot(torch.from_numpy(answers.labels[answers.answered]), num_classes).float()
         plurality = votes.argmax(1)
         agree = answers.labels[answers.answered] == plurality[answers.answered]
         return Release(targets=targets, answered=answers.answered, rdp=rdp, rdp_data_dependent=rdp_dd,
                        stats={"answered": num_answered, "refused": int(len(votes) - num_answered),
-                              "agree_with_plurality": float(agree.mean()) if num_answered else None})
+                              "agree_with_plurality": float(agree.mean()) if num_answered else None,
+                              "per_group": _answers_per_group(answers.answered, answers.labels, inputs)})
+
+
+def _answers_per_group(answered: np.ndarray, labels: np.ndarray, inputs: AggregationInputs) -> dict:
+    """Per group of the queried points (evaluation-only labels): queries asked, answered, and how many released
+    labels (``labels``: the class each point was given, −1 where refused) were the true class; which groups a
+    threshold refuses, and how wrong the labels it lets through are."""
+    if inputs.groups is None or inputs.labels is None:
+        return {}
+    correct = answered & (labels == inputs.labels)
+    out = {}
+    for g in np.unique(inputs.groups):
+        mask = inputs.groups == g
+        out[inputs.group_names[g]] = {"asked": int(mask.sum()), "answered": int(answered[mask].sum()),
+                                      "correct": int(correct[mask].sum())}
+    return out
 
 
 class ReleasedTargets:

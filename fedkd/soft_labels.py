@@ -22,6 +22,7 @@ class AggregationInputs:
     seed: int = 0
     clients: tuple[int, ...] = ()  # partition id of each teacher row (empty: 0..M-1, every client answered)
     round: int = 0  # the server round these answers are aggregated in
+    labels: np.ndarray | None = None  # [n], true class of each point: evaluation-only, for logging a release
 
 
 def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -124,6 +124,7 @@ class PrivacySession:
             details["sensitivity"] = self.plan.sensitivity
         if self.mechanism.data_dependent_accounting:
             details["epsilon_data_dependent"] = self.ledger.epsilon_data_dependent()
+            details["epsilon_classic"], details["epsilon_data_dependent_classic"] = self.ledger.epsilon_classic()
         if self.mechanism.unit == "example":
             details["client_noise_multipliers"] = self.plan.client_noise_multipliers
             del details["invocations"]  # DP-SGD steps are counted by each client's own accountant

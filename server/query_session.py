@@ -132,6 +132,7 @@ class QuerySession:
             class_counts=self.federation.class_counts(clients),
             base_logits=base_logits,
             groups=self.data["transfer"].g[indices],
+            labels=self.data["transfer"].y[indices],
             group_names=self.data.group_names,
             seed=self.cfg.seed,
             clients=tuple(clients),

@@ -129,7 +129,12 @@ def _files(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize(("overrides", "named"), CASES, ids=[" ".join(map(str, c[0]))[:60] for c in CASES])
+def _case_id(index: int, overrides: list) -> str:
+    shown = " ".join(o if isinstance(o, str) else "<made>" for o in overrides)
+    return f"{index}:{shown[:60]}"
+
+
+@pytest.mark.parametrize(("overrides", "named"), CASES, ids=[_case_id(i, c[0]) for i, c in enumerate(CASES)])
 def test_the_command_refuses_bad_input_in_one_message(overrides, named, tmp_path, monkeypatch, capsys):
     made = tmp_path / "made"
     made.mkdir()

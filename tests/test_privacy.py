@@ -20,20 +20,23 @@ from fedkd.accounting import (
     RdpLedger,
     calibrate_gaussian,
     dpsgd_noise_multiplier,
+    epsilon_from_rdp_classic,
     gaussian_rdp,
     gnmax,
     gnmax_log_q,
     gnmax_rdp_data_dependent,
+    threshold_log_pr_answered,
+    threshold_rdp_data_dependent,
 )
 from fedkd.aggregators import AGGREGATORS
 from fedkd.config import ConfigError
 from fedkd.data import federated_data
 from fedkd.local import train_local_teacher
-from fedkd.membership import membership_auc
+from fedkd.membership import attack_metrics, lira_offline_scores, logit_confidence, membership_auc
 from fedkd.noise import project_to_simplex
 from fedkd.privacy import GNMaxVoting, PrivacyPlan
 from fedkd.results import read_metrics
-from fedkd.soft_labels import clip_rows
+from fedkd.soft_labels import AggregationInputs, clip_rows
 from fedkd.teachers import DPSGD_HISTORY
 from fedkd.validation import client_job, load_run_config
 from server.app import run_federation
@@ -54,8 +57,9 @@ def test_calibrated_sigma_gives_back_the_target_epsilon_from_opacus_accountant(e
     sigma = calibrate_gaussian(epsilon, 1e-5, count)
     accountant = RDPAccountant()
     accountant.history = [(sigma, 1.0, count)]
-    assert accountant.get_epsilon(1e-5) == pytest.approx(epsilon, rel=0.01)
-    assert accountant.get_epsilon(1e-5) <= epsilon  # the search keeps the side below the target
+    spent = accountant.get_epsilon(1e-5, alphas=list(ORDERS))
+    assert spent == pytest.approx(epsilon, rel=0.01)
+    assert spent <= epsilon  # the search keeps the side below the target
 
 
 def test_dpsgd_sigma_for_a_target_gives_it_back_over_all_rounds():
@@ -149,6 +153,73 @@ def test_gnmax_log_q_and_data_dependent_bound_on_hand_made_votes():
     assert np.allclose(split, data_independent)  # a tie: q is large and the bound falls back
 
 
+def _theorem6_plain(q: float, sigma: float, order: float) -> float:
+    """Papernot et al. 2018, Theorem 6 in its plain (not log-space) form, with Proposition 10's μ₂ = σ·sqrt(ln 1/q),
+    μ₁ = μ₂ + 1 and ε_i = μ_i/σ² (GNMax's RDP at order μ): A = (1 − q)/(1 − (q·e^ε₂)^((μ₂−1)/μ₂)),
+    B = e^ε₁/q^(1/(μ₁−1)), RDP(λ) ≤ ln((1 − q)·A^(λ−1) + q·B^(λ−1))/(λ − 1); the data-independent λ/σ² where the
+    theorem's conditions (λ < μ₁, μ₂ > 1, q ≤ e^((μ₂−1)ε₂)/(μ₁/(μ₁−1)·μ₂/(μ₂−1))^μ₂, ln 1/q > ε₂) fail."""
+    independent = order / sigma**2
+    mu2 = sigma * math.sqrt(math.log(1 / q))
+    mu1 = mu2 + 1
+    eps1, eps2 = mu1 / sigma**2, mu2 / sigma**2
+    if not (order < mu1 and mu2 > 1 and math.log(1 / q) > eps2
+            and q <= math.exp((mu2 - 1) * eps2) / (mu1 / (mu1 - 1) * mu2 / (mu2 - 1)) ** mu2):
+        return independent
+    a = (1 - q) / (1 - (q * math.exp(eps2)) ** ((mu2 - 1) / mu2))
+    b = math.exp(eps1) / q ** (1 / (mu1 - 1))
+    return min(independent, math.log((1 - q) * a ** (order - 1) + q * b ** (order - 1)) / (order - 1))
+
+
+def test_confident_gnmax_data_dependent_epsilon_matches_the_papers_formulas_on_hand_made_votes():
+    """250 teachers, MNIST's T = 200, σ1 = 150, σ2 = 40 (Papernot et al. 2018): four queries of clear consensus and
+    one split vote. q of GNMax by Proposition 7 (a union of Gaussian tails, computed here with erfc), q of the check
+    as the less likely of passing / failing, each step's RDP by Theorem 6 in plain form, summed, converted with
+    Proposition 3 of Mironov 2017; against the ledger's log-space computation at the same orders."""
+    sigma, threshold, sigma1, delta = 40.0, 200.0, 150.0, 1e-5
+    votes = np.array([[250, 0, 0], [240, 6, 4], [249, 1, 0], [230, 20, 0], [120, 110, 20]], dtype=np.float64)
+    expected = np.zeros(len(ORDERS))
+    for v in votes:
+        top = v.max()
+        q_gnmax = min(sum(0.5 * math.erfc((top - n) / (math.sqrt(2) * math.sqrt(2) * sigma))
+                          for n in np.delete(v, v.argmax())), 1 - 1 / len(v))
+        passing = 0.5 * math.erfc((threshold - top) / (math.sqrt(2) * sigma1))
+        q_check = min(passing, 1 - passing)
+        for i, order in enumerate(ORDERS):
+            expected[i] += _theorem6_plain(q_check, math.sqrt(2) * sigma1, order)
+            expected[i] += _theorem6_plain(q_gnmax, sigma, order)
+    ours = np.zeros(len(ORDERS))
+    for v, lp in zip(votes, threshold_log_pr_answered(votes, threshold, sigma1), strict=True):
+        ours += threshold_rdp_data_dependent(float(lp), sigma1) + gnmax_rdp_data_dependent(gnmax_log_q(v, sigma),
+                                                                                            sigma)
+    assert np.allclose(ours, expected, rtol=1e-9, atol=1e-12)
+    data_independent = len(votes) * (ORDERS / sigma**2 + ORDERS / (2 * sigma1**2))
+    assert epsilon_from_rdp_classic(ours, delta) == pytest.approx(
+        min(expected + math.log(1 / delta) / (ORDERS - 1)))
+    assert epsilon_from_rdp_classic(ours, delta) < epsilon_from_rdp_classic(data_independent, delta)
+    # the split vote costs its data-independent price in full; consensus queries cost far less
+    split = gnmax_rdp_data_dependent(gnmax_log_q(votes[4], sigma), sigma)
+    assert np.allclose(split, ORDERS / sigma**2)
+    low = ORDERS <= 10  # where the δ term of the conversion has the most weight
+    assert (gnmax_rdp_data_dependent(gnmax_log_q(votes[0], sigma), sigma)[low] < split[low] / 100).all()
+
+
+def test_threshold_check_cost_falls_back_to_the_data_independent_price_near_the_threshold():
+    at_threshold = threshold_log_pr_answered(np.array([[200.0, 50.0]]), 200.0, 150.0)[0]
+    assert at_threshold == pytest.approx(math.log(0.5))
+    assert np.allclose(threshold_rdp_data_dependent(at_threshold, 150.0), ORDERS / (2 * 150.0**2))
+    far = threshold_log_pr_answered(np.array([[1000.0, 0.0]]), 200.0, 10.0)[0]
+    assert far == 0.0 and not threshold_rdp_data_dependent(far, 10.0).any()  # a certain outcome costs nothing
+
+
+def test_wide_orders_reach_the_hundreds_where_confident_answers_are_cheapest():
+    assert ORDERS.max() >= 500 and (np.diff(ORDERS) > 0).all()
+    one_answer = ORDERS / 40.0**2  # one GNMax answer at σ = 40: ε(λ) = λ/1600 + ln(1e5)/(λ − 1), best at λ ≈ 137
+    narrow = 63 / 1600 + math.log(1e5) / 62  # ε(λ) still falls at 63, the largest of Opacus' orders
+    assert epsilon_from_rdp_classic(one_answer, 1e-5) == pytest.approx(
+        min(o / 1600 + math.log(1e5) / (o - 1) for o in ORDERS))
+    assert epsilon_from_rdp_classic(one_answer, 1e-5) < 0.18 < narrow  # narrow = 0.225
+
+
 def test_confident_gnmax_answers_only_above_the_threshold():
     rng = np.random.default_rng(0)
     votes = np.array([[10.0, 0.0], [5.0, 5.0], [9.0, 1.0]])
@@ -156,8 +227,27 @@ def test_confident_gnmax_answers_only_above_the_threshold():
     assert not none.answered.any() and (none.labels == -1).all()
     some = gnmax(votes, 1e-6, threshold=8.5, threshold_sigma=1e-6, rng=rng)
     assert some.answered.tolist() == [True, False, True] and some.labels.tolist() == [0, -1, 0]
-    every = gnmax(votes, 1e-6, threshold=0.0, threshold_sigma=0.0, rng=rng)
+    every = gnmax(votes, 1e-6, threshold=None, threshold_sigma=None, rng=rng)
     assert every.answered.all() and every.labels[[0, 2]].tolist() == [0, 0]
+
+
+def test_confident_gnmax_release_counts_refusals_and_correct_labels_per_group():
+    """Four teachers, three points: a unanimous vote on class 0 (true 0), a 2–2 split (true 1), a 3–1 vote for
+    class 2 whose true class is 1. With T = 2.5 and tiny noise the split is refused and both others answered; the
+    third answer is wrong."""
+    cfg = load_run_config([*FAST, "aggregator=vote", "privacy=gnmax", "privacy.epsilon=null",
+                           "privacy.noise_multiplier=1e-3", "privacy.threshold=2.5", "privacy.threshold_sigma=1e-3",
+                           "federation.num_clients=4"])
+    top = torch.tensor([[0, 0, 2], [0, 1, 2], [0, 0, 2], [0, 1, 1]])  # [teacher, point]: each teacher's top class
+    logits = torch.nn.functional.one_hot(top, 3).float() * 5.0
+    inputs = AggregationInputs(teacher_logits=logits, temperature=1.0, class_counts=torch.zeros(4, 3),
+                               groups=np.array([0, 1, 1]), group_names=("a", "b"), labels=np.array([0, 1, 1]))
+    mechanism = GNMaxVoting(cfg.privacy)
+    plan = PrivacyPlan(noise_multiplier=1e-3, releases_per_query=1, planned_queries=3, planned_epsilon=None, cap=None)
+    release = mechanism.release(plan, inputs, None, None, None, torch.Generator(), np.random.default_rng(0))
+    assert release.answered.tolist() == [True, False, True]
+    assert release.stats["per_group"] == {"a": {"asked": 1, "answered": 1, "correct": 1},
+                                          "b": {"asked": 2, "answered": 1, "correct": 0}}
 
 
 def test_dpsgd_teacher_epsilon_is_opacus_own_report_and_meets_the_target():
@@ -246,6 +336,10 @@ def test_gnmax_run_counts_answered_and_refused_queries(tmp_path):
     for r in records:
         assert r["query"]["answered"] + r["query"]["refused"] == r["query"]["num_new"] == 40
         assert r["privacy"]["epsilon_data_dependent"] <= r["epsilon_spent"] + 1e-9
+        per_group = r["query"]["per_group"].values()
+        assert sum(g["asked"] for g in per_group) == 40
+        assert sum(g["answered"] for g in per_group) == r["query"]["answered"]
+        assert all(g["correct"] <= g["answered"] <= g["asked"] for g in per_group)
     assert summary["baselines"]["ensemble"]["skipped"]
     assert all(t["class_counts"] == [0] * 10 and t["group_counts"] == [0] * 20 for t in records[-1]["teachers"])
 
@@ -264,6 +358,23 @@ def test_gnmax_run_counts_answered_and_refused_queries(tmp_path):
     (["privacy=central_gaussian", "query=rad"], "query.name"),
     (["privacy=central_gaussian", "privacy.epsilon=null"], "privacy.epsilon"),
     (["privacy=central_gaussian", "privacy.epsilon=0.01", "privacy.noise_multiplier=0.5"], "privacy.epsilon"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=0"], "privacy.noise_multiplier"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=-2"], "privacy.noise_multiplier"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold=0",
+      "privacy.threshold_sigma=1"], "privacy.threshold"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold=-3",
+      "privacy.threshold_sigma=1"], "privacy.threshold"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold=4",
+      "privacy.threshold_sigma=1"], "privacy.threshold"),  # 3 teachers: a top count never reaches 4
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold=2",
+      "privacy.threshold_sigma=0"], "privacy.threshold_sigma"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold=2"],
+     "privacy.threshold_sigma"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold_sigma=2"],
+     "privacy.threshold_sigma"),  # σ1 without a threshold does nothing
+    (["privacy=gnmax", "aggregator=vote", "privacy.threshold=2", "privacy.threshold_sigma=1"],
+     "privacy.noise_multiplier"),
+    (["privacy=gnmax", "aggregator=vote", "federation.num_clients=100000"], "federation.num_clients"),
 ])
 def test_bad_privacy_input_is_one_clear_error_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -278,6 +389,36 @@ def test_membership_auc_on_hand_made_losses():
     assert out["auc"] == pytest.approx(15 / 16)  # one pair of 16 ranked wrongly: 0.4 (member) > 0.35
     assert out["per_group_auc"] == {"a": 1.0, "b": pytest.approx(3 / 4)}
     assert membership_auc(members, members, groups, groups, ("a", "b"))["auc"] == 0.5
+
+
+def test_logit_confidence_is_the_log_odds_of_the_true_class():
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, -1.0]], dtype=np.float32)
+    phi = logit_confidence(torch.nn.Identity(), logits, np.array([0, 2]))
+    p0 = math.exp(2) / (math.exp(2) + 2)
+    p1 = math.exp(-1) / (1 + math.exp(3) + math.exp(-1))
+    assert phi == pytest.approx([math.log(p0 / (1 - p0)), math.log(p1 / (1 - p1))], rel=1e-6)
+
+
+def test_lira_offline_scores_and_attack_metrics_on_hand_made_cases():
+    shadows = np.array([[0.0, 0.0], [1.0, 1.0], [-1.0, -1.0]])  # μ_out = 0, per-example variance 1
+    assert lira_offline_scores(np.array([2.0, 0.0]), shadows) == pytest.approx(
+        [scipy.stats.norm.cdf(2.0), 0.5])
+    out = attack_metrics(np.array([0.9, 0.8, 0.3]), np.array([0.1, 0.2, 0.35, 0.4]), fprs=(0.01,))
+    assert out["auc"] == pytest.approx(10 / 12)  # 0.3 ranks below two of the four non-members
+    assert out["tpr_at_fpr_0.01"] == pytest.approx(2 / 3)  # a threshold at 0.8 takes no non-member
+
+
+def test_lira_separates_members_shifted_above_their_out_distribution():
+    """φ of members one shift above N(0, 1), the distribution of non-members and of every shadow: the attack's AUC
+    is Pr[N(2, 1) > N(0, 1)] = Φ(2/√2) ≈ 0.921."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    shadows = rng.normal(0.0, 1.0, (16, 2 * n))
+    target = np.r_[rng.normal(2.0, 1.0, n), rng.normal(0.0, 1.0, n)]
+    scores = lira_offline_scores(target, shadows)
+    out = attack_metrics(scores[:n], scores[n:])
+    assert out["auc"] == pytest.approx(scipy.stats.norm.cdf(2 / math.sqrt(2)), abs=0.01)
+    assert out["tpr_at_fpr_0.01"] > 0.2  # a 1 % FPR threshold sits at ≈ 2.33: Pr[N(2, 1) > 2.33] ≈ 0.37
 
 
 def test_a_private_run_is_reproducible(tmp_path):
