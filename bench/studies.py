@@ -123,13 +123,14 @@ def _finished(path: Path) -> set[tuple[str, int]]:
 
 def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
                 make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None],
-                args: argparse.Namespace) -> None:
+                args: argparse.Namespace, seeds_of: Callable[[str], tuple[int, ...]] | None = None) -> None:
     """Run every (cell, seed) not yet in ``path``, seed by seed (one seed's teachers cached at a time), appending
     each row at once and refreshing the report.
 
     Two processes can share the work on a 2-core machine: one with ``--threads 1``, one with ``--threads 1
     --reverse`` (seeds and cells last to first, so that the two meet once per seed and rarely train the same
-    teachers twice). A cell is claimed first (``<path>.claims/``), so no cell runs twice."""
+    teachers twice). A cell is claimed first (``<path>.claims/``), so no cell runs twice. ``seeds_of``: the seeds a
+    cell runs at, where not every cell runs at every seed of ``seeds``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     claims = path.with_suffix(".claims")
@@ -137,8 +138,9 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
     finished = _finished(path)
     order = [c for c in (cells[::-1] if args.reverse else cells) if args.match in c]  # reversed: meets mid-seed
     seeds = tuple(s for s in seeds if args.seeds is None or s in args.seeds)
-    todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in order if (c, s) not in finished]
-    print(f"{name}: {len(cells)} cells x {len(seeds)} seeds, {len(todo)} not finished", flush=True)
+    todo = [(c, s) for s in sorted(seeds, reverse=args.reverse) for c in order
+            if (c, s) not in finished and (seeds_of is None or s in seeds_of(c))]
+    print(f"{name}: {len(cells)} cells, seeds {list(seeds)}, {len(todo)} runs not finished", flush=True)
     cache, cache_seed, ran = None, None, 0
     for cell, seed in todo:
         if args.max_cells and ran == args.max_cells:
@@ -158,11 +160,12 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
 
 
 def study_main(doc: str, name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
-               make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None]) -> None:
+               make_row: Callable[[str, int, TrainedTeacherCache], dict], report: Callable[[], None],
+               seeds_of: Callable[[str], tuple[int, ...]] | None = None) -> None:
     """A study script's command line: run what is missing (unless --report-only), then rebuild the report."""
     args = study_arguments(doc)
     if not args.report_only:
-        run_missing(name, path, cells, seeds, make_row, report, args)
+        run_missing(name, path, cells, seeds, make_row, report, args, seeds_of)
     report()
 
 

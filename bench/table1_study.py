@@ -68,6 +68,8 @@ FEDERATED_BASE = ["dataset=cmnist", "dataset.source=mnist", "dataset.test_per_cl
                   "federation.num_rounds=2"]
 PARTITIONS = {"iid": ["partition=iid"],
               "dirichlet 0.3": ["partition=dirichlet", "partition.by=label", "partition.alpha=0.3"]}
+# The earlier federated finding to re-test: a one-hot student trained on the server's labeled split alone.
+FEDERATED_ONE_HOT = "federated one-hot reference"
 FEDERATED_METHODS = {"mean": ["aggregator=mean"], "agre": ["aggregator=agre"], "agre_fed": ["aggregator=agre_fed"],
                      "support": ["aggregator=support"]}
 
@@ -101,7 +103,15 @@ def _cells() -> dict[str, list[str]]:
                     cells[f"federated {partition} | {bias} | dfr {dfr_data} | {method}"] = [
                         *FEDERATED_BASE, f"dataset.bias_ratio={bias}", *partition_overrides,
                         f"teacher.dfr_data={dfr_data}", *method_overrides, "runs_dir=runs/table1_study"]
+        cells[f"{FEDERATED_ONE_HOT} | {bias} | dfr public | mean"] = [
+            *FEDERATED_BASE, f"dataset.bias_ratio={bias}", *PARTITIONS["iid"], "teacher.dfr_data=public",
+            "aggregator=mean", "baselines.one_hot=true", "runs_dir=runs/table1_study"]
     return cells
+
+
+def seeds_of(cell: str) -> tuple[int, ...]:
+    """The paper's cells run at every seed of SEEDS; the explanations and the federated counterpart at the first."""
+    return SEEDS if cell.startswith("paper |") else SEEDS[:1]
 
 
 CELLS = _cells()
@@ -124,7 +134,7 @@ def make_row(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
                          "worst_group_accuracy": float(np.mean(members))},
         "deep_ensemble_mean": _short(ensemble), "deep_ensemble_vote": _short(ensemble["vote"]),
     }
-    for name in ("centralized_erm", "centralized_erm_dfr"):
+    for name in ("centralized_erm", "centralized_erm_dfr", "one_hot"):
         if name in baselines:
             references[name] = _short(baselines[name])
     return {
@@ -280,7 +290,144 @@ def report() -> None:
             teacher = _mean(got, "worst_group_accuracy", "teacher_mean")
             lines.append(f"| {bias} | {cells[0]} | {cells[1]} | {teacher[0]:.1f} |")
     lines += _lr_explanation([r for r in rows if r["setting"] == LR_EXPLAIN], rows)
+    if paper_rows:
+        lines += _findings(rows, table)
     write_section("table1-study", lines)
+
+
+def _wga(rows: list[dict], setting: str, bias: float, teachers: str, method: str,
+         reference: str | None = None) -> float | None:
+    got = [r for r in rows if r["setting"] == setting and r["bias_ratio"] == bias and r["teachers"] == teachers
+           and r["method"] == method]
+    mean = _mean(got, "worst_group_accuracy", reference)
+    return None if mean is None else mean[0]
+
+
+def _pairs(first: list[float | None], second: list[float | None]) -> str:
+    return ", ".join(f"{100 * b:g} %: {x:.1f} → {y:.1f}" for b, x, y in zip(BIASES, first, second, strict=True)
+                     if x is not None and y is not None)
+
+
+def _findings(rows: list[dict], table: list) -> list[str]:
+    """What the table shows and why it departs from the paper, every number read from ``rows``."""
+    wga = {(label, teachers): [w[0] if w else None for w in ws] for label, teachers, _, ws in table}
+    gaps = {key: [None if w is None else w - p[1] for w, p in zip(ws, PAPER[key], strict=True)]
+            for key, ws in wga.items() if key in PAPER}
+    teachers_up = all(d is not None and e is not None and d > e
+                      for d, e in zip(wga[("Teacher", "dfr")], wga[("Teacher", "erm")], strict=True))
+    agre_up = all(g is not None and a is not None and g >= a
+                  for g, a in zip(wga[("AGRE-KD", "dfr")], wga[("AVER", "dfr")], strict=True))
+    lines = ["", "### What the table shows, and where it departs from the paper", "",
+             f"- **Debiasing works.** DFR teachers {'beat' if teachers_up else 'do NOT beat'} ERM teachers on "
+             f"two-group WGA at every bias ratio (mean of {len(SEEDS)} seeds; ERM → DFR: "
+             f"{_pairs(wga[('Teacher', 'erm')], wga[('Teacher', 'dfr')])}), and AGRE-KD with DFR teachers is "
+             f"{'at least as good as' if agre_up else 'NOT always as good as'} AVER with DFR teachers (AVER → "
+             f"AGRE-KD: {_pairs(wga[('AVER', 'dfr')], wga[('AGRE-KD', 'dfr')])}). With ERM teachers the four "
+             "weightings sit within a few points of each other, as in the paper."]
+    dfr_gaps = [g for key, gs in gaps.items() if key[1] == "dfr" and key[0] not in ("One-hot", "Random")
+                for g in gs if g is not None]
+    explain = [r for r in rows if r["setting"].startswith("explain dfr")]
+    if explain and dfr_gaps:
+        cells, small_gaps = [], []
+        for bias in EXPLAIN_BIASES:
+            i = BIASES.index(bias)
+            setting = explain[0]["setting"]
+            aver, agre = (_wga(rows, setting, bias, "dfr", m) for m in ("mean", "agre"))
+            teacher = _wga(rows, setting, bias, "dfr", "mean", "teacher_mean")
+            small_gaps += [aver - PAPER[("AVER", "dfr")][i][1], agre - PAPER[("AGRE-KD", "dfr")][i][1],
+                           teacher - PAPER[("Teacher", "dfr")][i][1]]
+            cells.append(f"at {100 * bias:g} % AVER {aver:.1f} (paper {PAPER[('AVER', 'dfr')][i][1]:.1f}), "
+                         f"AGRE-KD {agre:.1f} (paper {PAPER[('AGRE-KD', 'dfr')][i][1]:.1f}), teachers {teacher:.1f} "
+                         f"(paper {PAPER[('Teacher', 'dfr')][i][1]:.1f})")
+        lines.append(
+            f"- **DFR rows (WGA {min(dfr_gaps):+.1f} to {max(dfr_gaps):+.1f}).** Our DFR refits "
+            "the head on 2500 labeled images (250 per digit, colour independent of the digit, so 90 % of them "
+            "bias-conflicting); the paper fits on half of its validation set without saying how large or how "
+            "biased it is. Refitted on 25 images instead (5 per digit; the explanation table, run at 99.5 and "
+            f"99 %), the gaps fall to {min(small_gaps):+.1f} to {max(small_gaps):+.1f}: " + "; ".join(cells)
+            + ". The amount of bias-conflicting data DFR sees explains the gap; with that little data AGRE-KD "
+            "falls below AVER instead of above it.")
+    lr_rows = [r for r in rows if r["setting"] == LR_EXPLAIN]
+    if lr_rows:
+        parts = []
+        for label, method, reference in (("One-hot", "mean", "centralized_erm"), ("Random", "random", None),
+                                         ("AVER", "mean", None), ("Teacher", "mean", "teacher_mean")):
+            changes = []
+            for bias in LR_EXPLAIN_BIASES:
+                i = BIASES.index(bias)
+                low = _wga(rows, LR_EXPLAIN, bias, "erm", method, reference)
+                paper = PAPER[(label, "erm")][i][1]
+                changes.append(f"{gaps[(label, 'erm')][i]:+.1f} → {low - paper:+.1f}")
+            parts.append(f"{label} {' and '.join(changes)}")
+        lines.append(
+            "- **One-hot and Random rows (WGA +13 to +58).** The paper's One-hot and Random students sit far below "
+            "its own teachers (at 95 %: 41.4 and 34.6 against 86.3), and its Random-DFR row falls as the bias "
+            "weakens, unlike every other row. With the paper's SGD learning rate 1e-3 for teachers and students "
+            "(our preset: 0.05 and 0.01, with the paper's epochs unstated) the gap to the paper at 99 and 95 % "
+            "moves as " + "; ".join(parts) + ". The small learning rate undertrains everything at our epoch "
+            "count: it closes most of the One-hot and Random gaps but opens the same gap on AVER and the "
+            "teachers, so it does not reproduce the paper's ordering (Random far below AVER, with the same "
+            "teachers). What the paper's Random and One-hot runs did differently is not in its text; we leave "
+            "those two rows unexplained beyond this.")
+    ens = gaps.get(("Deep Ens.", "erm"))
+    if ens and ens[0] is not None and ens[0] > 10:
+        ours_gain = wga[("Deep Ens.", "erm")][0] - wga[("Teacher", "erm")][0]
+        paper_gain = PAPER[("Deep Ens.", "erm")][0][1] - PAPER[("Teacher", "erm")][0][1]
+        lines.append(
+            f"- **Deep Ens. with ERM teachers at 99.5 % (WGA {ens[0]:+.1f}).** Our single ERM teachers are "
+            f"already {gaps[('Teacher', 'erm')][0]:+.1f} above the paper's (cnn_wide, not MobileNetV2: the "
+            f"preset's note), and averaging our ten adds {ours_gain:+.1f} where the paper's ensemble is "
+            f"{paper_gain:+.1f} against its mean teacher; less correlated teachers (each its own seed and "
+            "initialisation, one pass over the pool) gain more from averaging. Not tested further.")
+    lines += _federated_findings(rows)
+    return lines
+
+
+def _federated_findings(rows: list[dict]) -> list[str]:
+    """Which earlier federated findings survive debiased teachers: AGRE-KD under label skew, and the one-hot
+    student on the server's labeled split."""
+    fed = [r for r in rows if r["setting"].startswith("federated ") and r["setting"] != FEDERATED_ONE_HOT]
+    if not fed:
+        return []
+
+    def at(partition: str, bias: float, dfr: str, method: str) -> float | None:
+        return _wga(rows, f"federated {partition}", bias, f"dfr_{dfr}", method)
+
+    skew, support_best, public_gain = [], True, []
+    for bias in FEDERATED_BIASES:
+        for dfr in ("public", "local"):
+            dirichlet_all = [at("dirichlet 0.3", bias, dfr, m) for m in FEDERATED_METHODS]
+            if None not in dirichlet_all:
+                support_best &= max(dirichlet_all) == at("dirichlet 0.3", bias, dfr, "support")
+            for partition in PARTITIONS:
+                for method in FEDERATED_METHODS:
+                    public, local = (at(partition, bias, d, method) for d in ("public", "local"))
+                    if dfr == "public" and public is not None and local is not None:
+                        public_gain.append(public - local)
+            iid = (at("iid", bias, dfr, "agre"), at("iid", bias, dfr, "mean"))
+            dirichlet = (at("dirichlet 0.3", bias, dfr, "agre"), at("dirichlet 0.3", bias, dfr, "mean"),
+                         at("dirichlet 0.3", bias, dfr, "support"))
+            if None not in iid + dirichlet:
+                skew.append(f"{bias} {dfr}: IID {iid[0] - iid[1]:+.1f}, Dirichlet {dirichlet[0] - dirichlet[1]:+.1f}"
+                            f" (support {dirichlet[2] - dirichlet[1]:+.1f})")
+    lines = ["", "Federated (one seed): AGRE-KD minus AVER, two-group WGA points, and `support` minus AVER under "
+             "label skew — " + "; ".join(skew) + ". AGRE-KD's edge over AVER on IID shards turns into a loss under "
+             "Dirichlet 0.3 label skew, with debiased teachers too; the label-skew aware `support` weighting is "
+             f"{'the best of the four in every Dirichlet cell' if support_best else 'not always the best there'}. "
+             "Refitting DFR on the server's public split rather than on each client's own biased shard adds "
+             f"{min(public_gain):+.1f} to {max(public_gain):+.1f} points, more than any weighting."]
+    one_hot = [r for r in rows if r["setting"] == FEDERATED_ONE_HOT and "one_hot" in r["references"]]
+    if one_hot:
+        cells = []
+        for r in sorted(one_hot, key=lambda r: -r["bias_ratio"]):
+            best = max(at(p, r["bias_ratio"], "public", m) or 0.0 for p in PARTITIONS for m in FEDERATED_METHODS)
+            cells.append(f"{r['bias_ratio']}: one-hot {100 * r['references']['one_hot']['worst_group_accuracy']:.1f}"
+                         f" against the best distilled student {best:.1f}")
+        lines.append("")
+        lines.append("The one-hot student trained on the server's labeled split alone (5000 images, colours "
+                     "independent of the digit; `baselines.one_hot=true`, 50 epochs), two-group WGA: "
+                     + "; ".join(cells) + ".")
+    return lines
 
 
 def _three_way(mine: list[dict], preset: list[dict], reference: str | None, paper: tuple[float, float]) -> str:
@@ -316,4 +463,4 @@ def _lr_explanation(rows: list[dict], all_rows: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
-    study_main(__doc__, NAME, RESULTS, list(CELLS), SEEDS, make_row, report)
+    study_main(__doc__, NAME, RESULTS, list(CELLS), SEEDS, make_row, report, seeds_of)
