@@ -7,7 +7,9 @@ restarted node or a resumed run continues from it."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
@@ -16,6 +18,7 @@ from flwr.clientapp import ClientApp
 from fedkd import protocol
 from fedkd.checkpoint import CLIENT_STATE_ENV, ClientStateStore
 from fedkd.console import flower_records_once
+from fedkd.data.cache import DATA_CACHE_ENV
 from fedkd.local import query_local_teacher, train_local_teacher
 from fedkd.protocol import STATE_PREFIX
 
@@ -78,6 +81,14 @@ def _saved_state(context: Context, request: protocol.TrainRequest, pid: int) -> 
     return store.load(request.run_key, pid, request.round - 1)
 
 
+def data_cache_dir(context: Context) -> Path | None:
+    """Where the node keeps its built data between messages (``fedkd.data.cache``): node config
+    ``data-cache-dir`` (``make deploy-local`` gives its nodes one shared folder) or $FEDKD_DATA_CACHE_DIR; None:
+    build in memory, once per process (enough where processes outlive a message, as Ray's actors do)."""
+    folder = context.node_config.get("data-cache-dir") or os.environ.get(DATA_CACHE_ENV)
+    return Path(str(folder)) if folder else None
+
+
 @contextlib.contextmanager
 def client_threads(threads: int) -> Iterator[None]:
     """Run the client's work on ``threads`` torch threads (the job's federation.client_cpus), then restore the
@@ -99,7 +110,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
     if not state and request.round > 1:
         state = _saved_state(context, request, pid)
     with client_threads(request.job.threads):
-        state, report = train_local_teacher(request.job, pid, request.round, state)
+        state, report = train_local_teacher(request.job, pid, request.round, state, data_cache_dir(context))
     _save_state(context, state)
     store = ClientStateStore.for_node(context.node_config)
     if store is not None and request.run_key:
@@ -113,5 +124,6 @@ def query_softlabels(msg: Message, context: Context) -> Message:
     pid = partition_id(context, request.job.num_clients)
     with client_threads(request.job.threads):
         logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices,
-                                           request.with_base, request.split, request.round)
+                                           request.with_base, request.split, request.round,
+                                           data_cache_dir(context))
     return Message(protocol.query_reply(pid, logits, base, request.compression), reply_to=msg)

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.special
 import scipy.stats
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
 
 from fedkd.config import ClientPrivacy
 
-# Opacus' default orders (1.1 … 63), extended with integer orders up to 512: PATE's data-dependent bounds of
-# confident answers and small ε over few releases are tightest at orders in the hundreds (the authors' analysis
-# goes to 500). Integers keep Opacus' subsampled-Gaussian curve on its exact integer-order path.
-ORDERS = np.unique(np.concatenate([np.array(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64),
+# Opacus' default orders (RDPAccountant.DEFAULT_ALPHAS, 1.1 … 63, written out so that importing this module, which
+# every client does, does not import Opacus; tests/test_privacy.py checks they are Opacus'), extended with integer
+# orders up to 512: PATE's data-dependent bounds of confident answers and small ε over few releases are tightest
+# at orders in the hundreds (the authors' analysis goes to 500). Integers keep Opacus' subsampled-Gaussian curve on
+# its exact integer-order path.
+OPACUS_DEFAULT_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+ORDERS = np.unique(np.concatenate([np.array(OPACUS_DEFAULT_ORDERS, dtype=np.float64),
                                    np.round(np.geomspace(64, 512, 24))]))
 SQRT2 = math.sqrt(2.0)
 
@@ -37,11 +37,15 @@ class PrivacyBudgetError(ValueError):
 def gaussian_rdp(noise_multiplier: float, count: int = 1) -> np.ndarray:
     """RDP of ``count`` Gaussian mechanisms with noise std = ``noise_multiplier`` × L2 sensitivity (Mironov 2017:
     α / (2σ²) each), from Opacus' analysis at ``ORDERS``."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
     return np.asarray(compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=count, orders=list(ORDERS)))
 
 
 def epsilon_from_rdp(rdp: np.ndarray, delta: float) -> float:
     """The (ε, δ) conversion of an RDP curve at ``ORDERS`` (Opacus' ``get_privacy_spent``)."""
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
     if not np.any(rdp > 0):
         return 0.0
     eps, _ = get_privacy_spent(orders=list(ORDERS), rdp=list(rdp), delta=delta)
@@ -59,6 +63,8 @@ def epsilon_from_rdp_classic(rdp: np.ndarray, delta: float) -> float:
 def calibrate_gaussian(target_epsilon: float, delta: float, count: int) -> float:
     """The noise multiplier σ with which ``count`` Gaussian mechanisms compose to ``target_epsilon`` at ``delta``
     (Opacus' ``get_noise_multiplier`` with sampling rate 1, tolerance 0.5 % of ε)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     if count < 1:
         raise PrivacyBudgetError("nothing to calibrate: the run releases no soft labels")
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=1.0,
@@ -114,6 +120,8 @@ def dpsgd_sample_rate(shard_size: int, batch_size: int) -> float:
 
 def dpsgd_noise_multiplier(privacy: ClientPrivacy, shard_size: int, epochs_per_round: int, batch_size: int) -> float:
     """The client's DP-SGD σ: as given, or calibrated by Opacus for its target ε over all rounds of training."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     if privacy.noise_multiplier is not None:
         return privacy.noise_multiplier
     return float(get_noise_multiplier(target_epsilon=privacy.epsilon, target_delta=privacy.delta,
@@ -133,6 +141,8 @@ def dpsgd_epsilon(sigma: float, shard_size: int, batch_size: int, epochs: int, d
 def dpsgd_history_epsilon(history: list[tuple[float, float, int]], delta: float, count_noise: float = 0.0) -> float:
     """ε of an Opacus RDP-accountant history of (noise multiplier, sample rate, steps), plus one release of noisy
     class counts when ``count_noise`` > 0 (which Opacus' accountant cannot hold)."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
     rdp = sum((np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=int(n), orders=list(ORDERS)))
                for s, q, n in history), np.zeros_like(ORDERS))
     if count_noise > 0:

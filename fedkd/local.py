@@ -3,12 +3,15 @@ No Flower here: the ClientApp stores the returned state dicts in the node's stat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from fedkd.accounting import dpsgd_history_epsilon
 from fedkd.config import ClientJob, ClientPrivacy
-from fedkd.data import Benchmark, federated_data
+from fedkd.data import Benchmark
+from fedkd.data.cache import cached_federated_data
 from fedkd.device import cpu_state, resolve_device
 from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
@@ -47,16 +50,17 @@ def _state(models: TeacherModels) -> LocalState:
 
 
 def train_local_teacher(
-    job: ClientJob, partition_id: int, server_round: int, state: LocalState | None
+    job: ClientJob, partition_id: int, server_round: int, state: LocalState | None, data_cache: Path | None = None
 ) -> tuple[LocalState, TeacherReport]:
     """One round of local training for ``partition_id``; the teacher is evaluated on its shard and on the test
-    split (an evaluation-only view every node can build)."""
+    split (an evaluation-only view every node can build). ``data_cache``: the node's folder for its built data
+    (``fedkd.data.cache``), None to build it in memory."""
     if not 0 <= partition_id < job.num_clients:
         raise ValueError(
             f"this node's partition-id {partition_id} is outside 0..{job.num_clients - 1}: a federation of "
             f"federation.num_clients={job.num_clients} needs node config partition-id in that range"
         )
-    data = federated_data(job.dataset, job.partition, job.num_clients, job.seed)
+    data = cached_federated_data(data_cache, job.dataset, job.partition, job.num_clients, job.seed)
     bench, shard = data.benchmark, data.shard(partition_id)
     models = _restore(job, bench, partition_id, state)
     generator = np.random.default_rng([job.seed, partition_id, server_round])
@@ -107,7 +111,7 @@ def _client_epsilon(models: TeacherModels, privacy: ClientPrivacy) -> float:
 
 def query_local_teacher(
     job: ClientJob, partition_id: int, state: LocalState | None, indices: np.ndarray, with_base: bool = False,
-    split: str = "transfer", server_round: int = 0,
+    split: str = "transfer", server_round: int = 0, data_cache: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The teacher's logits [n, C] on the requested points of ``split`` (the public transfer pool, or the
     server's val/test views every node can build), and its ERM base's when asked; under local noise both are
@@ -117,7 +121,7 @@ def query_local_teacher(
     if with_base and "base" not in state:
         raise RuntimeError(f"client {partition_id} was asked for its ERM base's soft labels but keeps no base "
                            "(the train request did not ask for one)")
-    bench = federated_data(job.dataset, job.partition, job.num_clients, job.seed).benchmark
+    bench = cached_federated_data(data_cache, job.dataset, job.partition, job.num_clients, job.seed).benchmark
     points = bench[split]
     if len(indices) and (indices.min() < 0 or indices.max() >= len(points)):
         raise ValueError(f"{split} indices must lie in 0..{len(points) - 1}")

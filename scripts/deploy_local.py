@@ -8,7 +8,9 @@ the default job run through them with `flwr run`, and every process stopped agai
   process starts;
 - a repo-local FLWR_HOME (.flwr-deploy/) holds the connection, logs, certificates and the nodes' state folders;
   runtime dependency installation is off (the SuperLink flag and FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION);
-- each node gets ``--node-config "partition-id=i num-partitions=N state-dir=..."`` (or --node-configs, checked);
+- each node gets ``--node-config "partition-id=i num-partitions=N state-dir=... data-cache-dir=..."`` (or
+  --node-configs, checked); the nodes share one data cache folder, so the benchmark is built once, not once per
+  message (flwr 1.41 starts a fresh flwr-clientapp process for every message);
 - --tls: TLS on every link and SuperNode authentication (throwaway credentials from scripts/make_certs.py, or
   --certs <folder>); without it the links are plain HTTP, for loopback only;
 - the run is judged by its final status in Flower (`flwr ls`), never by `flwr run --stream`'s exit code, which is
@@ -121,6 +123,8 @@ class Deployment:
         env["FLWR_HOME"] = str(self.home)
         env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
         env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        # a SuperExec looks for new tasks every second by default: a second of each message's latency
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")
         # the SuperLink and SuperNodes start flower-superexec, flwr-serverapp and flwr-clientapp from PATH
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
@@ -194,7 +198,10 @@ def superlink_args(port: int, certs: Path | None) -> list[str]:
             "--disable-runtime-dependency-installation"]
 
 
-def supernode_args(superlink_port: int, port: int, node_config: str, certs: Path | None, key: Path | None) -> list[str]:
+def supernode_args(superlink_port: int, port: int, node_config: str, certs: Path | None, key: Path | None,
+                   warm: bool = False) -> list[str]:
+    """``flower-supernode``'s command line; ``warm``: process isolation, its SuperExec started by us
+    (``warm_superexec_args``)."""
     if certs:
         security = ["--root-certificates", str(certs / "ca.crt")]
         if key is not None:
@@ -202,7 +209,14 @@ def supernode_args(superlink_port: int, port: int, node_config: str, certs: Path
     else:
         security = ["--insecure"]
     return [bin_path("flower-supernode"), *security, "--superlink", f"{HOST}:{superlink_port}", "--host", HOST,
-            "--port", str(port), "--node-config", node_config]
+            "--port", str(port), "--node-config", node_config, *(["--isolation", "process"] if warm else [])]
+
+
+def warm_superexec_args(port: int, node_pid: int) -> list[str]:
+    """scripts/warm_superexec.py for the SuperNode whose runtime API listens on ``port`` (loopback, plain, as
+    the SuperExec a SuperNode starts itself)."""
+    return [sys.executable, str(ROOT / "scripts" / "warm_superexec.py"), "--runtime-api-address", f"{HOST}:{port}",
+            "--insecure", "--parent-pid", str(node_pid)]
 
 
 def run_status(deployment: Deployment, run_id: str) -> dict:
@@ -237,9 +251,12 @@ def register_node(deployment: Deployment, public_key: Path) -> None:
 
 
 def start_supernode(deployment: Deployment, name: str, superlink_port: int, port: int, node_config: str,
-                    certs: Path | None, key: Path | None) -> subprocess.Popen:
-    node = deployment.start(name, supernode_args(superlink_port, port, node_config, certs, key))
+                    certs: Path | None, key: Path | None, warm: bool = False) -> subprocess.Popen:
+    """A SuperNode, listening; ``warm``: with the forking SuperExec of scripts/warm_superexec.py beside it."""
+    node = deployment.start(name, supernode_args(superlink_port, port, node_config, certs, key, warm))
     wait_listening(deployment, name, node, port)
+    if warm:
+        deployment.start(f"{name}-superexec", warm_superexec_args(port, node.pid))
     return node
 
 
@@ -253,6 +270,8 @@ def deploy(args: argparse.Namespace) -> int:
     configs = check_node_configs(node_texts, args.nodes)
     node_texts = [t if "state-dir" in c else f'{t} state-dir="{home / "state" / f"node-{i}"}"'
                   for i, (t, c) in enumerate(zip(node_texts, configs, strict=True))]
+    node_texts = [t if "data-cache-dir" in c else f'{t} data-cache-dir="{home / "data-cache"}"'
+                  for t, c in zip(node_texts, configs, strict=True)]
     if args.node_ports and len(args.node_ports) != args.nodes:
         raise DeployError(f"--node-ports gives {len(args.node_ports)} ports for --nodes {args.nodes}")
     explicit = [p for p in [args.port, *(args.node_ports or [])] if p is not None]
@@ -304,7 +323,8 @@ def deploy(args: argparse.Namespace) -> int:
             if certs:
                 register_node(deployment, certs / f"node-{i}.pub")
                 key = certs / f"node-{i}.key"
-            node = start_supernode(deployment, f"supernode-{i}", superlink_port, port, text, certs, key)
+            node = start_supernode(deployment, f"supernode-{i}", superlink_port, port, text, certs, key,
+                                   warm=not args.cold)
             print(f"deploy-local: SuperNode {i} (pid {node.pid}) on {HOST}:{port}, node config '{text}'")
         started = time.time()
         try:
@@ -371,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
                    "num-partitions=N)")
     p.add_argument("--resume", type=Path, help="continue a run stopped or killed in an earlier deployment from its "
                    "last checkpoint (the run directory; the nodes' states are under --home)")
+    p.add_argument("--cold", action="store_true", help="Flower's own SuperExec: a fresh flwr-clientapp process per "
+                   "message (default: scripts/warm_superexec.py forks a process that imported torch and Flower once)")
     p.add_argument("--home", type=Path, default=DEFAULT_HOME, help="FLWR_HOME (default: .flwr-deploy in the repo)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the job, e.g. federation.num_rounds=2")
     return p

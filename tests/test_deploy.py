@@ -86,7 +86,8 @@ def test_a_secure_deployment_runs_and_a_killed_supernode_drops_out(tmp_path):
     assert "Node Unavailable" in failure["reason"] or "no reply within" in failure["reason"]
     summary = read_summary(run_dir)
     assert summary["num_rounds"] == 2 and summary["dropped_clients"] == [failure]
-    assert sorted(_started_pids(home)) == ["superlink", "supernode-0", "supernode-1", "supernode-2"]
+    assert sorted(_started_pids(home)) == ["superlink", *(f"supernode-{i}{part}" for i in range(3)
+                                                          for part in ("", "-superexec"))]
     _assert_all_stopped(home)
     # the nodes kept their teachers in their own state folders (what a restarted node or a resumed run reads)
     assert sorted(p.name for p in (home / "state").glob("node-*/*/partition-*")) == [

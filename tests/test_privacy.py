@@ -16,6 +16,7 @@ from rich.console import Console
 
 from clients.app import app as client_app
 from fedkd.accounting import (
+    OPACUS_DEFAULT_ORDERS,
     ORDERS,
     RdpLedger,
     calibrate_gaussian,
@@ -212,6 +213,8 @@ def test_threshold_check_cost_falls_back_to_the_data_independent_price_near_the_
 
 
 def test_wide_orders_reach_the_hundreds_where_confident_answers_are_cheapest():
+    assert OPACUS_DEFAULT_ORDERS == RDPAccountant.DEFAULT_ALPHAS  # written out so that clients need not import Opacus
+    assert set(OPACUS_DEFAULT_ORDERS) <= set(ORDERS.tolist())
     assert ORDERS.max() >= 500 and (np.diff(ORDERS) > 0).all()
     one_answer = ORDERS / 40.0**2  # one GNMax answer at σ = 40: ε(λ) = λ/1600 + ln(1e5)/(λ − 1), best at λ ≈ 137
     narrow = 63 / 1600 + math.log(1e5) / 62  # ε(λ) still falls at 63, the largest of Opacus' orders

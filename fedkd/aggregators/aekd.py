@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.svm import OneClassSVM
 from torch import nn
 
 from fedkd.aggregators.base import AGGREGATORS, Aggregator
@@ -37,6 +36,8 @@ def aekd_weights(grads: torch.Tensor, nu: float = 0.0, normalize: bool = False) 
     if normalize:
         vecs = vecs / norms[:, None]
     gram = (vecs @ vecs.T).numpy()
+    from sklearn.svm import OneClassSVM  # scikit-learn costs a second to import; only AE-KD needs it
+
     svm = OneClassSVM(kernel="precomputed", nu=nu, tol=1e-6).fit(gram)
     weights = np.zeros(m)
     weights[svm.support_] = svm.dual_coef_.ravel() / (m * nu)

@@ -4,14 +4,15 @@ client the whole pool (AGRE-KD's setting: teachers that differ only in their see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
 from fedkd.config import PartitionConfig, non_negative, one_of, positive
 from fedkd.registry import Registry
+
+if TYPE_CHECKING:  # flwr-datasets imports Hugging Face datasets and pyarrow: seconds a client need not pay on a
+    from flwr_datasets.partitioner import Partitioner  # cached data build (fedkd.data.cache)
 
 PARTITIONERS = Registry("partitioner", section="partition", params=PartitionConfig)
 
@@ -30,10 +31,14 @@ class WholePoolConfig(PartitionConfig):
 
 
 def _iid(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
+    from flwr_datasets.partitioner import IidPartitioner
+
     return IidPartitioner(num_partitions=num_clients)
 
 
 def _dirichlet(cfg: DirichletConfig, num_clients: int, seed: int) -> Partitioner:
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     return DirichletPartitioner(
         num_partitions=num_clients,
         partition_by=cfg.by,
@@ -45,25 +50,9 @@ def _dirichlet(cfg: DirichletConfig, num_clients: int, seed: int) -> Partitioner
     )
 
 
-class WholePoolPartitioner(Partitioner):
-    """Every partition is the whole dataset: AGRE-KD trains each of its teachers on the entire biased training
-    set, with its own seed (Kenfack et al., Sec. 5.1). flwr-datasets has no partitioner that repeats the data."""
-
-    def __init__(self, num_partitions: int) -> None:
-        super().__init__()
-        self._num_partitions = num_partitions
-
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
-
-    def load_partition(self, partition_id: int) -> Dataset:
-        if not 0 <= partition_id < self._num_partitions:
-            raise ValueError(f"partition {partition_id} is outside 0..{self._num_partitions - 1}")
-        return self.dataset
-
-
 def _whole(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
+    from fedkd.data.whole_pool import WholePoolPartitioner
+
     return WholePoolPartitioner(num_clients)
 
 
@@ -86,6 +75,8 @@ def partition_pool(
     """
     if num_clients > len(labels):
         raise PartitionError(f"{num_clients} clients but only {len(labels)} examples in the client pool")
+    from datasets import Dataset
+
     order = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(len(labels))
     table = Dataset.from_dict(
         {"index": order.tolist(), "label": labels[order].tolist(), "group": groups[order].tolist()}
