@@ -200,15 +200,17 @@ def superlink_args(port: int, certs: Path | None) -> list[str]:
 
 def supernode_args(superlink_port: int, port: int, node_config: str, certs: Path | None, key: Path | None,
                    warm: bool = False) -> list[str]:
-    """``flower-supernode``'s command line; ``warm``: process isolation, its SuperExec started by us
-    (``warm_superexec_args``)."""
+    """``flower-supernode``'s command line; ``warm``: scripts/polling_supernode.py (Flower's SuperNode polling
+    every 0.1 s) in process isolation, its SuperExec started by us (``warm_superexec_args``)."""
     if certs:
         security = ["--root-certificates", str(certs / "ca.crt")]
         if key is not None:
             security += ["--auth-supernode-private-key", str(key)]
     else:
         security = ["--insecure"]
-    return [bin_path("flower-supernode"), *security, "--superlink", f"{HOST}:{superlink_port}", "--host", HOST,
+    command = ([sys.executable, str(ROOT / "scripts" / "polling_supernode.py")] if warm
+               else [bin_path("flower-supernode")])
+    return [*command, *security, "--superlink", f"{HOST}:{superlink_port}", "--host", HOST,
             "--port", str(port), "--node-config", node_config, *(["--isolation", "process"] if warm else [])]
 
 

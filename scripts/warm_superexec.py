@@ -8,7 +8,8 @@ libraries once, before any task, and forks a child per ClientApp task that runs 
 ``run_clientapp`` (FAB install, ClientApp load from the FAB, the message, the reply, exit), so everything but
 the imports is what Flower does. fedkd's own modules are not imported here (a script, not a module of the
 package, for that reason): the child loads them from the run's FAB, as a fresh process would. Torch is imported
-but never run in this process, so no thread pool exists at a fork. Other task types go to Flower's subprocess executor.
+and warmed up on one thread only (``warm_torch``), so no thread pool exists at a fork. Other task types go to
+Flower's subprocess executor.
 
     flower-supernode --isolation process --port <P> ...
     python scripts/warm_superexec.py --runtime-api-address 127.0.0.1:<P> --insecure --parent-pid <supernode pid>
@@ -93,8 +94,27 @@ def _run_task(spec: ExecutionSpec) -> int:
     return 0
 
 
+def warm_torch() -> None:
+    """One SGD step and one inference of a small CNN on one thread: torch's one-time initialisation of its CPU
+    kernels and autograd (about 1 s of a fresh process's first teacher epoch here) then happens once, in this
+    process, instead of in every task. One thread only, so no OpenMP pool exists at a fork; a task that sets
+    more threads starts its own. The numbers a task computes do not depend on it (bench/deploy_speed.py checks
+    the metrics against the simulation's)."""
+    torch.set_num_threads(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 10))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    loss = torch.nn.functional.cross_entropy(net(torch.zeros(4, 3, 28, 28)), torch.zeros(4, dtype=torch.long))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        net(torch.zeros(4, 3, 28, 28)).softmax(-1)
+
+
 def main() -> None:
     """``flower-superexec``'s command line, with the forking executor."""
+    warm_torch()
     superexec_loop.get_executor = lambda *args, **kwargs: ForkingExecutor()
     flower_superexec()
 
