@@ -11,6 +11,9 @@ the default job run through them with `flwr run`, and every process stopped agai
 - each node gets ``--node-config "partition-id=i num-partitions=N state-dir=... data-cache-dir=..."`` (or
   --node-configs, checked); the nodes share one data cache folder, so the benchmark is built once, not once per
   message (flwr 1.41 starts a fresh flwr-clientapp process for every message);
+- each node runs as scripts/polling_supernode.py (Flower's SuperNode polling every 0.1 s, for loopback) with
+  --isolation process, and scripts/warm_superexec.py beside it (forks a warm process per message); --cold runs
+  Flower's flower-supernode and SuperExec instead;
 - --tls: TLS on every link and SuperNode authentication (throwaway credentials from scripts/make_certs.py, or
   --certs <folder>); without it the links are plain HTTP, for loopback only;
 - the run is judged by its final status in Flower (`flwr ls`), never by `flwr run --stream`'s exit code, which is
