@@ -1,7 +1,8 @@
 """A deployment round against a simulation round on the same job, in one invocation: the `fedkd` command on
 Flower's simulation engine, then `scripts/deploy_local.py` (a SuperLink and one SuperNode per client, as
-separate processes on loopback) with the forking SuperExec (scripts/warm_superexec.py) and with Flower's own
-(``--cold``: a fresh ``flwr-clientapp`` process per message). The three runs must give identical metrics.
+separate processes on loopback) as ``make deploy-local`` runs it (scripts/polling_supernode.py and the forking
+scripts/warm_superexec.py) and with Flower's own processes (``--cold``: a fresh ``flwr-clientapp`` per message).
+The three runs must give identical metrics.
 Then where a cold message's time goes: a fresh process importing Flower, torch and the ClientApp, and the
 client's data built against loaded from the node's cache.
 
@@ -94,8 +95,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fedkd-deploy-speed-"))
     try:
         runs = {"simulation": simulation(overrides, work / "sim")}
-        for name, folder, cold in (("deployment (warm SuperExec)", "warm", False),
-                                   ("deployment (Flower's SuperExec)", "cold", True)):
+        for name, folder, cold in (("deployment (make deploy-local)", "warm", False),
+                                   ("deployment (--cold: Flower's processes)", "cold", True)):
             runs[name] = deployment(overrides, args.nodes, work / folder, work / f"home-{folder}", cold)
         reference = without_times(runs["simulation"])
         identical = all(without_times(r) == reference for r in runs.values())
