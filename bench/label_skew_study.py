@@ -1,39 +1,59 @@
 """Teacher weighting under federated label skew: every aggregator on identical teachers, Colored MNIST at 99 %
-and 95 % and MNIST-LT, Dirichlet label skew α ∈ {1.0, 0.3, 0.1} and IID; through the in-process grid.
+and 95 % and MNIST-LT, Dirichlet label skew α ∈ {1.0, 0.3, 0.1} and IID, and the acceptance setting under DP-SGD
+teachers; through the in-process grid.
 
     .venv/bin/python bench/label_skew_study.py                 # every missing cell, then docs/results.md
-    .venv/bin/python bench/label_skew_study.py --match "cmnist 0.99 | 0.3"   # the cells of one setting first
-    .venv/bin/python bench/label_skew_study.py --report-only   # only rebuild the report
+    .venv/bin/python bench/label_skew_study.py --seeds 0 --match "cmnist 0.99 | 0.3 |"   # one teacher set
+    .venv/bin/python bench/label_skew_study.py --report-only   # only rebuild the report and the plot
 
 Setting: the federated counterpart of the Table 1 study (full MNIST, 10 clients on disjoint shards, a held-out
 transfer pool of 10 %, cnn_wide DFR teachers refitted on the server's public labeled split, the `cnn` student,
 2 rounds). Cells that differ only in the aggregator share their trained teachers and answers
-(TrainedTeacherCache); each row names its teachers by ``teacher_cache_key``. Cells are ordered so that the
-setting of the acceptance test (Colored MNIST 99 %, α = 0.3, with its IID reference) runs first.
+(TrainedTeacherCache, in memory: run one setting's methods in one process, as ``--match "<dataset> | <α> |"``
+does). Each row names its teachers twice: ``teacher_cache_key`` (what they depend on) and
+``teachers_fingerprint`` (their measured test metrics): the same key trained on another machine gives other
+teachers (float order differs between CPUs), so the report pairs rows by fingerprint and never across two sets of
+teachers. Rows on teachers that no longer exist are kept in ``docs/label_skew_study_superseded.jsonl``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
-import numpy as np
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from studies import ROOT, mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
 
-from fedkd.validation import load_run_config
-from server.inprocess import TrainedTeacherCache
+from fedkd.validation import load_run_config  # noqa: E402
+from server.inprocess import TrainedTeacherCache  # noqa: E402
 
 RESULTS = ROOT / "docs" / "label_skew_study.jsonl"
+PLOT = ROOT / "docs" / "label_skew_study.png"
 NAME = "label-skew study"
 SEEDS = (0, 1, 2)
 BASE = ["dataset.source=mnist", "dataset.test_per_class=1000", "dataset.val_per_class=500",
         "dataset.transfer_fraction=0.1", "teacher=dfr", "teacher.arch=cnn_wide", "teacher.epochs=2",
         "teacher.weight_decay=0.0001", "student.epochs=6", "student.weight_decay=0.0001", "federation.num_rounds=2",
         "runs_dir=runs/label_skew_study"]
-DATASETS = {"cmnist 0.99": ["dataset=cmnist", "dataset.bias_ratio=0.99"],
-            "cmnist 0.95": ["dataset=cmnist", "dataset.bias_ratio=0.95"],
-            "mnist_lt 10": ["dataset=mnist_lt", "dataset.imbalance=10"]}
+METHODS = {"mean": ["aggregator=mean"], "support": ["aggregator=support"], "agre": ["aggregator=agre"],
+           "agre_fed": ["aggregator=agre_fed"], "aekd": ["aggregator=aekd"], "random": ["aggregator=random"],
+           "reliability": ["aggregator=reliability"],
+           "reliability, teacher weights only": ["aggregator=reliability", "aggregator.example_weights=none"],
+           "reliability, example weights only": ["aggregator=reliability", "aggregator.power=0"]}
+RELIABILITY = [m for m in METHODS if m.startswith("reliability")]
+# dataset label -> (overrides, the methods it runs); DP-SGD teachers at the issue's privacy setting (ε 8 per client)
+DATASETS = {"cmnist 0.99": (["dataset=cmnist", "dataset.bias_ratio=0.99"], list(METHODS)),
+            "cmnist 0.95": (["dataset=cmnist", "dataset.bias_ratio=0.95"], list(METHODS)),
+            "mnist_lt 10": (["dataset=mnist_lt", "dataset.imbalance=10"], list(METHODS)),
+            "cmnist 0.99 dpsgd": (["dataset=cmnist", "dataset.bias_ratio=0.99", "privacy=dpsgd"],
+                                  ["mean", "support", "agre_fed", *RELIABILITY])}
 ALPHAS = (0.3, None, 1.0, 0.1)  # None: IID
-METHODS = ("mean", "support", "agre", "agre_fed", "aekd", "random")
+PRIVATE_ALPHAS = (0.3, None)
+ACCEPTANCE = ("cmnist 0.99", "0.3")
 
 
 def _partition(alpha: float | None) -> list[str]:
@@ -42,13 +62,20 @@ def _partition(alpha: float | None) -> list[str]:
     return ["partition=dirichlet", "partition.by=label", f"partition.alpha={alpha:g}"]
 
 
+def _part(alpha: float | None) -> str:
+    return "iid" if alpha is None else f"{alpha:g}"
+
+
+def _settings() -> list[tuple[str, float | None]]:
+    return [(d, a) for d in DATASETS for a in (PRIVATE_ALPHAS if d.endswith("dpsgd") else ALPHAS)]
+
+
 def _cells() -> dict[str, list[str]]:
     cells = {}
-    for dataset, data in DATASETS.items():
-        for alpha in ALPHAS:
-            for method in METHODS:
-                name = f"{dataset} | {'iid' if alpha is None else f'{alpha:g}'} | {method}"
-                cells[name] = [*BASE, *data, *_partition(alpha), f"aggregator={method}"]
+    for dataset, alpha in _settings():
+        data, methods = DATASETS[dataset]
+        for method in methods:
+            cells[f"{dataset} | {_part(alpha)} | {method}"] = [*BASE, *data, *_partition(alpha), *METHODS[method]]
     return cells
 
 
@@ -56,55 +83,190 @@ CELLS = _cells()
 
 
 def teacher_cache_key(overrides: list[str]) -> str:
-    """What the teachers of a run depend on (the clients' job), hashed: equal keys, identical teachers."""
+    """What the teachers of a run depend on (the clients' job), hashed: equal keys, the same teachers on one
+    machine; another machine may train others from the same key (see ``teachers_fingerprint``)."""
     return hashlib.sha256(repr(load_run_config(overrides).client_job().training_key()).encode()).hexdigest()[:16]
+
+
+def teachers_fingerprint(teachers: list[dict]) -> str:
+    """The trained teachers as measured: every teacher's shard size and test metrics, hashed."""
+    return hashlib.sha256(json.dumps(teachers, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_row(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
     dataset, alpha, method = cell.split(" | ")
     overrides = [*CELLS[cell], f"seed={seed}"]
     summary, records, seconds, reused = run_cell(overrides, cache)
-    test = summary["test"]
+    test, last = summary["test"], records[-1]
     cmnist = dataset.startswith("cmnist")
     members = summary["baselines"].get("ensemble", {}).get("members", [])
+    stats = last["aggregator_stats"]
+    teachers = [{"partition_id": t["partition_id"], "num_examples": t["num_examples"],
+                 "accuracy": t["test_accuracy"], "worst_group_accuracy": t["test_worst_group_accuracy"]}
+                for t in sorted(last["teachers"], key=lambda t: t["partition_id"])]
     return {
         "cell": cell, "seed": seed, "dataset": dataset.split()[0],
         "bias_ratio": float(dataset.split()[1]) if cmnist else None,
         "imbalance": None if cmnist else float(dataset.split()[1]),
-        "alpha": None if alpha == "iid" else float(alpha), "method": method, "overrides": overrides,
+        "alpha": None if alpha == "iid" else float(alpha), "method": method,
+        "privacy": "dpsgd" if dataset.endswith("dpsgd") else "none", "overrides": overrides,
         "accuracy": test["accuracy"],
         "worst_group_accuracy": test["two_group_worst_group_accuracy"] if cmnist else test["worst_group_accuracy"],
         "worst_group_accuracy_all_groups": test["worst_group_accuracy"],
         "teachers_mean_accuracy": float(np.mean([m["accuracy"] for m in members])) if members else None,
-        "aggregator_stats": {k: v for k, v in records[-1]["aggregator_stats"].items()
-                             if k in ("biased_client", "mean_weight_per_teacher")},
-        "teacher_cache_key": teacher_cache_key(overrides), "teachers_reused": reused,
-        "run_dir": summary["run_dir"], "seconds": seconds,
+        "epsilon": last.get("epsilon_spent"),
+        "aggregator_stats": {k: v for k, v in stats.items()
+                             if k in ("biased_client", "mean_weight_per_teacher", "upweighted_fraction",
+                                      "max_example_weight")},
+        "teachers": teachers,
+        "teacher_cache_key": teacher_cache_key(overrides), "teachers_fingerprint": teachers_fingerprint(teachers),
+        "teachers_reused": reused, "run_dir": summary["run_dir"], "seconds": seconds,
     }
+
+
+def _setting(row: dict) -> tuple[str, str]:
+    dataset, part, _ = row["cell"].split(" | ")
+    return dataset, part
+
+
+def paired_rows(rows: list[dict]) -> dict[tuple[str, str, int], dict[str, dict]]:
+    """(dataset, α, seed) -> method -> row, on one set of teachers per (dataset, α, seed): the fingerprint with the
+    most rows (the latest on a tie); rows on other teachers are left out of every table."""
+    groups: dict[tuple[str, str, int], dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault((*_setting(r), r["seed"]), {}).setdefault(r["teachers_fingerprint"], []).append(r)
+    chosen = {}
+    for key, by_print in groups.items():
+        best = max(by_print.values(), key=lambda got: (len({r["method"] for r in got}), rows.index(got[-1])))
+        chosen[key] = {r["method"]: r for r in best}
+    return chosen
+
+
+def _label(dataset: str, part: str) -> str:
+    return f"{dataset} | {'IID' if part == 'iid' else f'Dirichlet {part}'}"
+
+
+def paired_differences(paired: dict, dataset: str, part: str, method: str) -> list[tuple[int, float, float]]:
+    """(seed, Δ accuracy, Δ WGA) of ``method`` minus the mean on the same teachers, in points."""
+    out = []
+    for (d, p, seed), got in sorted(paired.items()):
+        if (d, p) == (dataset, part) and method in got and "mean" in got:
+            out.append((seed, 100 * (got[method]["accuracy"] - got["mean"]["accuracy"]),
+                        100 * (got[method]["worst_group_accuracy"] - got["mean"]["worst_group_accuracy"])))
+    return out
+
+
+def _delta_cell(diffs: list[tuple[int, float, float]]) -> str:
+    if not diffs:
+        return "–"
+    acc, wga = np.array([d[1] for d in diffs]), np.array([d[2] for d in diffs])
+    return (f"{acc.mean():+.1f} / {wga.mean():+.1f} ({int((acc > 0).sum())}/{len(diffs)}, "
+            f"{int((wga > 0).sum())}/{len(diffs)})")
+
+
+def _weights_line(paired: dict, dataset: str, part: str, method: str) -> str | None:
+    """Where ``method``'s weight goes: correlation of a teacher's mean weight with its shard size and its test
+    accuracy, per seed, then averaged."""
+    with_size, with_acc, spread = [], [], []
+    for (d, p, _), got in sorted(paired.items()):
+        r = got.get(method) if (d, p) == (dataset, part) else None
+        if r is None or "mean_weight_per_teacher" not in r["aggregator_stats"]:
+            continue
+        w = np.array(r["aggregator_stats"]["mean_weight_per_teacher"])
+        size = np.array([t["num_examples"] for t in r["teachers"]])
+        acc = np.array([t["accuracy"] for t in r["teachers"]])
+        spread.append(f"{w.min():.3f}–{w.max():.3f}")
+        if size.std() > 0:
+            with_size.append(np.corrcoef(w, size)[0, 1])
+        with_acc.append(np.corrcoef(w, acc)[0, 1])
+    if not spread:
+        return None
+    return (f"| {_label(dataset, part)} | {method} | {', '.join(spread)} | "
+            f"{mean_std(with_size) if with_size else 'equal shards'} | {mean_std(with_acc)} |")
+
+
+def _plot(paired: dict, settings: list[tuple[str, str]]) -> None:
+    methods = [m for m in METHODS if m != "mean"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.5 * len(settings) + 2.5), sharey=True)
+    y = np.arange(len(settings))
+    height = 0.8 / len(methods)
+    for axis, column, title in ((axes[0], 1, "accuracy"), (axes[1], 2, "worst-group accuracy")):
+        for k, method in enumerate(methods):
+            values = [paired_differences(paired, d, p, method) for d, p in settings]
+            means = [np.mean([v[column] for v in got]) if got else np.nan for got in values]
+            axis.barh(y + k * height - 0.4 + height / 2, means, height, label=method)
+        axis.axvline(0, color="black", linewidth=0.8)
+        axis.set_xlabel(f"{title}: method minus mean, points (paired, mean over seeds)")
+    axes[0].set_yticks(y, [_label(d, p) for d, p in settings])
+    axes[0].invert_yaxis()
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Teacher weighting under label skew, on identical teachers (bench/label_skew_study.py)")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def acceptance(paired: dict) -> str:
+    """The issue's goal, read from the rows: at Colored MNIST 99 %, Dirichlet 0.3, reliability minus mean ≥ +5
+    accuracy and ≥ +10 WGA points (mean over seeds, every seed in the same direction), and ≥ −1 under IID."""
+    skew = paired_differences(paired, *ACCEPTANCE, "reliability")
+    iid = paired_differences(paired, ACCEPTANCE[0], "iid", "reliability")
+    if not skew or not iid:
+        return "Acceptance: not every seed has run yet."
+    acc, wga = np.array([d[1] for d in skew]), np.array([d[2] for d in skew])
+    iid_acc, iid_wga = np.mean([d[1] for d in iid]), np.mean([d[2] for d in iid])
+    checks = [(f"Dirichlet 0.3 accuracy {acc.mean():+.1f} (target ≥ +5, every seed > 0: {bool((acc > 0).all())})",
+               acc.mean() >= 5 and (acc > 0).all()),
+              (f"WGA {wga.mean():+.1f} (target ≥ +10, every seed > 0: {bool((wga > 0).all())})",
+               wga.mean() >= 10 and (wga > 0).all()),
+              (f"IID accuracy {iid_acc:+.1f}, WGA {iid_wga:+.1f} (target ≥ −1)", iid_acc >= -1 and iid_wga >= -1)]
+    return (f"Acceptance ({len(skew)} seeds at Dirichlet 0.3, {len(iid)} IID; `reliability` minus `mean`, points): "
+            + "; ".join(f"{text}: {'met' if ok else 'NOT met'}" for text, ok in checks) + ".")
 
 
 def report() -> None:
     rows = read_rows(RESULTS)
+    paired = paired_rows(rows)
+    used = sum(len(got) for got in paired.values())
     hours = sum(r["seconds"] for r in rows) / 3600
+    settings = [(d, _part(a)) for d, a in _settings() if any(k[:2] == (d, _part(a)) for k in paired)]
     lines = ["## Teacher weighting under label skew", "",
              "Command (resumable): `mkdir -p runs; nohup .venv/bin/python bench/label_skew_study.py > "
-             f"runs/label_skew_study.log 2>&1 &`. Raw rows: `docs/label_skew_study.jsonl`. {len(rows)} runs in "
-             f"{hours:.2f} h (in-process grid, CPU). Setting: bench/label_skew_study.py's docstring; overrides in "
-             "each row. Cells: accuracy / WGA (two-group for Colored MNIST, per class for MNIST-LT), mean ± std "
-             "over the seeds run (n). Not every cell has run yet: '–'.", "",
-             "| dataset | partition | " + " | ".join(METHODS) + " |", "|---|---|" + "---|" * len(METHODS)]
-    for dataset in DATASETS:
-        for alpha in ALPHAS:
-            part = "iid" if alpha is None else f"{alpha:g}"
-            cells = []
-            for method in METHODS:
-                got = [r for r in rows if r["cell"] == f"{dataset} | {part} | {method}"]
-                cells.append("–" if not got else f"{mean_std([r['accuracy'] for r in got])} / "
-                             f"{mean_std([r['worst_group_accuracy'] for r in got])} (n={len(got)})")
-            if any(c != "–" for c in cells):
-                lines.append(f"| {dataset} | {'IID' if alpha is None else f'Dirichlet {part}'} | "
-                             + " | ".join(cells) + " |")
+             f"runs/label_skew_study.log 2>&1 &`; each row's `provenance` has the command that ran it. Raw rows: "
+             f"`docs/label_skew_study.jsonl`; plot: `docs/label_skew_study.png`. {len(rows)} runs in {hours:.2f} h "
+             f"(in-process grid, CPU); {used} of them on one set of teachers per (setting, seed), the tables' rows. "
+             "Setting: bench/label_skew_study.py's docstring; overrides in each row. WGA: two-group (aligned / "
+             "conflicting) for Colored MNIST, per class for MNIST-LT. Not every cell has run yet: '–'.", "",
+             acceptance(paired), "",
+             "Paired differences to `mean` on the same teachers, accuracy / WGA in points, mean over seeds (seeds "
+             "where the method is above the mean in accuracy, in WGA):", "",
+             "| setting | n | " + " | ".join(m for m in METHODS if m != "mean") + " |",
+             "|---|---|" + "---|" * (len(METHODS) - 1)]
+    for dataset, part in settings:
+        n = len(paired_differences(paired, dataset, part, "mean"))
+        lines.append(f"| {_label(dataset, part)} | {n} | " + " | ".join(
+            _delta_cell(paired_differences(paired, dataset, part, m)) for m in METHODS if m != "mean") + " |")
+    lines += ["", "Accuracy / WGA, mean ± std over the seeds (n):", "",
+              "| setting | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+    for dataset, part in settings:
+        cells = []
+        for method in METHODS:
+            got = [g[method] for k, g in sorted(paired.items()) if k[:2] == (dataset, part) and method in g]
+            cells.append("–" if not got else f"{mean_std([r['accuracy'] for r in got])} / "
+                         f"{mean_std([r['worst_group_accuracy'] for r in got])} ({len(got)})")
+        lines.append(f"| {_label(dataset, part)} | " + " | ".join(cells) + " |")
+    lines += ["", "Where the weight goes: the range of the teachers' mean weights per seed, and the correlation of "
+              "a teacher's mean weight with its shard size and with its own test accuracy (mean ± std over seeds):",
+              "", "| setting | method | weight range per seed | corr. with shard size | corr. with teacher accuracy |",
+              "|---|---|---|---|---|"]
+    for dataset, part in settings:
+        for method in ("agre", "agre_fed", "reliability"):
+            line = _weights_line(paired, dataset, part, method)
+            if line:
+                lines.append(line)
     write_section("label-skew-study", lines)
+    if settings:
+        _plot(paired, settings)
 
 
 if __name__ == "__main__":

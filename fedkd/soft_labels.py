@@ -23,6 +23,9 @@ class AggregationInputs:
     clients: tuple[int, ...] = ()  # partition id of each teacher row (empty: 0..M-1, every client answered)
     round: int = 0  # the server round these answers are aggregated in
     labels: np.ndarray | None = None  # [n], true class of each point: evaluation-only, for logging a release
+    labeled_logits: torch.Tensor | None = None  # [M, n_l, C], the teachers on the server's public labeled split
+    labeled_y: np.ndarray | None = None  # [n_l], that split's classes (the server's own labels)
+    labeled_g: np.ndarray | None = None  # [n_l], that split's groups (annotated, as DFR needs them)
 
 
 def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:

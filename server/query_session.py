@@ -40,6 +40,7 @@ class QuerySession:
     strategy: QueryStrategy = field(init=False)
     generator: np.random.Generator = field(init=False)
     pool: SoftLabelPool = field(init=False)
+    labeled: tuple[torch.Tensor, list[int]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.strategy = QUERY_STRATEGIES[self.cfg.query.name](self.cfg.query)
@@ -78,6 +79,26 @@ class QuerySession:
     def split_logits(self, grid: Grid, server_round: int, split: str) -> torch.Tensor:
         """Every teacher's logits on the whole of ``split`` (val, test), no base."""
         return self.soft_labels(grid, server_round, np.arange(len(self.data[split])), False, split)[0]
+
+    def ask_labeled(self, grid: Grid, server_round: int) -> None:
+        """When the aggregator reads them, ask every teacher about the whole labeled server split for this
+        round's aggregation (the teachers were retrained this round, so last round's answers are stale)."""
+        if self.aggregator.needs_labeled_answers:
+            logits, _, clients = self.soft_labels(grid, server_round, np.arange(len(self.data["val"])), False, "val")
+            self.labeled = logits, clients
+
+    def _labeled_inputs(self, clients: list[int]) -> dict:
+        """The labeled split's answers of ``clients``, in their order, with the split's labels and groups."""
+        if not self.aggregator.needs_labeled_answers:
+            return {}
+        logits, answered = self.labeled
+        missing = sorted(set(clients) - set(answered))
+        if missing:
+            raise RuntimeError(f"clients {missing} gave soft labels on the transfer pool but none on the labeled "
+                               f"split this round; aggregator={self.cfg.aggregator.name} needs both")
+        rows = [answered.index(c) for c in clients]
+        val = self.data["val"]
+        return {"labeled_logits": logits[rows], "labeled_y": val.y, "labeled_g": val.g}
 
     def teacher_error(self, val_logits: torch.Tensor) -> float:
         """Error rate of the teachers' ensemble (mean probability) on the server's labeled split."""
@@ -137,4 +158,5 @@ class QuerySession:
             seed=self.cfg.seed,
             clients=tuple(clients),
             round=server_round,
+            **self._labeled_inputs(clients),
         )

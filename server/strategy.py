@@ -106,6 +106,7 @@ class FederatedDistillation:
                                       server_round, "training teachers")
         self.federation.take_reports(replies, server_round)
         teacher_error = self._ask_val(grid, server_round)
+        self.queries.ask_labeled(grid, server_round)
         self.privacy.observe_reports(self.federation.reports.values())
         query_record = self.queries.new_points(grid, server_round, teacher_error)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from fedkd.aggregators import AGGREGATORS
 from fedkd.aggregators.agre import AgreConfig, AgreWeighting, prior_corrected
+from fedkd.aggregators.reliability import bias_group_weights, class_reliability, reliability_weights
 from fedkd.aggregators.support import support_weights
 from fedkd.distill import kd_loss
 from fedkd.models import build_model
@@ -67,6 +69,64 @@ def test_prior_correction_hand_computed():
     overall = np.array([4 + 2, 1 + 3]) / 10.0  # the smoothed counts summed over clients, normalised
     expected = np.log(overall)[None] - np.log([[4 / 5, 1 / 5], [2 / 5, 3 / 5]])
     np.testing.assert_allclose(shifted[:, 0].numpy(), expected, rtol=1e-5)
+
+
+# --- reliability ---------------------------------------------------------------------------------------------
+
+
+def test_class_reliability_is_the_group_balanced_soft_recall():
+    # class 0 has groups 0 (two points) and 1 (one point), class 1 groups 2 and 3 (one point each)
+    y, g = np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 2, 3])
+    probs = torch.tensor([[[0.9, 0.1], [0.7, 0.3], [0.5, 0.5], [0.2, 0.8], [0.4, 0.6]],
+                          [[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.9, 0.1], [0.7, 0.3]]], dtype=torch.float64)
+    r = class_reliability(probs, y, g)
+    # teacher 1, class 0: groups 0 and 1 weigh equally, (0.8 + 0.5) / 2, not the plain mean 0.7
+    np.testing.assert_allclose(r.numpy(), [[0.65, 0.7], [0.6, 0.2]], rtol=1e-12)
+
+
+def test_reliability_targets_hand_computed():
+    reliability = torch.tensor([[0.65, 0.7], [0.6, 0.2]], dtype=torch.float64)
+    probs = torch.tensor([[[0.8, 0.2]], [[0.4, 0.6]]], dtype=torch.float64)
+    # qbar = [0.6, 0.4]; beta = 2: w_1 = 0.6 * 0.65^2 + 0.4 * 0.7^2 = 0.4495, w_2 = 0.6 * 0.36 + 0.4 * 0.04 = 0.232
+    np.testing.assert_allclose(reliability_weights(probs, reliability, 2.0).numpy(), [[0.4495], [0.232]], rtol=1e-12)
+    # the labeled split reproduces that reliability: one point per group, p(y|x) = r
+    labeled = torch.tensor([[[0.65, 0.35], [0.3, 0.7]], [[0.6, 0.4], [0.8, 0.2]]])
+    inputs = AggregationInputs(torch.log(probs.float()), 1.0, torch.ones(2, 2), torch.log(probs.float()),
+                               labeled_logits=torch.log(labeled), labeled_y=np.array([0, 1]),
+                               labeled_g=np.array([0, 1]))
+    aggregator = AGGREGATORS["reliability"](AGGREGATORS.params("reliability")(name="reliability", power=2.0))
+    aggregator.prepare(inputs)
+    targets, weights = aggregator.targets(np.arange(1), None, None, None)
+    expected = (0.4495 * np.array([0.8, 0.2]) + 0.232 * np.array([0.4, 0.6])) / 0.6815
+    np.testing.assert_allclose(targets.numpy(), [expected], rtol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), [1.0], rtol=1e-6)  # one point: its own pseudo-group, weight 1
+    stats = aggregator.round_stats()
+    np.testing.assert_allclose(stats["mean_weight_per_teacher"], [0.4495 / 0.6815, 0.232 / 0.6815], rtol=1e-5)
+
+
+def test_bias_group_weights_balance_the_inferred_groups_under_the_cap():
+    targets = torch.eye(2)[[0, 0, 0, 1, 1, 0]]
+    biased = torch.eye(2)[[0, 0, 0, 1, 1, 1]]  # the last point: target 0, biased reference 1 (conflicting)
+    weights, groups = bias_group_weights(targets, biased, cap=10.0)
+    assert groups.tolist() == [0, 0, 0, 3, 3, 1]
+    # inverse sizes 1/3, 1/3, 1/3, 1/2, 1/2, 1 with mean 1/2
+    np.testing.assert_allclose(weights.numpy(), [2 / 3, 2 / 3, 2 / 3, 1, 1, 2], rtol=1e-12)
+    capped, _ = bias_group_weights(targets, biased, cap=1.5)
+    raw = np.array([2 / 3, 2 / 3, 2 / 3, 1, 1, 1.5])
+    np.testing.assert_allclose(capped.numpy(), raw / raw.mean(), rtol=1e-12)
+    for w in (weights, capped):  # every group carries the same total weight until the cap binds
+        assert abs(float(w.mean()) - 1.0) < 1e-12
+
+
+def test_reliability_without_example_weights_gives_none():
+    probs = [[[0.8, 0.2]], [[0.4, 0.6]]]
+    plain = _inputs(probs, base=probs)
+    inputs = dataclasses.replace(plain, labeled_logits=plain.teacher_logits, labeled_y=np.array([0]),
+                                 labeled_g=np.array([0]))
+    aggregator = AGGREGATORS["reliability"](AGGREGATORS.params("reliability")(name="reliability",
+                                                                              example_weights="none"))
+    aggregator.prepare(inputs)
+    assert aggregator.targets(np.arange(1), None, None, None)[1] is None
 
 
 # --- AGRE-KD -------------------------------------------------------------------------------------------------

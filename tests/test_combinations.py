@@ -66,6 +66,6 @@ def test_combination_runs_one_round(tmp_path, teacher, aggregator, student, stud
     assert 0.0 <= record["test"]["worst_group_accuracy"] <= record["test"]["accuracy"] <= 1.0
     assert record["distill_loss"] == record["distill_loss"]  # not NaN
     assert record["student_model"] in (("dfr", "distilled") if student_dfr else ("distilled",))
-    if aggregator == "agre":
+    if aggregator in ("agre", "reliability"):
         weights = record["aggregator_stats"]["mean_weight_per_teacher"]
         assert len(weights) == 2 and abs(sum(weights) - 1.0) < 1e-6

@@ -378,6 +378,8 @@ def test_gnmax_run_counts_answered_and_refused_queries(tmp_path):
     (["privacy=gnmax", "aggregator=vote", "privacy.threshold=2", "privacy.threshold_sigma=1"],
      "privacy.noise_multiplier"),
     (["privacy=gnmax", "aggregator=vote", "federation.num_clients=100000"], "federation.num_clients"),
+    (["privacy=central_gaussian", "aggregator=reliability"], "aggregator.name"),  # reads unreleased answers
+    (["privacy=local_gaussian", "aggregator=reliability"], "aggregator.name"),
 ])
 def test_bad_privacy_input_is_one_clear_error_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -431,3 +433,9 @@ def test_a_private_run_is_reproducible(tmp_path):
     for a, b in zip(first, second, strict=True):
         a.pop("wall_seconds"), b.pop("wall_seconds")
         assert a == b
+
+
+def test_reliability_runs_under_dpsgd_teachers():
+    """DP-SGD covers every answer of the teacher, on the labeled split too: the config is accepted."""
+    cfg = load_run_config([*FAST, "privacy=dpsgd", "aggregator=reliability", "teacher=dfr"])
+    assert cfg.aggregator.name == "reliability" and cfg.privacy.name == "dpsgd"

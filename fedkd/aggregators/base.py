@@ -1,8 +1,8 @@
 """What every aggregator is: ``prepare`` sees one round's soft labels; ``targets`` is asked for every minibatch
 of distillation with the current student, so an aggregator may adapt to the student (AGRE-KD) or stay fixed for
-the round. An aggregator declares what it needs from the federation (its clients' ERM bases, their class counts)
-and how far one client can move its output (its sensitivity under central DP); the rest of fedkd asks these
-declarations and never compares aggregator names.
+the round. An aggregator declares what it needs from the federation (its clients' ERM bases, their class counts,
+the teachers' answers on the server's public labeled split) and how far one client can move its output (its
+sensitivity under central DP); the rest of fedkd asks these declarations and never compares aggregator names.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ PRIVATE_BATCH = 256  # transfer points per forward pass when targets are compute
 class Aggregator(ABC):
     needs_base: ClassVar[bool] = False  # ask clients for their ERM base's soft labels too
     plurality_vote: ClassVar[bool] = False  # the target is the one-hot majority of the teachers' top classes
+    needs_labeled_answers: ClassVar[bool] = False  # ask the teachers about the server's public labeled split
 
     def __init__(self, cfg: AggregatorConfig) -> None:
         self.cfg = cfg

@@ -1,0 +1,120 @@
+"""Reliability weighting: group-robust distillation from teachers that differ in which classes they saw.
+
+Two parts, each built on what a federated server may know (the teachers' and their ERM bases' answers on public
+points, and the server's public labeled split, group-annotated as DFR needs it):
+
+* Teacher weights, per class, from measured reliability. Teacher m's reliability on class c is its soft recall
+  there, balanced over the labeled split's groups of c: r_m(c) = mean_{k ∈ groups(c)} mean_{x ∈ k} p_m(c|x).
+  A point's weight is w_m(x) = Σ_c q̄(c|x) r_m(c)^β with q̄ the plain mean, and q(x) = Σ_m w_m p_m / Σ_m w_m.
+  This is ``support`` (a teacher speaks for the classes it saw) with the class counts replaced by how well the
+  teacher actually answers on each class, and with its worst groups counted as much as its common ones: a
+  teacher whose features never separated a class, or that follows the spurious cue there, loses its say on it.
+  It builds on weighting ensemble members by their per-class accuracy on held-out labeled data (Kuncheva &
+  Rodríguez 2014, "A weighted voting framework for classifiers ensembles"; Dawid & Skene 1979 for the
+  per-class confusion view) and on DFR's group-balanced use of the labeled split (Kirichenko et al. 2022).
+  Under label skew this reads no class counts, so no client statistic leaves the clients.
+* Example weights from inferred bias groups. The transfer set is as biased as the clients' data, so a student
+  distilled on it uniformly learns the spurious cue from the many bias-aligned points even from debiased
+  targets. A point's pseudo-group is (argmax q(x), argmax b(x)) with b the mean of the clients' ERM bases (the
+  biased reference AGRE-KD uses, Kenfack et al. arXiv 2411.14984); points where the two disagree are the likely
+  bias-conflicting ones. Each point is weighted by the inverse size of its pseudo-group, the group-balanced
+  importance weights of Sagawa et al. 2020 / DFR with groups inferred as JTT infers them from an ERM model's
+  errors (Liu et al. 2021), normalised to mean 1 and capped at ``max_example_weight`` so that a handful of points
+  cannot carry a whole minibatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedkd.aggregators.base import AGGREGATORS, Aggregator
+from fedkd.config import AggregatorConfig, non_negative, one_of, positive
+from fedkd.soft_labels import AggregationInputs, tempered_probs
+
+
+@dataclass(frozen=True)
+class ReliabilityConfig(AggregatorConfig):
+    """conf/aggregator/reliability.yaml."""
+
+    power: float = field(default=4.0, metadata=non_negative())  # β: how sharply the weights follow r_m(c); 0: mean
+    example_weights: str = field(default="bias_groups", metadata=one_of("bias_groups", "none"))
+    max_example_weight: float = field(default=20.0, metadata=positive())  # cap, in units of the mean weight
+
+
+def class_reliability(labeled_probs: torch.Tensor, y: np.ndarray, g: np.ndarray) -> torch.Tensor:
+    """r[m, c] = mean over the groups k of class c of mean_{x ∈ k} p_m(c|x): teacher m's group-balanced soft
+    recall on class c, from its probabilities [M, n_l, C] on the labeled split with classes ``y`` and groups
+    ``g``. A class absent from the split gets reliability 0 for every teacher."""
+    num_teachers, _, num_classes = labeled_probs.shape
+    y_t, g_t = torch.from_numpy(np.asarray(y)), torch.from_numpy(np.asarray(g))
+    reliability = torch.zeros(num_teachers, num_classes, dtype=labeled_probs.dtype)
+    for c in range(num_classes):
+        groups = torch.unique(g_t[y_t == c])
+        if len(groups):
+            reliability[:, c] = torch.stack([labeled_probs[:, (y_t == c) & (g_t == k), c].mean(1)
+                                             for k in groups]).mean(0)
+    return reliability
+
+
+def reliability_weights(probs: torch.Tensor, reliability: torch.Tensor, power: float) -> torch.Tensor:
+    """w_m(x) = Σ_c q̄(c|x) r_m(c)^β for teachers' probabilities [M, n, C]; returns [M, n]."""
+    return torch.einsum("nc,mc->mn", probs.mean(0), reliability.clamp_min(0.0) ** power)
+
+
+def bias_group_weights(targets: torch.Tensor, biased: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point weights [n], mean 1: the inverse size of the point's pseudo-group (argmax target, argmax biased
+    reference), capped at ``cap`` times the mean and renormalised; also the pseudo-group of each point."""
+    num_classes = targets.shape[1]
+    group = targets.argmax(1) * num_classes + biased.argmax(1)
+    sizes = torch.bincount(group, minlength=num_classes * num_classes).double()
+    weights = 1.0 / sizes[group]
+    weights = (weights / weights.mean()).clamp(max=cap)
+    return weights / weights.mean(), group
+
+
+@AGGREGATORS.register("reliability", params=ReliabilityConfig)
+class ReliabilityWeighted(Aggregator):
+    """Teachers weighted per class by their group-balanced recall on the public labeled split, transfer points
+    weighted by inferred bias groups (module docstring; METHODS.md "reliability"). Targets are fixed for the
+    round. The ERM bases are asked for in both settings of ``example_weights``, so that the ablation without
+    example weights runs on the very same answers."""
+
+    needs_base = True
+    needs_labeled_answers = True
+
+    def prepare(self, inputs: AggregationInputs) -> None:
+        if inputs.labeled_logits is None:
+            raise ValueError("reliability needs the teachers' answers on the public labeled split (labeled_logits)")
+        probs = tempered_probs(inputs.teacher_logits, inputs.temperature).double()
+        labeled = tempered_probs(inputs.labeled_logits, inputs.temperature).double()
+        self.reliability = class_reliability(labeled, inputs.labeled_y, inputs.labeled_g)
+        w = reliability_weights(probs, self.reliability, self.cfg.power)
+        w = w / w.sum(0, keepdim=True).clamp_min(1e-300)
+        self.teacher_weights = w
+        self.q = torch.einsum("mn,mnc->nc", w, probs).float()
+        self.example_weights = None
+        self.upweighted = 0.0
+        if self.cfg.example_weights == "bias_groups":
+            if inputs.base_logits is None:
+                raise ValueError("reliability with example_weights=bias_groups needs the clients' ERM base soft "
+                                 "labels (base_logits)")
+            biased = tempered_probs(inputs.base_logits, inputs.temperature).double().mean(0)
+            weights, _ = bias_group_weights(self.q.double(), biased, self.cfg.max_example_weight)
+            self.example_weights = weights.float()
+            self.upweighted = float((weights > 1.0).double().mean())
+
+    def targets(self, idx: np.ndarray, student: torch.nn.Module, x: torch.Tensor,
+                student_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = torch.from_numpy(idx)
+        return self.q[rows], None if self.example_weights is None else self.example_weights[rows]
+
+    def round_stats(self) -> dict:
+        return {
+            "mean_weight_per_teacher": self.teacher_weights.mean(1).tolist(),
+            "class_reliability": self.reliability.tolist(),
+            "upweighted_fraction": self.upweighted,
+            "max_example_weight": 0.0 if self.example_weights is None else float(self.example_weights.max()),
+        }
