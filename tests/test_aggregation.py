@@ -118,6 +118,20 @@ def test_bias_group_weights_balance_the_inferred_groups_under_the_cap():
         assert abs(float(w.mean()) - 1.0) < 1e-12
 
 
+def test_reliability_at_power_zero_is_the_mean():
+    """β = 0 gives every teacher the same weight whatever its reliability: the targets are the plain mean."""
+    probs = torch.tensor([[[0.8, 0.2], [0.1, 0.9]], [[0.4, 0.6], [0.3, 0.7]], [[0.5, 0.5], [0.9, 0.1]]])
+    labeled = torch.tensor([[[0.9, 0.1]], [[0.2, 0.8]], [[0.6, 0.4]]])
+    inputs = AggregationInputs(torch.log(probs), 1.0, torch.ones(3, 2), torch.log(probs),
+                               labeled_logits=torch.log(labeled), labeled_y=np.array([0]), labeled_g=np.array([0]))
+    aggregator = AGGREGATORS["reliability"](AGGREGATORS.params("reliability")(name="reliability", power=0.0,
+                                                                              example_weights="none"))
+    aggregator.prepare(inputs)
+    targets, _ = aggregator.targets(np.arange(2), None, None, None)
+    np.testing.assert_allclose(targets.numpy(), probs.mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(aggregator.round_stats()["mean_weight_per_teacher"], [1 / 3] * 3, rtol=1e-12)
+
+
 def test_reliability_without_example_weights_gives_none():
     probs = [[[0.8, 0.2]], [[0.4, 0.6]]]
     plain = _inputs(probs, base=probs)

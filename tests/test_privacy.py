@@ -435,7 +435,16 @@ def test_a_private_run_is_reproducible(tmp_path):
         assert a == b
 
 
-def test_reliability_runs_under_dpsgd_teachers():
-    """DP-SGD covers every answer of the teacher, on the labeled split too: the config is accepted."""
-    cfg = load_run_config([*FAST, "privacy=dpsgd", "aggregator=reliability", "teacher=dfr"])
-    assert cfg.aggregator.name == "reliability" and cfg.privacy.name == "dpsgd"
+def test_reliability_under_dpsgd_teachers_costs_no_more_epsilon(tmp_path):
+    """DP-SGD covers every answer of a teacher, on the labeled split too: reliability runs, weighs the teachers
+    from their labeled answers, and spends exactly the ε of the same teachers distilled by the mean."""
+    overrides = ["privacy=dpsgd", "teacher=dfr", "teacher.dfr_steps=5", "federation.num_rounds=1",
+                 "baselines.ensemble=false"]
+    _, (mean,) = _run([*overrides, "aggregator=mean"], tmp_path / "mean")
+    _, (reliable,) = _run([*overrides, "aggregator=reliability"], tmp_path / "reliability")
+    stats = reliable["aggregator_stats"]
+    reliability = np.array(stats["class_reliability"])
+    assert reliability.shape == (3, 10) and ((reliability > 0) & (reliability < 1)).all()
+    assert sum(stats["mean_weight_per_teacher"]) == pytest.approx(1.0)
+    assert 0 < stats["upweighted_fraction"] < 1 and stats["max_example_weight"] > 1
+    assert math.isfinite(mean["epsilon_spent"]) and reliable["epsilon_spent"] == mean["epsilon_spent"]
