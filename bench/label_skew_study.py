@@ -143,7 +143,7 @@ def paired_rows(rows: list[dict]) -> dict[tuple[str, str, int], dict[str, dict]]
 
 
 def _label(dataset: str, part: str) -> str:
-    return f"{dataset} | {'IID' if part == 'iid' else f'Dirichlet {part}'}"
+    return f"{dataset}, {'IID' if part == 'iid' else f'Dirichlet {part}'}"
 
 
 def paired_differences(paired: dict, dataset: str, part: str, method: str) -> list[tuple[int, float, float]]:
@@ -187,7 +187,7 @@ def _weights_line(paired: dict, dataset: str, part: str, method: str) -> str | N
 
 def _plot(paired: dict, settings: list[tuple[str, str]]) -> None:
     methods = [m for m in METHODS if m != "mean"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 0.5 * len(settings) + 2.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(16, 0.9 * len(settings) + 2.5), sharey=True)
     y = np.arange(len(settings))
     height = 0.8 / len(methods)
     for axis, column, title in ((axes[0], 1, "accuracy"), (axes[1], 2, "worst-group accuracy")):
@@ -199,7 +199,7 @@ def _plot(paired: dict, settings: list[tuple[str, str]]) -> None:
         axis.set_xlabel(f"{title}: method minus mean, points (paired, mean over seeds)")
     axes[0].set_yticks(y, [_label(d, p) for d, p in settings])
     axes[0].invert_yaxis()
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Teacher weighting under label skew, on identical teachers (bench/label_skew_study.py)")
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)
