@@ -69,11 +69,6 @@ class NoisyPrivacyConfig(PrivacyConfig):
             fail(key, value, f"needs the teachers' soft labels on the server's labeled split every round, a release "
                  f"privacy={self.name} does not account for; use a query strategy and a student objective that "
                  "do not (e.g. query=random, student=kd)")
-        if parts.aggregator.needs_labeled_answers and parts.privacy.unit != "example":
-            fail("aggregator.name", run.aggregator.name, f"this aggregator weighs the teachers by their answers on "
-                 f"the server's labeled split, which privacy={self.name} neither noises nor accounts for (only "
-                 "DP-SGD teachers allow it: every answer of a DP-SGD model is post-processing): use privacy=dpsgd, "
-                 "or an aggregator that reads only transfer answers (e.g. aggregator=mean)")
         if parts.aggregator.needs_class_counts(run.aggregator) and parts.privacy.unit == "client":
             fail("aggregator.name", run.aggregator.name, f"this aggregator reads the clients' class counts, whose "
                  f"sensitivity to replacing a client is unbounded under client-level privacy={self.name}: use an "

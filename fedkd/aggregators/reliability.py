@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fedkd.aggregators.base import AGGREGATORS, Aggregator
-from fedkd.config import AggregatorConfig, non_negative, one_of, positive
+from fedkd.config import AggregatorConfig, Components, RunConfig, fail, non_negative, one_of, positive
 from fedkd.soft_labels import AggregationInputs, tempered_probs
 
 
@@ -42,6 +42,13 @@ class ReliabilityConfig(AggregatorConfig):
     power: float = field(default=4.0, metadata=non_negative())  # β: how sharply the weights follow r_m(c); 0: mean
     example_weights: str = field(default="bias_groups", metadata=one_of("bias_groups", "none"))
     max_example_weight: float = field(default=20.0, metadata=positive())  # cap, in units of the mean weight
+
+    def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        if parts.privacy.unit not in ("none", "example"):
+            fail(f"{section}.name", self.name, f"weighs the teachers by their answers on the server's labeled "
+                 f"split, which privacy={run.privacy.name} neither noises nor accounts for (a DP-SGD teacher's every "
+                 "answer is post-processing): use privacy=dpsgd, or an aggregator that reads only transfer answers "
+                 "(e.g. aggregator=mean)")
 
 
 def class_reliability(labeled_probs: torch.Tensor, y: np.ndarray, g: np.ndarray) -> torch.Tensor:
