@@ -32,6 +32,7 @@ from fedkd.validation import load_run_config  # noqa: E402
 from server.inprocess import TrainedTeacherCache  # noqa: E402
 
 RESULTS = ROOT / "docs" / "label_skew_study.jsonl"
+SUPERSEDED = ROOT / "docs" / "label_skew_study_superseded.jsonl"
 PLOT = ROOT / "docs" / "label_skew_study.png"
 NAME = "label-skew study"
 SEEDS = (0, 1, 2)
@@ -234,7 +235,9 @@ def report() -> None:
              "Command (resumable): `mkdir -p runs; nohup .venv/bin/python bench/label_skew_study.py > "
              f"runs/label_skew_study.log 2>&1 &`; each row's `provenance` has the command that ran it. Raw rows: "
              f"`docs/label_skew_study.jsonl`; plot: `docs/label_skew_study.png`. {len(rows)} runs in {hours:.2f} h "
-             f"(in-process grid, CPU); {used} of them on one set of teachers per (setting, seed), the tables' rows. "
+             f"(in-process grid, CPU); {used} of them on one set of teachers per (setting, seed), the tables' rows; "
+             f"{len(read_rows(SUPERSEDED))} earlier rows, on teachers trained on other machines that no row here "
+             "shares, are kept in `docs/label_skew_study_superseded.jsonl` and left out. "
              "Setting: bench/label_skew_study.py's docstring; overrides in each row. WGA: two-group (aligned / "
              "conflicting) for Colored MNIST, per class for MNIST-LT. Not every cell has run yet: '–'.", "",
              acceptance(paired), "",

@@ -1,0 +1,42 @@
+"""bench/label_skew_study.py's report: rows are compared only on one set of teachers per (setting, seed), and the
+acceptance line reads the paired differences the rows give. Rows are written by hand, nothing is trained."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import label_skew_study as study  # noqa: E402
+
+
+def _row(setting: str, method: str, seed: int, fingerprint: str, accuracy: float, wga: float) -> dict:
+    return {"cell": f"{setting} | {method}", "method": method, "seed": seed, "teachers_fingerprint": fingerprint,
+            "accuracy": accuracy, "worst_group_accuracy": wga}
+
+
+def test_rows_on_other_teachers_are_never_paired():
+    rows = [_row("cmnist 0.99 | 0.3", "mean", 0, "old", 0.50, 0.40),  # another machine's teachers
+            _row("cmnist 0.99 | 0.3", "mean", 0, "new", 0.70, 0.60),
+            _row("cmnist 0.99 | 0.3", "reliability", 0, "new", 0.80, 0.75),
+            _row("cmnist 0.99 | 0.3", "reliability", 1, "other", 0.90, 0.90)]  # no mean on its teachers
+    paired = study.paired_rows(rows)
+    assert paired[("cmnist 0.99", "0.3", 0)]["mean"]["accuracy"] == 0.70
+    (seed, d_acc, d_wga), = study.paired_differences(paired, "cmnist 0.99", "0.3", "reliability")
+    assert seed == 0 and d_acc == pytest.approx(10.0) and d_wga == pytest.approx(15.0)
+
+
+def test_acceptance_reads_every_seed_and_the_iid_reference():
+    rows = []
+    for seed, (skew, iid) in enumerate([((0.06, 0.12), (-0.005, 0.0)), ((0.07, 0.11), (0.0, -0.01))]):
+        rows += [_row("cmnist 0.99 | 0.3", "mean", seed, f"s{seed}", 0.7, 0.6),
+                 _row("cmnist 0.99 | 0.3", "reliability", seed, f"s{seed}", 0.7 + skew[0], 0.6 + skew[1]),
+                 _row("cmnist 0.99 | iid", "mean", seed, f"i{seed}", 0.8, 0.7),
+                 _row("cmnist 0.99 | iid", "reliability", seed, f"i{seed}", 0.8 + iid[0], 0.7 + iid[1])]
+    text = study.acceptance(study.paired_rows(rows))
+    assert "accuracy +6.5" in text and "WGA +11.5" in text and "NOT met" not in text
+    rows[-1]["worst_group_accuracy"] = 0.67  # IID WGA: (0 - 3) / 2 = -1.5 points
+    assert text.count("NOT met") == 0 and study.acceptance(study.paired_rows(rows)).count("NOT met") == 1
