@@ -11,9 +11,10 @@ transfer pool of 10 %, cnn_wide DFR teachers refitted on the server's public lab
 2 rounds). Cells that differ only in the aggregator share their trained teachers and answers
 (TrainedTeacherCache, in memory: run one setting's methods in one process, as ``--match "<dataset> | <α> |"``
 does). Each row names its teachers twice: ``teacher_cache_key`` (what they depend on) and
-``teachers_fingerprint`` (their measured test metrics): the same key trained on another machine gives other
-teachers (float order differs between CPUs), so the report pairs rows by fingerprint and never across two sets of
-teachers. Rows on teachers that no longer exist are kept in ``docs/label_skew_study_superseded.jsonl``.
+``teachers_fingerprint`` (their measured test metrics): the same key trained on another CPU or with another number
+of torch threads gives other teachers (float order differs; on one machine with the same threads a retrained set
+has the same fingerprint), so the report pairs rows by fingerprint and never across two sets of teachers. Rows on
+teachers that no longer exist are kept in ``docs/label_skew_study_superseded.jsonl``.
 """
 
 from __future__ import annotations
@@ -233,12 +234,13 @@ def report() -> None:
     hours = sum(r["seconds"] for r in rows) / 3600
     settings = [(d, _part(a)) for d, a in _settings() if any(k[:2] == (d, _part(a)) for k in paired)]
     lines = ["## Teacher weighting under label skew", "",
-             "Command (resumable): `mkdir -p runs; nohup .venv/bin/python bench/label_skew_study.py > "
+             "Command (resumable; the rows ran with `--threads 1`, one setting per process): `mkdir -p runs; "
+             "nohup .venv/bin/python bench/label_skew_study.py --threads 1 > "
              f"runs/label_skew_study.log 2>&1 &`; each row's `provenance` has the command that ran it. Raw rows: "
              f"`docs/label_skew_study.jsonl`; plot: `docs/label_skew_study.png`. {len(rows)} runs in {hours:.2f} h "
              f"(in-process grid, CPU); {used} of them on one set of teachers per (setting, seed), the tables' rows; "
              f"{len(read_rows(SUPERSEDED))} earlier rows, on teachers that no row here shares (trained on other "
-             "machines, or by a process whose other cells failed), are kept in "
+             "machines), are kept in "
              "`docs/label_skew_study_superseded.jsonl` and left out. "
              "Setting: bench/label_skew_study.py's docstring; overrides in each row. WGA: two-group (aligned / "
              "conflicting) for Colored MNIST, per class for MNIST-LT. Not every cell has run yet: '–'.", "",
