@@ -188,6 +188,9 @@ def _weights_line(paired: dict, dataset: str, part: str, method: str) -> str | N
             f"{mean_std(with_size) if with_size else 'equal shards'} | {mean_std(with_acc)} |")
 
 
+PLOT_FLOOR = -25.0  # points: bars below are cut there so that the small differences stay readable
+
+
 def _plot(paired: dict, settings: list[tuple[str, str]]) -> None:
     methods = [m for m in METHODS if m != "mean"]
     fig, axes = plt.subplots(1, 2, figsize=(16, 0.9 * len(settings) + 2.5), sharey=True)
@@ -196,8 +199,12 @@ def _plot(paired: dict, settings: list[tuple[str, str]]) -> None:
     for axis, column, title in ((axes[0], 1, "accuracy"), (axes[1], 2, "worst-group accuracy")):
         for k, method in enumerate(methods):
             values = [paired_differences(paired, d, p, method) for d, p in settings]
-            means = [np.mean([v[column] for v in got]) if got else np.nan for got in values]
-            axis.barh(y + k * height - 0.4 + height / 2, means, height, label=method)
+            means = np.array([np.mean([v[column] for v in got]) if got else np.nan for got in values])
+            at = y + k * height - 0.4 + height / 2
+            axis.barh(at, np.maximum(means, PLOT_FLOOR), height, label=method)
+            for row in np.flatnonzero(means < PLOT_FLOOR):  # cut at the axis, the value written beside it
+                axis.text(PLOT_FLOOR, at[row], f" {means[row]:.0f}", va="center", fontsize=6)
+        axis.set_xlim(PLOT_FLOOR - 1, None)
         axis.axvline(0, color="black", linewidth=0.8)
         axis.set_xlabel(f"{title}: method minus mean, points (paired, mean over seeds)")
     axes[0].set_yticks(y, [_label(d, p) for d, p in settings])
