@@ -21,6 +21,10 @@ points, and the server's public labeled split, group-annotated as DFR needs it):
   importance weights of Sagawa et al. 2020 / DFR with groups inferred as JTT infers them from an ERM model's
   errors (Liu et al. 2021), normalised to mean 1 and capped at ``max_example_weight`` so that a handful of points
   cannot carry a whole minibatch.
+
+Every probability is taken at the distillation temperature, as the other aggregators take it. The works cited
+above are cited for the ideas built on; their texts were not reachable from here and were not checked line by
+line.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def bias_group_weights(targets: torch.Tensor, biased: torch.Tensor, cap: float) 
 @AGGREGATORS.register("reliability", params=ReliabilityConfig)
 class ReliabilityWeighted(Aggregator):
     """Teachers weighted per class by their group-balanced recall on the public labeled split, transfer points
-    weighted by inferred bias groups (module docstring; METHODS.md "reliability"). Targets are fixed for the
+    weighted by inferred bias groups (module docstring; docs/methods.md). Targets are fixed for the
     round. The ERM bases are asked for in both settings of ``example_weights``, so that the ablation without
     example weights runs on the very same answers."""
 
