@@ -118,6 +118,28 @@ def test_bias_group_weights_balance_the_inferred_groups_under_the_cap():
         assert abs(float(w.mean()) - 1.0) < 1e-12
 
 
+def test_reliability_weighted_bias_reference_hand_computed():
+    """Teacher 0 knows class 0 (r = 0.9, 0.1), teacher 1 class 1. At point A both teachers say class 0, so the
+    weights are 0.82 / 0.18; base 0 says class 0 by 0.6 and base 1 says class 1 by 0.9. The mean reference
+    (0.35, 0.65) calls A bias-conflicting; the weighted one (0.51, 0.49) calls it aligned, as B and C are."""
+    teachers = torch.tensor([[[0.9, 0.1]] * 3 + [[0.1, 0.9]]] * 2, dtype=torch.float64)
+    bases = torch.tensor([[[0.6, 0.4], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]],
+                          [[0.1, 0.9], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]]], dtype=torch.float64)
+    labeled = torch.tensor([[[0.9, 0.1], [0.9, 0.1]], [[0.1, 0.9], [0.1, 0.9]]], dtype=torch.float64)
+    inputs = AggregationInputs(torch.log(teachers), 1.0, torch.ones(2, 2), torch.log(bases),
+                               labeled_logits=torch.log(labeled), labeled_y=np.array([0, 1]),
+                               labeled_g=np.array([0, 1]))
+    expected = {"mean": [4 / 3, 2 / 3, 2 / 3, 4 / 3],  # groups (0,1), (0,0), (0,0), (1,1): sizes 1, 2, 2, 1
+                "reliability": [2 / 3, 2 / 3, 2 / 3, 2]}  # groups (0,0) ×3, (1,1): sizes 3, 3, 3, 1
+    for reference, weights in expected.items():
+        aggregator = AGGREGATORS["reliability"](AGGREGATORS.params("reliability")(
+            name="reliability", power=1.0, bias_reference=reference))
+        aggregator.prepare(inputs)
+        np.testing.assert_allclose(aggregator.teacher_weights[:, 0].numpy(), [0.82, 0.18], rtol=1e-12)
+        np.testing.assert_allclose(aggregator.targets(np.arange(4), None, None, None)[1].numpy(), weights,
+                                   rtol=1e-6)
+
+
 def test_reliability_at_power_zero_is_the_mean():
     """β = 0 gives every teacher the same weight whatever its reliability: the targets are the plain mean."""
     probs = torch.tensor([[[0.8, 0.2], [0.1, 0.9]], [[0.4, 0.6], [0.3, 0.7]], [[0.5, 0.5], [0.9, 0.1]]])

@@ -40,3 +40,15 @@ def test_acceptance_reads_every_seed_and_the_iid_reference():
     assert "accuracy +6.5" in text and "WGA +11.5" in text and "NOT met" not in text
     rows[-1]["worst_group_accuracy"] = 0.67  # IID WGA: (0 - 3) / 2 = -1.5 points
     assert text.count("NOT met") == 0 and study.acceptance(study.paired_rows(rows)).count("NOT met") == 1
+
+
+def test_the_weighted_bias_reference_runs_only_on_fresh_seeds_beside_its_baseline():
+    """It was designed after seeds 0–2 of the acceptance setting were read: it must never run there, and every seed
+    it runs at must also run the mean and `reliability` on the same teachers."""
+    weighted = [c for c in study.CELLS if c.endswith(study.WEIGHTED_REFERENCE)]
+    assert weighted and all(not set(study.seeds_of(c)) & set(study.STUDY_SEEDS) for c in weighted)
+    for cell in weighted:
+        setting = cell.rsplit(" | ", 1)[0]
+        for baseline in ("mean", "reliability"):
+            assert set(study.seeds_of(cell)) <= set(study.seeds_of(f"{setting} | {baseline}"))
+    assert {c.rsplit(" | ", 1)[0] for c in weighted if study.seeds_of(c)} == {"cmnist 0.99 | 0.3", "cmnist 0.99 | iid"}

@@ -20,7 +20,9 @@ points, and the server's public labeled split, group-annotated as DFR needs it):
   bias-conflicting ones. Each point is weighted by the inverse size of its pseudo-group, the group-balanced
   importance weights of Sagawa et al. 2020 / DFR with groups inferred as JTT infers them from an ERM model's
   errors (Liu et al. 2021), normalised to mean 1 and capped at ``max_example_weight`` so that a handful of points
-  cannot carry a whole minibatch.
+  cannot carry a whole minibatch. With ``bias_reference=reliability`` b is the ERM bases' average under the
+  teacher weights w_m(x) instead: under label skew a base that never saw a point's class cannot voice that
+  class's spurious cue, and in the plain mean it blurs the reference: a per-point, per-class biased reference.
 
 Every probability is taken at the distillation temperature, as the other aggregators take it. The works cited
 above are cited for the ideas built on; their texts were not reachable from here and were not checked line by
@@ -46,6 +48,7 @@ class ReliabilityConfig(AggregatorConfig):
     power: float = field(default=4.0, metadata=non_negative())  # β: how sharply the weights follow r_m(c); 0: mean
     example_weights: str = field(default="bias_groups", metadata=one_of("bias_groups", "none"))
     max_example_weight: float = field(default=20.0, metadata=positive())  # cap, in units of the mean weight
+    bias_reference: str = field(default="mean", metadata=one_of("mean", "reliability"))  # b: how the bases combine
 
     def check(self, section: str, run: RunConfig, parts: Components) -> None:
         if parts.privacy.unit not in ("none", "example"):
@@ -112,7 +115,8 @@ class ReliabilityWeighted(Aggregator):
             if inputs.base_logits is None:
                 raise ValueError("reliability with example_weights=bias_groups needs the clients' ERM base soft "
                                  "labels (base_logits)")
-            biased = tempered_probs(inputs.base_logits, inputs.temperature).double().mean(0)
+            bases = tempered_probs(inputs.base_logits, inputs.temperature).double()
+            biased = bases.mean(0) if self.cfg.bias_reference == "mean" else torch.einsum("mn,mnc->nc", w, bases)
             weights, _ = bias_group_weights(self.q.double(), biased, self.cfg.max_example_weight)
             self.example_weights = weights.float()
             self.upweighted = float((weights > 1.0).double().mean())
