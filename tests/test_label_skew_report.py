@@ -52,3 +52,14 @@ def test_the_weighted_bias_reference_runs_only_on_fresh_seeds_beside_its_baselin
         for baseline in ("mean", "reliability"):
             assert set(study.seeds_of(cell)) <= set(study.seeds_of(f"{setting} | {baseline}"))
     assert {c.rsplit(" | ", 1)[0] for c in weighted if study.seeds_of(c)} == {"cmnist 0.99 | 0.3", "cmnist 0.99 | iid"}
+
+
+def test_fresh_seed_comparison_leaves_out_the_seeds_the_design_saw():
+    rows = [_row("cmnist 0.99 | 0.3", "mean", 0, "s0", 0.70, 0.60),
+            _row("cmnist 0.99 | 0.3", "reliability", 0, "s0", 0.90, 0.90),  # seed 0: read before the design
+            _row("cmnist 0.99 | 0.3", "mean", 3, "s3", 0.70, 0.60),
+            _row("cmnist 0.99 | 0.3", "reliability", 3, "s3", 0.75, 0.66),
+            _row("cmnist 0.99 | 0.3", study.WEIGHTED_REFERENCE, 3, "s3", 0.78, 0.70)]
+    text = study.fresh_seed_comparison(study.paired_rows(rows))
+    assert "`reliability` +5.0 / +6.0 (1 seeds)" in text
+    assert f"`{study.WEIGHTED_REFERENCE}` +8.0 / +10.0 (1 seeds)" in text and "IID" not in text
