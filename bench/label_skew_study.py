@@ -115,6 +115,17 @@ def teachers_fingerprint(teachers: list[dict]) -> str:
     return hashlib.sha256(json.dumps(teachers, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def teachers_ensemble(summary: dict, cmnist: bool) -> dict | None:
+    """The test metrics of the teachers' plain-mean ensemble (the run's evaluation-only baseline), WGA as in the
+    row: what the student would reach by matching its teachers' average exactly. None where the run skipped it
+    (under privacy, the test-set ensemble would be another release)."""
+    ensemble = summary["baselines"].get("ensemble", {})
+    if "accuracy" not in ensemble:
+        return None
+    return {"accuracy": ensemble["accuracy"],
+            "worst_group_accuracy": ensemble["two_group_worst_group_accuracy" if cmnist else "worst_group_accuracy"]}
+
+
 def make_row(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
     dataset, alpha, method = cell.split(" | ")
     overrides = [*CELLS[cell], f"seed={seed}"]
@@ -136,10 +147,12 @@ def make_row(cell: str, seed: int, cache: TrainedTeacherCache) -> dict:
         "worst_group_accuracy": test["two_group_worst_group_accuracy"] if cmnist else test["worst_group_accuracy"],
         "worst_group_accuracy_all_groups": test["worst_group_accuracy"],
         "teachers_mean_accuracy": float(np.mean([m["accuracy"] for m in members])) if members else None,
+        "teachers_ensemble": teachers_ensemble(summary, cmnist),
         "epsilon": last.get("epsilon_spent"),
         "aggregator_stats": {k: v for k, v in stats.items()
                              if k in ("biased_client", "mean_weight_per_teacher", "upweighted_fraction",
-                                      "max_example_weight")},
+                                      "max_example_weight", "example_weight_share_wrong_target",
+                                      "example_weight_share_per_group")},
         "teachers": teachers,
         "teacher_cache_key": teacher_cache_key(overrides), "teachers_fingerprint": teachers_fingerprint(teachers),
         "teachers_reused": reused, "run_dir": summary["run_dir"], "seconds": seconds,
@@ -253,6 +266,43 @@ def acceptance(paired: dict, method: str = "reliability") -> str:
             + "; ".join(f"{text}: {'met' if ok else 'NOT met'}" for text, ok in checks) + ".")
 
 
+def teachers_ceiling(paired: dict, method: str = "reliability") -> str:
+    """At the acceptance setting: the teachers' plain-mean ensemble on the test set beside the mean's student and
+    ``method``'s, and on how many seeds the goal's +10 WGA asks for more than that ensemble reaches."""
+    got = [g for k, g in sorted(paired.items()) if k[:2] == ACCEPTANCE and "mean" in g and method in g
+           and g["mean"].get("teachers_ensemble")]
+    if not got:
+        return "The teachers' ensemble has not been recorded at the acceptance setting yet."
+    ens = np.array([[g["mean"]["teachers_ensemble"]["accuracy"], g["mean"]["teachers_ensemble"]["worst_group_accuracy"]]
+                    for g in got])
+    mean = np.array([[g["mean"]["accuracy"], g["mean"]["worst_group_accuracy"]] for g in got])
+    ours = np.array([[g[method]["accuracy"], g[method]["worst_group_accuracy"]] for g in got])
+    above = int((mean[:, 1] + 0.10 > ens[:, 1]).sum())
+    (ens_acc, ens_wga), (mean_acc, mean_wga), (our_acc, our_wga) = ens.mean(0), mean.mean(0), ours.mean(0)
+    return (f"The teachers' ceiling ({_label(*ACCEPTANCE)}, {len(got)} seeds, accuracy / WGA): the teachers' "
+            f"plain-mean ensemble reaches {ens_acc:.3f} / {ens_wga:.3f} on the test set, the mean's student "
+            f"{mean_acc:.3f} / {mean_wga:.3f}, `{method}`'s student {our_acc:.3f} / {our_wga:.3f} "
+            f"({(our_wga - ens_wga) * 100:+.1f} WGA points from the ensemble). The goal's +10 WGA asks for "
+            f"{mean_wga + 0.10:.3f}: more than the teachers' ensemble on {above} of {len(got)} seeds.")
+
+
+def pseudo_group_precision(paired: dict, method: str = "reliability") -> str:
+    """At the acceptance setting: where ``method``'s example weights go (evaluation-only labels and groups): the
+    share on the truly bias-conflicting transfer points, and on the points whose target's argmax is wrong."""
+    stats = [g[method]["aggregator_stats"] for k, g in sorted(paired.items()) if k[:2] == ACCEPTANCE
+             and method in g and "example_weight_share_per_group" in g[method]["aggregator_stats"]]
+    if not stats:
+        return "The example weights' shares have not been recorded at the acceptance setting yet."
+    conflicting = [sum(v for name, v in s["example_weight_share_per_group"].items() if name.endswith("conflicting"))
+                   for s in stats]
+    wrong = [s["example_weight_share_wrong_target"] for s in stats]
+    upweighted = [s["upweighted_fraction"] for s in stats]
+    return (f"Where `{method}`'s example weights go ({_label(*ACCEPTANCE)}, {len(stats)} seeds, last round, "
+            f"evaluation-only labels): {mean_std(upweighted)} of the transfer points are upweighted (1 % are "
+            f"bias-conflicting); the truly bias-conflicting points carry {mean_std(conflicting)} of the weight, the "
+            f"points whose target's argmax is wrong {mean_std(wrong)}.")
+
+
 def fresh_seed_comparison(paired: dict) -> str:
     """The weighted bias reference against `reliability` on the seeds both ran at (3–5), so that the two are
     compared on the same teachers and on seeds no design choice saw."""
@@ -285,6 +335,7 @@ def report() -> None:
              "Setting: bench/label_skew_study.py's docstring; overrides in each row. WGA: two-group (aligned / "
              "conflicting) for Colored MNIST, per class for MNIST-LT. Not every cell has run yet: '–'.", "",
              acceptance(paired), "", acceptance(paired, WEIGHTED_REFERENCE), "", fresh_seed_comparison(paired), "",
+             teachers_ceiling(paired), "", pseudo_group_precision(paired), "",
              "Paired differences to `mean` on the same teachers, accuracy / WGA in points, mean over seeds (seeds "
              "where the method is above the mean in accuracy, in WGA):", "",
              "| setting | n | " + " | ".join(m for m in METHODS if m != "mean") + " |",

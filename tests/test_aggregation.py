@@ -11,7 +11,12 @@ import torch
 
 from fedkd.aggregators import AGGREGATORS
 from fedkd.aggregators.agre import AgreConfig, AgreWeighting, prior_corrected
-from fedkd.aggregators.reliability import bias_group_weights, class_reliability, reliability_weights
+from fedkd.aggregators.reliability import (
+    bias_group_weights,
+    class_reliability,
+    example_weight_mass,
+    reliability_weights,
+)
 from fedkd.aggregators.support import support_weights
 from fedkd.distill import kd_loss
 from fedkd.models import build_model
@@ -116,6 +121,20 @@ def test_bias_group_weights_balance_the_inferred_groups_under_the_cap():
     np.testing.assert_allclose(capped.numpy(), raw / raw.mean(), rtol=1e-12)
     for w in (weights, capped):  # every group carries the same total weight until the cap binds
         assert abs(float(w.mean()) - 1.0) < 1e-12
+
+
+def test_example_weight_mass_per_true_group_and_on_wrong_targets():
+    """The weights of the case above, [2/3, 2/3, 2/3, 1, 1, 2] (sum 6), on points of true classes [0, 0, 1, 1, 1, 1]
+    and true groups a, a, b, b, b, c: the targets' argmax is wrong at points 2 and 5, (2/3 + 2) / 6 = 4/9 of the
+    weight; a carries (4/3) / 6, b (8/3) / 6, c 2 / 6."""
+    targets = torch.eye(2, dtype=torch.float64)[[0, 0, 0, 1, 1, 0]]
+    weights = torch.tensor([2 / 3, 2 / 3, 2 / 3, 1, 1, 2], dtype=torch.float64)
+    inputs = AggregationInputs(torch.zeros(1, 6, 2), 1.0, torch.ones(1, 2), groups=np.array([0, 0, 1, 1, 1, 2]),
+                               group_names=("a", "b", "c"), labels=np.array([0, 0, 1, 1, 1, 1]))
+    mass = example_weight_mass(weights, targets, inputs)
+    assert mass["example_weight_share_wrong_target"] == pytest.approx(4 / 9)
+    assert mass["example_weight_share_per_group"] == pytest.approx({"a": 2 / 9, "b": 4 / 9, "c": 1 / 3})
+    assert example_weight_mass(weights, targets, dataclasses.replace(inputs, labels=None)) == {}
 
 
 def test_reliability_weighted_bias_reference_hand_computed():

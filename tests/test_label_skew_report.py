@@ -63,3 +63,24 @@ def test_fresh_seed_comparison_leaves_out_the_seeds_the_design_saw():
     text = study.fresh_seed_comparison(study.paired_rows(rows))
     assert "`reliability` +5.0 / +6.0 (1 seeds)" in text
     assert f"`{study.WEIGHTED_REFERENCE}` +8.0 / +10.0 (1 seeds)" in text and "IID" not in text
+
+
+def test_teachers_ceiling_counts_the_seeds_where_the_goal_asks_more_than_the_teachers_ensemble():
+    rows = []
+    for seed, ensemble_wga in enumerate((0.75, 0.65)):  # mean's WGA 0.60 + 0.10 = 0.70: above seed 1's ensemble
+        rows += [_row("cmnist 0.99 | 0.3", "mean", seed, f"s{seed}", 0.70, 0.60),
+                 _row("cmnist 0.99 | 0.3", "reliability", seed, f"s{seed}", 0.76, 0.68)]
+        rows[-2]["teachers_ensemble"] = {"accuracy": 0.80, "worst_group_accuracy": ensemble_wga}
+    text = study.teachers_ceiling(study.paired_rows(rows))
+    assert "ensemble reaches 0.800 / 0.700" in text and "`reliability`'s student 0.760 / 0.680 (-2.0 WGA" in text
+    assert "asks for 0.700: more than the teachers' ensemble on 1 of 2 seeds" in text
+
+
+def test_pseudo_group_precision_sums_the_conflicting_groups():
+    rows = [_row("cmnist 0.99 | 0.3", "mean", 0, "s0", 0.70, 0.60),
+            _row("cmnist 0.99 | 0.3", "reliability", 0, "s0", 0.76, 0.68)]
+    rows[1]["aggregator_stats"] = {"upweighted_fraction": 0.02, "example_weight_share_wrong_target": 0.5,
+                                   "example_weight_share_per_group": {"digit0-aligned": 0.6, "digit0-conflicting": 0.1,
+                                                                      "digit1-conflicting": 0.3}}
+    text = study.pseudo_group_precision(study.paired_rows(rows))
+    assert "carry 0.400 ± 0.000 of the weight" in text and "wrong 0.500 ± 0.000" in text

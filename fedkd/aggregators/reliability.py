@@ -89,6 +89,20 @@ def bias_group_weights(targets: torch.Tensor, biased: torch.Tensor, cap: float) 
     return weights / weights.mean(), group
 
 
+def example_weight_mass(weights: torch.Tensor, targets: torch.Tensor, inputs: AggregationInputs) -> dict:
+    """Evaluation-only: the share of the example weights on each true group of the transfer points, and on the
+    points whose target's argmax is not their true class: does the upweighting find the bias-conflicting points,
+    or the points the teachers get wrong? Empty without the evaluation-only labels and groups."""
+    if inputs.groups is None or inputs.labels is None:
+        return {}
+    total = weights.sum()
+    groups = torch.from_numpy(np.asarray(inputs.groups))
+    wrong = targets.argmax(1) != torch.from_numpy(np.asarray(inputs.labels))
+    return {"example_weight_share_per_group": {inputs.group_names[g]: float(weights[groups == g].sum() / total)
+                                               for g in torch.unique(groups).tolist()},
+            "example_weight_share_wrong_target": float(weights[wrong].sum() / total)}
+
+
 @AGGREGATORS.register("reliability", params=ReliabilityConfig)
 class ReliabilityWeighted(Aggregator):
     """Teachers weighted per class by their group-balanced recall on the public labeled split, transfer points
@@ -111,6 +125,7 @@ class ReliabilityWeighted(Aggregator):
         self.q = torch.einsum("mn,mnc->nc", w, probs).float()
         self.example_weights = None
         self.upweighted = 0.0
+        self.mass: dict = {}
         if self.cfg.example_weights == "bias_groups":
             if inputs.base_logits is None:
                 raise ValueError("reliability with example_weights=bias_groups needs the clients' ERM base soft "
@@ -120,6 +135,7 @@ class ReliabilityWeighted(Aggregator):
             weights, _ = bias_group_weights(self.q.double(), biased, self.cfg.max_example_weight)
             self.example_weights = weights.float()
             self.upweighted = float((weights > 1.0).double().mean())
+            self.mass = example_weight_mass(weights, self.q, inputs)
 
     def targets(self, idx: np.ndarray, student: torch.nn.Module, x: torch.Tensor,
                 student_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,4 +148,5 @@ class ReliabilityWeighted(Aggregator):
             "class_reliability": self.reliability.tolist(),
             "upweighted_fraction": self.upweighted,
             "max_example_weight": 0.0 if self.example_weights is None else float(self.example_weights.max()),
+            **self.mass,
         }
