@@ -16,9 +16,11 @@ of torch threads gives other teachers (float order differs; on one machine with 
 has the same fingerprint), so the report pairs rows by fingerprint and never across two sets of teachers. Rows on
 teachers that no longer exist are kept in ``docs/label_skew_study_superseded.jsonl``.
 
-Seeds: 0–2 everywhere. ``reliability, weighted bias reference`` was added after seeds 0–2 of the acceptance setting
-had been read, so it runs only on the fresh seeds 3–5 there (Colored MNIST 99 %, Dirichlet 0.3 and IID), beside the
-mean and the other reliability variants on the same teachers; no choice of the method saw those seeds.
+Seeds: 0–2 everywhere. In the acceptance setting (Colored MNIST 99 %, Dirichlet 0.3 and IID) variants designed
+after some seeds had been read run only on seeds that no choice of theirs saw, beside the mean and `reliability` on
+the same teachers: ``reliability, weighted bias reference`` (designed after seeds 0–2) on 3–5, ``reliability,
+agreement gate`` (designed after seeds 0–5, from the example weights' shares on seeds 0–2) on 6–8. The mean and
+`reliability` run at 0–8 there, its two halves at 0–5.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ RESULTS = ROOT / "docs" / "label_skew_study.jsonl"
 SUPERSEDED = ROOT / "docs" / "label_skew_study_superseded.jsonl"
 PLOT = ROOT / "docs" / "label_skew_study.png"
 NAME = "label-skew study"
-SEEDS = (0, 1, 2, 3, 4, 5)
-STUDY_SEEDS, FRESH_SEEDS = SEEDS[:3], SEEDS[3:]
+SEEDS = (0, 1, 2, 3, 4, 5, 6, 7, 8)
+STUDY_SEEDS = SEEDS[:3]
 BASE = ["dataset.source=mnist", "dataset.test_per_class=1000", "dataset.val_per_class=500",
         "dataset.transfer_fraction=0.1", "teacher=dfr", "teacher.arch=cnn_wide", "teacher.epochs=2",
         "teacher.weight_decay=0.0001", "student.epochs=6", "student.weight_decay=0.0001", "federation.num_rounds=2",
@@ -51,9 +53,13 @@ METHODS = {"mean": ["aggregator=mean"], "support": ["aggregator=support"], "agre
            "reliability": ["aggregator=reliability"],
            "reliability, teacher weights only": ["aggregator=reliability", "aggregator.example_weights=none"],
            "reliability, example weights only": ["aggregator=reliability", "aggregator.power=0"],
-           "reliability, weighted bias reference": ["aggregator=reliability", "aggregator.bias_reference=reliability"]}
+           "reliability, weighted bias reference": ["aggregator=reliability", "aggregator.bias_reference=reliability"],
+           "reliability, agreement gate": ["aggregator=reliability", "aggregator.min_agreement=0.5"]}
 WEIGHTED_REFERENCE = "reliability, weighted bias reference"
-BREADTH = [m for m in METHODS if m != WEIGHTED_REFERENCE]
+AGREEMENT_GATE = "reliability, agreement gate"
+# variants designed after seeds had been read, and the seeds none of their choices saw, where alone they run
+FRESH_SEEDS = {WEIGHTED_REFERENCE: SEEDS[3:6], AGREEMENT_GATE: SEEDS[6:9]}
+BREADTH = [m for m in METHODS if m not in FRESH_SEEDS]
 RELIABILITY = [m for m in BREADTH if m.startswith("reliability")]
 # dataset label -> (overrides, the methods it runs). DP-SGD teachers at ε 8 per client: the weightings that read no
 # class counts (support and agre_fed would need noisy counts, another release and other teachers)
@@ -95,13 +101,15 @@ CELLS = _cells()
 
 
 def seeds_of(cell: str) -> tuple[int, ...]:
-    """The seeds a cell runs at: 0–2; in the acceptance setting also 3–5 for the mean and the reliability variants,
-    and only 3–5 for the weighted bias reference (module docstring)."""
+    """The seeds a cell runs at: 0–2; in the acceptance setting also 3–5 for the reliability variants, 3–8 for the
+    mean and `reliability`, and each late variant only at its own fresh seeds (module docstring)."""
     dataset, part, method = cell.split(" | ")
     fresh = (dataset, part) in FRESH_SETTINGS
-    if method == WEIGHTED_REFERENCE:
-        return FRESH_SEEDS if fresh else ()
-    return SEEDS if fresh and (method == "mean" or method in RELIABILITY) else STUDY_SEEDS
+    if method in FRESH_SEEDS:
+        return FRESH_SEEDS[method] if fresh else ()
+    if fresh and method in ("mean", "reliability"):
+        return SEEDS
+    return SEEDS[:6] if fresh and method in RELIABILITY else STUDY_SEEDS
 
 
 def teacher_cache_key(overrides: list[str]) -> str:
@@ -303,18 +311,20 @@ def pseudo_group_precision(paired: dict, method: str = "reliability") -> str:
             f"points whose target's argmax is wrong {mean_std(wrong)}.")
 
 
-def fresh_seed_comparison(paired: dict) -> str:
-    """The weighted bias reference against `reliability` on the seeds both ran at (3–5), so that the two are
-    compared on the same teachers and on seeds no design choice saw."""
+def fresh_seed_comparison(paired: dict, variant: str) -> str:
+    """A late ``variant`` against `reliability` on the seeds no choice of the variant saw (``FRESH_SEEDS``), so
+    that the two are compared on the same teachers there."""
+    seeds = FRESH_SEEDS[variant]
     parts = []
     for setting in (ACCEPTANCE, (ACCEPTANCE[0], "iid")):
-        for method in ("reliability", WEIGHTED_REFERENCE):
-            got = [d for d in paired_differences(paired, *setting, method) if d[0] in FRESH_SEEDS]
+        for method in ("reliability", variant):
+            got = [d for d in paired_differences(paired, *setting, method) if d[0] in seeds]
             if got:
                 parts.append(f"{_label(*setting)}, `{method}` {np.mean([d[1] for d in got]):+.1f} / "
                              f"{np.mean([d[2] for d in got]):+.1f} ({len(got)} seeds)")
-    return ("On the fresh seeds 3–5 alone (minus `mean`, accuracy / WGA points): " + "; ".join(parts) + "."
-            if parts else "The fresh seeds 3–5 have not run yet.")
+    span = f"{seeds[0]}–{seeds[-1]}"
+    return (f"On `{variant}`'s fresh seeds {span} alone (minus `mean`, accuracy / WGA points): " + "; ".join(parts)
+            + "." if parts else f"The fresh seeds {span} have not run yet.")
 
 
 def report() -> None:
@@ -334,8 +344,11 @@ def report() -> None:
              "`docs/label_skew_study_superseded.jsonl` and left out. "
              "Setting: bench/label_skew_study.py's docstring; overrides in each row. WGA: two-group (aligned / "
              "conflicting) for Colored MNIST, per class for MNIST-LT. Not every cell has run yet: '–'.", "",
-             acceptance(paired), "", acceptance(paired, WEIGHTED_REFERENCE), "", fresh_seed_comparison(paired), "",
+             acceptance(paired), "",
+             *[line for variant in FRESH_SEEDS
+               for line in (acceptance(paired, variant), "", fresh_seed_comparison(paired, variant), "")],
              teachers_ceiling(paired), "", pseudo_group_precision(paired), "",
+             pseudo_group_precision(paired, AGREEMENT_GATE), "",
              "Paired differences to `mean` on the same teachers, accuracy / WGA in points, mean over seeds (seeds "
              "where the method is above the mean in accuracy, in WGA):", "",
              "| setting | n | " + " | ".join(m for m in METHODS if m != "mean") + " |",

@@ -16,6 +16,7 @@ from fedkd.aggregators.reliability import (
     class_reliability,
     example_weight_mass,
     reliability_weights,
+    teacher_agreement,
 )
 from fedkd.aggregators.support import support_weights
 from fedkd.distill import kd_loss
@@ -121,6 +122,46 @@ def test_bias_group_weights_balance_the_inferred_groups_under_the_cap():
     np.testing.assert_allclose(capped.numpy(), raw / raw.mean(), rtol=1e-12)
     for w in (weights, capped):  # every group carries the same total weight until the cap binds
         assert abs(float(w.mean()) - 1.0) < 1e-12
+
+
+def test_an_untrusted_disagreement_joins_its_targets_aligned_group():
+    """The case above with the last point untrusted: it joins group (0, 0), now of size 4 beside (1, 1) of size 2;
+    inverse sizes 1/4 ×4 and 1/2 ×2 have mean 1/3."""
+    targets = torch.eye(2)[[0, 0, 0, 1, 1, 0]]
+    biased = torch.eye(2)[[0, 0, 0, 1, 1, 1]]
+    trusted = torch.tensor([True] * 5 + [False])
+    weights, groups = bias_group_weights(targets, biased, cap=10.0, trusted=trusted)
+    assert groups.tolist() == [0, 0, 0, 3, 3, 0]
+    np.testing.assert_allclose(weights.numpy(), [3 / 4, 3 / 4, 3 / 4, 3 / 2, 3 / 2, 3 / 4], rtol=1e-12)
+
+
+def test_teacher_agreement_is_the_teacher_weight_voting_the_targets_class():
+    """Point 0: teachers 0 and 2 vote class 0, the target's: 0.5 + 0.2. Point 1: only teacher 1 votes class 1."""
+    probs = torch.tensor([[[0.9, 0.1], [0.6, 0.4]], [[0.3, 0.7], [0.2, 0.8]], [[0.6, 0.4], [0.7, 0.3]]])
+    weights = torch.tensor([[0.5, 0.1], [0.3, 0.3], [0.2, 0.6]])
+    targets = torch.tensor([[0.6, 0.4], [0.3, 0.7]])
+    np.testing.assert_allclose(teacher_agreement(probs, weights, targets).numpy(), [0.7, 0.3], rtol=1e-6)
+
+
+def test_reliability_agreement_gate_upweights_only_what_the_teachers_agree_on():
+    """Two teachers of equal reliability; at the last point they split (class 0 by 0.6, class 1 by 0.55), so the
+    target says 0 with agreement 0.5 while the base says 1. At min_agreement 0.6 that disagreement is not trusted
+    and every point sits in an aligned group: (0, 0) of 3 points, (1, 1) of 1, weights 2/3 and 2."""
+    teachers = torch.tensor([[[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.6, 0.4]],
+                             [[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.45, 0.55]]], dtype=torch.float64)
+    bases = torch.tensor([[[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9]]] * 2, dtype=torch.float64)
+    labeled = torch.tensor([[[0.8, 0.2], [0.2, 0.8]]] * 2, dtype=torch.float64)
+    inputs = AggregationInputs(torch.log(teachers), 1.0, torch.ones(2, 2), torch.log(bases),
+                               labeled_logits=torch.log(labeled), labeled_y=np.array([0, 1]),
+                               labeled_g=np.array([0, 1]))
+    # up to 0.5 the last point is trusted: groups (0,0) ×2, (1,1), (0,1), inverse sizes 1/2, 1/2, 1, 1 (mean 3/4)
+    expected = {0.0: [2 / 3, 2 / 3, 4 / 3, 4 / 3], 0.5: [2 / 3, 2 / 3, 4 / 3, 4 / 3], 0.6: [2 / 3, 2 / 3, 2, 2 / 3]}
+    for gate, weights in expected.items():
+        aggregator = AGGREGATORS["reliability"](AGGREGATORS.params("reliability")(
+            name="reliability", power=1.0, min_agreement=gate))
+        aggregator.prepare(inputs)
+        np.testing.assert_allclose(aggregator.targets(np.arange(4), None, None, None)[1].numpy(), weights,
+                                   rtol=1e-6)
 
 
 def test_example_weight_mass_per_true_group_and_on_wrong_targets():

@@ -380,6 +380,7 @@ def test_gnmax_run_counts_answered_and_refused_queries(tmp_path):
     (["privacy=gnmax", "aggregator=vote", "federation.num_clients=100000"], "federation.num_clients"),
     (["privacy=central_gaussian", "aggregator=reliability"], "aggregator.name"),  # reads unreleased answers
     (["privacy=local_gaussian", "aggregator=reliability"], "aggregator.name"),
+    (["aggregator=reliability", "aggregator.min_agreement=1.5"], "aggregator.min_agreement"),  # a share of weight
 ])
 def test_bad_privacy_input_is_one_clear_error_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

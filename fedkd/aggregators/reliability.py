@@ -23,6 +23,10 @@ points, and the server's public labeled split, group-annotated as DFR needs it):
   cannot carry a whole minibatch. With ``bias_reference=reliability`` b is the ERM bases' average under the
   teacher weights w_m(x) instead: under label skew a base that never saw a point's class cannot voice that
   class's spurious cue, and in the plain mean it blurs the reference: a per-point, per-class biased reference.
+  With ``min_agreement`` a > 0, a point counts as bias-conflicting only where the teachers holding a share ≥ a
+  of its teacher weight vote the target's class: where they split, a disagreement with the bases is more often
+  the aggregate's own error on a bias-aligned point (there the bases, reading the cue, are right), and the
+  upweighting would amplify a wrong target. The evaluation-only shares in ``round_stats`` measure both.
 
 Every probability is taken at the distillation temperature, as the other aggregators take it. The works cited
 above are cited for the ideas built on; their texts were not reachable from here and were not checked line by
@@ -49,8 +53,12 @@ class ReliabilityConfig(AggregatorConfig):
     example_weights: str = field(default="bias_groups", metadata=one_of("bias_groups", "none"))
     max_example_weight: float = field(default=20.0, metadata=positive())  # cap, in units of the mean weight
     bias_reference: str = field(default="mean", metadata=one_of("mean", "reliability"))  # b: how the bases combine
+    min_agreement: float = field(default=0.0, metadata=non_negative())  # share of teacher weight voting argmax q
 
     def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        if self.min_agreement > 1.0:
+            fail(f"{section}.min_agreement", self.min_agreement, "is a share of the teacher weight: use a value "
+                 "in [0, 1] (0: every disagreeing point counts as bias-conflicting)")
         if parts.privacy.unit not in ("none", "example"):
             fail(f"{section}.name", self.name, f"weighs the teachers by their answers on the server's labeled "
                  f"split, which privacy={run.privacy.name} neither noises nor accounts for (a DP-SGD teacher's every "
@@ -78,11 +86,22 @@ def reliability_weights(probs: torch.Tensor, reliability: torch.Tensor, power: f
     return torch.einsum("nc,mc->mn", probs.mean(0), reliability.clamp_min(0.0) ** power)
 
 
-def bias_group_weights(targets: torch.Tensor, biased: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_agreement(probs: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """a(x) = Σ_m w_m(x) [argmax p_m(x) = argmax q(x)]: the share of the teacher weight [M, n] (columns summing to
+    1) whose teacher votes the target's class, for teachers' probabilities [M, n, C] and targets q [n, C]."""
+    return (weights * (probs.argmax(2) == targets.argmax(1)[None]).to(weights.dtype)).sum(0)
+
+
+def bias_group_weights(targets: torch.Tensor, biased: torch.Tensor, cap: float,
+                       trusted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point weights [n], mean 1: the inverse size of the point's pseudo-group (argmax target, argmax biased
-    reference), capped at ``cap`` times the mean and renormalised; also the pseudo-group of each point."""
+    reference), capped at ``cap`` times the mean and renormalised; also the pseudo-group of each point. A point
+    whose ``trusted`` is False joins its target's aligned group (argmax target, argmax target) whatever the
+    reference says."""
     num_classes = targets.shape[1]
-    group = targets.argmax(1) * num_classes + biased.argmax(1)
+    label = targets.argmax(1)
+    reference = biased.argmax(1) if trusted is None else torch.where(trusted, biased.argmax(1), label)
+    group = label * num_classes + reference
     sizes = torch.bincount(group, minlength=num_classes * num_classes).double()
     weights = 1.0 / sizes[group]
     weights = (weights / weights.mean()).clamp(max=cap)
@@ -132,7 +151,8 @@ class ReliabilityWeighted(Aggregator):
                                  "labels (base_logits)")
             bases = tempered_probs(inputs.base_logits, inputs.temperature).double()
             biased = bases.mean(0) if self.cfg.bias_reference == "mean" else torch.einsum("mn,mnc->nc", w, bases)
-            weights, _ = bias_group_weights(self.q.double(), biased, self.cfg.max_example_weight)
+            trusted = teacher_agreement(probs, w, self.q) >= self.cfg.min_agreement
+            weights, _ = bias_group_weights(self.q.double(), biased, self.cfg.max_example_weight, trusted)
             self.example_weights = weights.float()
             self.upweighted = float((weights > 1.0).double().mean())
             self.mass = example_weight_mass(weights, self.q, inputs)
