@@ -26,7 +26,9 @@ points, and the server's public labeled split, group-annotated as DFR needs it):
   With ``min_agreement`` a > 0, a point counts as bias-conflicting only where the teachers holding a share ≥ a
   of its teacher weight vote the target's class: where they split, a disagreement with the bases is more often
   the aggregate's own error on a bias-aligned point (there the bases, reading the cue, are right), and the
-  upweighting would amplify a wrong target. The evaluation-only shares in ``round_stats`` measure both.
+  upweighting would amplify a wrong target. Measured on fresh seeds (docs/studies.md), the gate costs: the
+  upweighted wrong targets help break the shortcut, so it is off by default. The evaluation-only shares in
+  ``round_stats`` show where the example weights go.
 
 Every probability is taken at the distillation temperature, as the other aggregators take it. The works cited
 above are cited for the ideas built on; their texts were not reachable from here and were not checked line by
