@@ -294,21 +294,37 @@ def teachers_ceiling(paired: dict, method: str = "reliability") -> str:
             f"{mean_wga + 0.10:.3f}: more than the teachers' ensemble on {above} of {len(got)} seeds.")
 
 
+def _weight_shares(paired: dict, method: str, seeds: set[int] | None = None) -> dict[int, tuple[float, float, float]]:
+    """seed -> (upweighted fraction, share of the example weight on bias-conflicting groups, share on wrong targets)
+    of ``method`` at the acceptance setting, where its rows recorded them."""
+    out = {}
+    for (d, p, seed), got in sorted(paired.items()):
+        stats = got[method]["aggregator_stats"] if (d, p) == ACCEPTANCE and method in got else {}
+        if "example_weight_share_per_group" in stats and (seeds is None or seed in seeds):
+            conflicting = sum(v for name, v in stats["example_weight_share_per_group"].items()
+                              if name.endswith("conflicting"))
+            out[seed] = (stats["upweighted_fraction"], conflicting, stats["example_weight_share_wrong_target"])
+    return out
+
+
 def pseudo_group_precision(paired: dict, method: str = "reliability") -> str:
     """At the acceptance setting: where ``method``'s example weights go (evaluation-only labels and groups): the
-    share on the truly bias-conflicting transfer points, and on the points whose target's argmax is wrong."""
-    stats = [g[method]["aggregator_stats"] for k, g in sorted(paired.items()) if k[:2] == ACCEPTANCE
-             and method in g and "example_weight_share_per_group" in g[method]["aggregator_stats"]]
-    if not stats:
-        return "The example weights' shares have not been recorded at the acceptance setting yet."
-    conflicting = [sum(v for name, v in s["example_weight_share_per_group"].items() if name.endswith("conflicting"))
-                   for s in stats]
-    wrong = [s["example_weight_share_wrong_target"] for s in stats]
-    upweighted = [s["upweighted_fraction"] for s in stats]
-    return (f"Where `{method}`'s example weights go ({_label(*ACCEPTANCE)}, {len(stats)} seeds, last round, "
+    share on the truly bias-conflicting transfer points, and on the points whose target's argmax is wrong; for
+    another method than `reliability`, beside `reliability`'s on the same seeds."""
+    shares = _weight_shares(paired, method)
+    if not shares:
+        return f"`{method}`'s example weights' shares have not been recorded at the acceptance setting yet."
+    upweighted, conflicting, wrong = (list(v) for v in zip(*shares.values(), strict=True))
+    text = (f"Where `{method}`'s example weights go ({_label(*ACCEPTANCE)}, {len(shares)} seeds, last round, "
             f"evaluation-only labels): {mean_std(upweighted)} of the transfer points are upweighted (1 % are "
             f"bias-conflicting); the truly bias-conflicting points carry {mean_std(conflicting)} of the weight, the "
-            f"points whose target's argmax is wrong {mean_std(wrong)}.")
+            f"points whose target's argmax is wrong {mean_std(wrong)}")
+    same = _weight_shares(paired, "reliability", set(shares)) if method != "reliability" else {}
+    if same:
+        _, base_conflicting, base_wrong = (list(v) for v in zip(*same.values(), strict=True))
+        text += (f"; `reliability` on the same {len(same)} seeds: {mean_std(base_conflicting)} and "
+                 f"{mean_std(base_wrong)}")
+    return text + "."
 
 
 def fresh_seed_comparison(paired: dict, variant: str) -> str:

@@ -89,3 +89,11 @@ def test_pseudo_group_precision_sums_the_conflicting_groups():
                                                                       "digit1-conflicting": 0.3}}
     text = study.pseudo_group_precision(study.paired_rows(rows))
     assert "carry 0.400 ± 0.000 of the weight" in text and "wrong 0.500 ± 0.000" in text
+    rows += [_row("cmnist 0.99 | 0.3", study.AGREEMENT_GATE, 0, "s0", 0.74, 0.66),  # beside reliability, seed 0
+             _row("cmnist 0.99 | 0.3", "reliability", 6, "s6", 0.76, 0.68)]  # a seed the gate did not run at
+    rows[2]["aggregator_stats"] = {"upweighted_fraction": 0.01, "example_weight_share_wrong_target": 0.3,
+                                   "example_weight_share_per_group": {"digit0-conflicting": 0.2}}
+    rows[3]["aggregator_stats"] = {**rows[1]["aggregator_stats"], "example_weight_share_wrong_target": 0.9}
+    text = study.pseudo_group_precision(study.paired_rows(rows), study.AGREEMENT_GATE)
+    assert "carry 0.200 ± 0.000" in text
+    assert "`reliability` on the same 1 seeds: 0.400 ± 0.000 and 0.500 ± 0.000" in text
