@@ -315,10 +315,11 @@ def pseudo_group_precision(paired: dict, method: str = "reliability") -> str:
     if not shares:
         return f"`{method}`'s example weights' shares have not been recorded at the acceptance setting yet."
     upweighted, conflicting, wrong = (list(v) for v in zip(*shares.values(), strict=True))
+    conflicting_fraction = 1.0 - float(ACCEPTANCE[0].split()[1])  # the transfer set's, as the clients' data
     text = (f"Where `{method}`'s example weights go ({_label(*ACCEPTANCE)}, {len(shares)} seeds, last round, "
-            f"evaluation-only labels): {mean_std(upweighted)} of the transfer points are upweighted (1 % are "
-            f"bias-conflicting); the truly bias-conflicting points carry {mean_std(conflicting)} of the weight, the "
-            f"points whose target's argmax is wrong {mean_std(wrong)}")
+            f"evaluation-only labels): {mean_std(upweighted)} of the transfer points are upweighted "
+            f"({conflicting_fraction:.0%} are bias-conflicting); the truly bias-conflicting points carry "
+            f"{mean_std(conflicting)} of the weight, the points whose target's argmax is wrong {mean_std(wrong)}")
     same = _weight_shares(paired, "reliability", set(shares)) if method != "reliability" else {}
     if same:
         _, base_conflicting, base_wrong = (list(v) for v in zip(*same.values(), strict=True))

@@ -153,7 +153,7 @@ class ReliabilityWeighted(Aggregator):
                                  "labels (base_logits)")
             bases = tempered_probs(inputs.base_logits, inputs.temperature).double()
             biased = bases.mean(0) if self.cfg.bias_reference == "mean" else torch.einsum("mn,mnc->nc", w, bases)
-            trusted = teacher_agreement(probs, w, self.q) >= self.cfg.min_agreement
+            trusted = teacher_agreement(probs, w, self.q) >= self.cfg.min_agreement if self.cfg.min_agreement else None
             weights, _ = bias_group_weights(self.q.double(), biased, self.cfg.max_example_weight, trusted)
             self.example_weights = weights.float()
             self.upweighted = float((weights > 1.0).double().mean())
