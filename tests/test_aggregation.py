@@ -344,36 +344,6 @@ def test_agre_logs_weights_per_teacher_and_group():
     assert stats["variant"] == "example/last_layer/cos"
 
 
-def test_aekd_weights_are_the_min_norm_point_hand_computed():
-    """Gradients (1, 0) and (0, 2): the min-norm point of their hull is α(1, 0) + (1 − α)(0, 2) with
-    α = 4/5 (minimise α² + 4(1 − α)²). A cap of 1/(M ν) = 2/3 (ν = 3/4) stops it at 2/3; ν = 1 forces equal
-    weights."""
-    from fedkd.aggregators.aekd import aekd_weights
-
-    grads = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    np.testing.assert_allclose(aekd_weights(grads).numpy(), [0.8, 0.2], atol=1e-4)
-    np.testing.assert_allclose(aekd_weights(grads, nu=0.75).numpy(), [2 / 3, 1 / 3], atol=1e-4)
-    np.testing.assert_allclose(aekd_weights(grads, nu=1.0).numpy(), [0.5, 0.5], atol=1e-6)
-    # normalised: unit vectors (1, 0), (0, 1) give α = 1/2, then rescaled by 1/‖g‖ = (1, 1/2): (2/3, 1/3)
-    np.testing.assert_allclose(aekd_weights(grads, normalize=True).numpy(), [2 / 3, 1 / 3], atol=1e-4)
-    # two opposed teachers cancel: the hull holds the origin at (1/2, 1/2, 0), the third teacher gets nothing
-    three = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
-    np.testing.assert_allclose(aekd_weights(three).numpy(), [0.5, 0.5, 0.0], atol=1e-4)
-
-
-def test_aekd_targets_weight_the_teachers_by_their_gradients_against_the_student():
-    """Student at uniform [0.5, 0.5]; teachers [0.9, 0.1] and [0.2, 0.8]: gradients τ(p_s − p_m) = (−0.4, 0.4)
-    and (0.3, −0.3), opposed, so the min-norm point is zero at α·0.4 = (1 − α)·0.3, α = 3/7."""
-    aggregator = AGGREGATORS["aekd"](AGGREGATORS.params("aekd")(name="aekd"))
-    aggregator.prepare(_inputs([[[0.9, 0.1]], [[0.2, 0.8]]]))
-    targets, weights = aggregator.targets(np.arange(1), None, None, torch.zeros(1, 2))
-    assert weights is None
-    alpha = 3 / 7
-    np.testing.assert_allclose(targets.numpy(), [[alpha * 0.9 + (1 - alpha) * 0.2, alpha * 0.1 + (1 - alpha) * 0.8]],
-                               atol=1e-4)
-    np.testing.assert_allclose(aggregator.round_stats()["teacher_weights_mean"], [alpha, 1 - alpha], atol=1e-4)
-
-
 def test_random_distils_each_minibatch_from_one_teacher_drawn_by_seed_and_round():
     probs = [[[0.9, 0.1], [0.8, 0.2]], [[0.3, 0.7], [0.4, 0.6]], [[0.5, 0.5], [0.6, 0.4]]]
 
