@@ -1,4 +1,4 @@
-"""Soft-label compression on the uplink (issue 4): how a client's logits [n, C] travel, and how the server
+"""Soft-label compression on the uplink: how a client's logits [n, C] travel, and how the server
 restores full [n, C] float32 logits from them. Only softmax(logits / τ) matters downstream, so an encoding may
 shift each row by a constant.
 
@@ -86,7 +86,7 @@ class Int8(Compression):
         return (offset[:, None] + scale[:, None] * codes.astype(np.float32)).astype(np.float32)
 
 
-@COMPRESSIONS.register("topk")
+@COMPRESSIONS.register("topk", keeps_top_k=True)  # the trait: query.top_k applies
 class TopK(Compression):
     """The k largest log-probabilities (at τ = 1) per point as float32, and their classes as the smallest
     unsigned integer type that holds C − 1."""
@@ -109,6 +109,8 @@ class TopK(Compression):
                                    f"{list(log_probs.shape)}")
         if classes.size and int(classes.max()) >= num_classes:
             raise CompressionError(f"top-k class index {int(classes.max())} is not below {num_classes} classes")
+        if (np.diff(np.sort(classes, 1), axis=1) == 0).any():
+            raise CompressionError("top-k 'classes' name a class twice in one row")
         out = np.full((len(log_probs), num_classes), MISSING_LOGIT, dtype=np.float32)
         np.put_along_axis(out, classes.astype(np.int64), log_probs, 1)
         return out

@@ -12,11 +12,16 @@ client -> server                        softlabels["logits.<part>"]: the teacher
                                         fedkd.compression (fp32: "logits.values" float32 [n, C]); the same
                                         under "base_logits.<part>" for the ERM base when with_base;
                                         metrics["partition_id"], metrics["num_queried"]
+
+The server trusts a reply no further than this contract: ``parse_train_reply`` and ``parse_query_reply`` check
+every value a client sends (type, shape, finite, in range) and raise ``ProtocolError`` naming the field and the
+bad value, so that one faulty or hostile client cannot poison the aggregate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +46,12 @@ BASE_LOGITS = "base_logits"
 
 INDEX_DTYPE = np.int64
 LOGIT_DTYPE = np.float32
+# The largest |logit| a reply may carry once decoded. Trained networks stay within a few hundred, top-k's missing
+# classes are restored at fedkd.compression.MISSING_LOGIT (-1e4) and local DP's zero probabilities at τ·ln 1e-12;
+# beyond 1e6 a teacher is broken or hostile, and the bound keeps squares and sums over many teachers and points
+# finite in float32.
+MAX_ABS_LOGIT = 1.0e6
+INTEGER_LIMIT = 2**63  # integers travel as sint64 (and torch.tensor takes them): every count is below this
 
 
 class ProtocolError(ValueError):
@@ -125,12 +136,63 @@ def train_reply(report: TeacherReport) -> RecordDict:
     return RecordDict({METRICS: MetricRecord(dataclasses.asdict(report))})
 
 
-def parse_train_reply(content: RecordDict) -> TeacherReport:
+def _metric(metrics: MetricRecord, where: str, name: str) -> object:
+    if name not in metrics:
+        raise ProtocolError(f"{where} metrics lack {name!r} (have {sorted(metrics.keys())})")
+    return metrics[name]
+
+
+def _integer(where: str, name: str, value: object, limit: int | None = None) -> int:
+    """``value`` if it is an integer in [0, ``limit``) (``limit`` None: [0, ``INTEGER_LIMIT``))."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{where}: {name}={value!r} must be an integer")
+    limit = INTEGER_LIMIT if limit is None else limit
+    if not 0 <= value < limit:
+        bound = f"in [0, {limit})" if limit < INTEGER_LIMIT else ">= 0 and below 2^63"
+        raise ProtocolError(f"{where}: {name}={value!r} must be {bound}")
+    return value
+
+
+def _real(where: str, name: str, value: object, upper: float = math.inf) -> float:
+    """``value`` as a float if it is a finite number in [0, ``upper``]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{where}: {name}={value!r} must be a number")
+    if not (math.isfinite(value) and 0 <= value <= upper):
+        bound = f"in [0, {upper:g}]" if math.isfinite(upper) else ">= 0"
+        raise ProtocolError(f"{where}: {name}={value!r} must be a finite number {bound}")
+    return float(value)
+
+
+def _counts(where: str, name: str, values: object, length: int | None) -> list[int]:
+    """``values`` if it is a list of ``length`` non-negative integers (``length`` None: any length). Under a
+    privacy setting counts are noisy (rounded, floored at 0) or zeros: still non-negative integers."""
+    if not isinstance(values, list):
+        raise ProtocolError(f"{where}: {name}={values!r} must be a list of integers")
+    if length is not None and len(values) != length:
+        raise ProtocolError(f"{where}: {name} has {len(values)} entries, expected {length}")
+    return [_integer(where, f"{name}[{i}]", v) for i, v in enumerate(values)]
+
+
+def parse_train_reply(content: RecordDict, num_classes: int | None = None, num_groups: int | None = None,
+                      num_partitions: int | None = None) -> TeacherReport:
+    """The client's ``TeacherReport``, every value checked: ``partition_id`` in [0, ``num_partitions``), counts of
+    ``num_classes`` / ``num_groups`` non-negative integers, accuracies in [0, 1], loss and ε finite and >= 0
+    (a size left None is not checked)."""
+    where = "train reply"
     metrics = _record(content, METRICS, MetricRecord)
-    try:
-        return TeacherReport(**{f.name: metrics[f.name] for f in dataclasses.fields(TeacherReport)})
-    except KeyError as err:
-        raise ProtocolError(f"train reply metrics lack {err}") from err
+    values = {f.name: _metric(metrics, where, f.name) for f in dataclasses.fields(TeacherReport)}
+    return TeacherReport(
+        partition_id=_integer(where, "partition_id", values["partition_id"], num_partitions),
+        num_examples=_integer(where, "num_examples", values["num_examples"]),
+        train_loss=_real(where, "train_loss", values["train_loss"]),
+        train_accuracy=_real(where, "train_accuracy", values["train_accuracy"], 1.0),
+        test_accuracy=_real(where, "test_accuracy", values["test_accuracy"], 1.0),
+        test_worst_group_accuracy=_real(where, "test_worst_group_accuracy", values["test_worst_group_accuracy"],
+                                        1.0),
+        class_counts=_counts(where, "class_counts", values["class_counts"], num_classes),
+        group_counts=_counts(where, "group_counts", values["group_counts"], num_groups),
+        epsilon=_real(where, "epsilon", values["epsilon"]),
+    )
 
 
 QUERYABLE_SPLITS = ("transfer", "val", "test")
@@ -199,16 +261,34 @@ def _logits(record: ArrayRecord, key: str, num_queried: int, num_classes: int,
             f"{key} must decode to {LOGIT_DTYPE.__name__} [{num_queried}, {num_classes}], "
             f"got {logits.dtype} {list(logits.shape)}"
         )
+    _check_logit_values(key, logits)
     return logits
 
 
+def _check_logit_values(key: str, logits: np.ndarray) -> None:
+    """Decoded logits must be finite and within ±``MAX_ABS_LOGIT``; the error names the first bad value."""
+    for bad, what in ((~np.isfinite(logits), "not finite"),
+                      (np.abs(logits) > MAX_ABS_LOGIT, f"beyond ±{MAX_ABS_LOGIT:g} (MAX_ABS_LOGIT)")):
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ProtocolError(f"{key}: {int(bad.sum())} of {logits.size} values are {what}, the first "
+                                f"{float(logits[first]):g} at {list(first)}")
+
+
 def parse_query_reply(content: RecordDict, num_queried: int, num_classes: int, with_base: bool = False,
-                      compression: Compression | None = None) -> SoftLabelReply:
+                      compression: Compression | None = None, num_partitions: int | None = None) -> SoftLabelReply:
+    """The client's soft labels on the ``num_queried`` points asked, checked: ``partition_id`` in [0,
+    ``num_partitions``) (None: >= 0), ``num_queried`` as asked, (base) logits [n, C] finite and bounded."""
+    where = "query reply"
     compression = compression or COMPRESSIONS["fp32"]()
     record = _record(content, SOFTLABELS, ArrayRecord)
     metrics = _record(content, METRICS, MetricRecord)
+    partition = _integer(where, "partition_id", _metric(metrics, where, "partition_id"), num_partitions)
+    answered = _metric(metrics, where, "num_queried")
+    if isinstance(answered, bool) or not isinstance(answered, int) or answered != num_queried:
+        raise ProtocolError(f"{where}: num_queried={answered!r} but {num_queried} points were asked")
     return SoftLabelReply(
-        partition_id=int(metrics["partition_id"]),
+        partition_id=partition,
         logits=_logits(record, LOGITS, num_queried, num_classes, compression),
         base_logits=_logits(record, BASE_LOGITS, num_queried, num_classes, compression) if with_base else None,
     )

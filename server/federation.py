@@ -1,11 +1,14 @@
 """The clients as the server sees them: which nodes are still in, which partition each holds, what they sent and
-received, and who failed. Every message to the clients goes out through ``Federation.ask``, so drops, the byte
-meter and the ``min_clients`` rule are applied in one place whatever the round asks."""
+received, and who failed. Every message to the clients goes out through ``Federation.ask`` and every reply is
+decoded through ``Federation.accept``, so drops (error replies, silence, replies that break the wire contract),
+the byte meter and the ``min_clients`` rule are applied in one place whatever the round asks."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +32,9 @@ INFRASTRUCTURE_RETRIES = 2
 INFRASTRUCTURE_ERRORS = frozenset({ErrorCode.UNKNOWN, ErrorCode.MESSAGE_UNAVAILABLE,
                                    ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE,
                                    ErrorCode.CLIENT_APP_CRASHED})
+
+
+Parsed = TypeVar("Parsed", protocol.TeacherReport, protocol.SoftLabelReply)
 
 
 class FederationError(RuntimeError):
@@ -152,14 +158,39 @@ class Federation:
         self.check_enough(server_round, phase)
         return [good[node] for node in nodes if node in good]
 
-    def take_reports(self, replies: list[Message], server_round: int) -> None:
-        """Learn which node holds which partition from the train replies; after a resume, a node holding a
-        partition that had dropped out earlier stays out (the uninterrupted run went on without it)."""
+    def accept(self, replies: list[Message], parse: Callable[[RecordDict], Parsed], server_round: int,
+               phase: str) -> list[tuple[int, Parsed]]:
+        """(node, ``parse(content)``) of every reply that keeps the wire contract, in order. A reply that breaks it
+        (``parse`` raises ``ProtocolError``: a missing key, a wrong shape, a NaN, a count below 0, an accuracy above
+        1, ...) or names another partition than its node answered for before is a failed client: dropped and
+        recorded like an error reply, and the round goes on while ``min_clients`` remain."""
+        accepted = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            try:
+                parsed = parse(reply.content)
+                known = self.partition_of.get(node)
+                if known is not None and parsed.partition_id != known:
+                    raise protocol.ProtocolError(f"partition_id={parsed.partition_id} but the node answered for "
+                                                 f"partition {known} before")
+            except protocol.ProtocolError as err:
+                self._drop(node, server_round, phase, f"reply breaks the contract: {err}")
+                continue
+            accepted.append((node, parsed))
+        self.check_enough(server_round, phase)
+        return accepted
+
+    def take_reports(self, replies: list[Message], server_round: int, num_classes: int, num_groups: int) -> None:
+        """Learn which node holds which partition from the train replies that keep the contract (reports of
+        ``num_classes`` class and ``num_groups`` group counts); after a resume, a node holding a partition that had
+        dropped out earlier stays out (the uninterrupted run went on without it)."""
         gone = {d["partition"] for d in self.dropped}
         self.reports = {}
-        for reply in replies:
-            report = protocol.parse_train_reply(reply.content)
-            node = reply.metadata.src_node_id
+
+        def parse(content: RecordDict) -> protocol.TeacherReport:
+            return protocol.parse_train_reply(content, num_classes, num_groups, self.cfg.num_clients)
+
+        for node, report in self.accept(replies, parse, server_round, "training teachers"):
             if report.partition_id in self.reports:
                 raise FederationError(f"two nodes answer for partition {report.partition_id}: give every SuperNode "
                                       "its own --node-config partition-id")

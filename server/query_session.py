@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
 from fedkd import protocol
@@ -63,15 +64,19 @@ class QuerySession:
                     split: str = "transfer") -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
         """The logits [M, n, C] on ``indices`` of ``split`` of every teacher that answered (ordered by partition
         id), its ERM base's when ``with_base``, and the answering partition ids."""
-        query = self.cfg.query
+        query, phase = self.cfg.query, f"querying soft labels ({split})"
         replies = self.federation.ask(grid, protocol.QUERY_SOFTLABELS,
                                       protocol.query_request(self.job, server_round, indices, with_base, split,
                                                              query.compression, query.top_k),
-                                      server_round, f"querying soft labels ({split})")
+                                      server_round, phase)
         compression = COMPRESSIONS[query.compression](query.top_k)
-        answers = sorted((protocol.parse_query_reply(r.content, len(indices), self.data.num_classes, with_base,
-                                                     compression)
-                          for r in replies), key=lambda a: a.partition_id)
+
+        def parse(content: RecordDict) -> protocol.SoftLabelReply:
+            return protocol.parse_query_reply(content, len(indices), self.data.num_classes, with_base, compression,
+                                              self.cfg.federation.num_clients)
+
+        answers = sorted((a for _, a in self.federation.accept(replies, parse, server_round, phase)),
+                         key=lambda a: a.partition_id)
         logits = torch.from_numpy(np.stack([a.logits for a in answers]))
         base = torch.from_numpy(np.stack([a.base_logits for a in answers])) if with_base else None
         return logits, base, [a.partition_id for a in answers]

@@ -45,10 +45,11 @@ class Stateful(Protocol):
 class FederatedDistillation:
     """Train teachers on the clients, aggregate their soft labels on the transfer pool, distill one student.
 
-    A client that fails (error reply) or does not answer within ``federation.round_timeout`` is dropped for the
-    rest of the run and recorded; a round goes on with the clients that answered while at least
-    ``federation.min_clients`` did, and the run stops with a ``FederationError`` otherwise. After every round the
-    whole server state is checkpointed, so ``resume=True`` continues a killed run exactly."""
+    A client that fails (error reply, or a reply that breaks the wire contract) or does not answer within
+    ``federation.round_timeout`` is dropped for the rest of the run and recorded; a round goes on with the clients
+    that answered while at least ``federation.min_clients`` did, and the run stops with a ``FederationError``
+    otherwise. After every round the whole server state is checkpointed, so ``resume=True`` continues a killed run
+    exactly."""
 
     def __init__(self, cfg: RunConfig, run_dir: RunDirectory, display: RunDisplay, resume: bool = False) -> None:
         self.cfg = cfg
@@ -104,7 +105,7 @@ class FederatedDistillation:
         replies = self.federation.ask(grid, protocol.TRAIN_TEACHER,
                                       protocol.train_request(self.job, server_round, self.run_key),
                                       server_round, "training teachers")
-        self.federation.take_reports(replies, server_round)
+        self.federation.take_reports(replies, server_round, self.data.num_classes, self.data.num_groups)
         teacher_error = self._ask_val(grid, server_round)
         self.queries.ask_labeled(grid, server_round)
         self.privacy.observe_reports(self.federation.reports.values())

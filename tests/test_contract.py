@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from clients.app import _load_state
+from clients.app import _load_state, client_threads
 from clients.app import app as client_app
 from fedkd import protocol
 from fedkd.compression import COMPRESSIONS
@@ -32,7 +32,9 @@ def test_train_then_query_round_trip(grid_and_job):
     grid, job = grid_and_job
     data = federated_data(job.dataset, job.partition, job.num_clients, job.seed)
     replies = _send(grid, protocol.TRAIN_TEACHER, protocol.train_request(job, 1))
-    reports = sorted((protocol.parse_train_reply(r.content) for r in replies), key=lambda r: r.partition_id)
+    # a real client's reply keeps the value checks the server applies (sizes known, every value in range)
+    reports = sorted((protocol.parse_train_reply(r.content, data.benchmark.num_classes, data.benchmark.num_groups,
+                                                 job.num_clients) for r in replies), key=lambda r: r.partition_id)
     assert [r.partition_id for r in reports] == [0, 1, 2]
     assert [r.num_examples for r in reports] == [len(p) for p in data.partitions]
     assert all(sum(r.class_counts) == r.num_examples == sum(r.group_counts) for r in reports)
@@ -41,11 +43,13 @@ def test_train_then_query_round_trip(grid_and_job):
     indices = np.array([5, 0, 17, 3], dtype=np.int64)
     replies = _send(grid, protocol.QUERY_SOFTLABELS, protocol.query_request(job, 1, indices))
     for reply in replies:
-        answer = protocol.parse_query_reply(reply.content, len(indices), data.benchmark.num_classes)
+        answer = protocol.parse_query_reply(reply.content, len(indices), data.benchmark.num_classes,
+                                            num_partitions=job.num_clients)
         assert answer.logits.dtype == np.float32 and answer.logits.shape == (4, 10)
-        # the same teacher, queried directly in fedkd, gives the same logits for the same points
+        # the same teacher, queried directly in fedkd on the client's thread count, gives the same logits
         state = _load_state(grid.contexts[reply.metadata.src_node_id])
-        direct, _ = query_local_teacher(job, answer.partition_id, state, indices)
+        with client_threads(job.threads):
+            direct, _ = query_local_teacher(job, answer.partition_id, state, indices)
         np.testing.assert_array_equal(answer.logits, direct)
 
 
