@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup demo test lint expected-results flwr-run deploy-local certs clean
+.PHONY: setup demo test lint expected-results config-reference flwr-run deploy-local certs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: lint
 ## rewrite README.md's expected-results block from a fresh demo run
 expected-results: $(INSTALLED)
 	$(BIN)/python scripts/expected_results.py
+
+## rewrite docs/configuration.md's reference tables from the registries and conf/
+config-reference: $(INSTALLED)
+	$(BIN)/python scripts/config_reference.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -11,7 +11,6 @@ Bad values raise one ``ConfigError`` naming the key and how to fix it, before an
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 import yaml
 
 from fedkd.conf_dir import CONF_DIR
+from fedkd.field_types import as_field_value, field_types, mismatch
 
 ENGINES = ("simulation", "inprocess")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -83,9 +83,9 @@ class DatasetConfig(ComponentConfig):
     name: str
     data_root: str = field(default="data", metadata=rule(
         lambda v: bool(v.strip()), "must name the folder of the datasets on disk (e.g. data)"))
-    test_per_class: int = field(default=100, metadata=positive())
-    val_per_class: int = field(default=20, metadata=positive())
-    transfer_fraction: float = field(default=0.25, metadata=open_unit())
+    test_per_class: int = field(default=100, metadata=positive())  # test images per class, balanced
+    val_per_class: int = field(default=20, metadata=positive())  # the server's labeled split: images per class
+    transfer_fraction: float = field(default=0.25, metadata=open_unit())  # share of the training images made public
     # held_out: the transfer set is a part of the training images no client holds; pool: the transfer set is the
     # clients' pool itself, pool and transfer merged (AGRE-KD distils the student on the teachers' training set)
     transfer_from: str = field(default="held_out", metadata=one_of("held_out", "pool"))
@@ -354,31 +354,30 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         hydra_config.cfg = previous
 
 
-_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "float | None": (int, float, type(None))}
-
-
 def parse_section(section: str, raw: Any, cls: type, registries: dict[str, Any] | None = None) -> Any:
     """``raw`` as an instance of the dataclass ``cls``: every key known, every field present or defaulted, of
-    its type, finite where a float, and within its rules (``registries`` resolve ``registered`` fields)."""
+    its annotated type (``fedkd.field_types``), and within its rules (``registries`` resolve ``registered``
+    fields). A field's rules judge a set value: ``None`` where the type allows it means "not set"."""
     if not isinstance(raw, dict):
         fail(section, raw, "must be a mapping; pick one of the files in conf/" + section)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
             fail(f"{section}.{key}", raw[key], f"unknown key; known keys of {section}: {sorted(known)}")
+    hints, values = field_types(cls), {}
     for f in dataclasses.fields(cls):
         key = f"{section}.{f.name}"
         if f.name not in raw:
-            if f.default is dataclasses.MISSING:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 fail(key, None, f"missing; set it in conf/{section}/ or as {key}=...")
             continue
-        value, wanted = raw[f.name], _TYPES[f.type]
-        if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
-            fail(key, value, f"must be {'a whole number' if f.type == 'int' else f'of type {f.type}'}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-            fail(key, value, "is too large: it must fit in a signed 64-bit integer")
-        if isinstance(value, float) and not math.isfinite(value):
-            fail(key, value, "must be a finite number")
+        value = raw[f.name]
+        why = mismatch(value, hints[f.name])
+        if why is not None:
+            fail(key, value, why)
+        values[f.name] = as_field_value(value, hints[f.name])
+        if value is None:
+            continue
         if "rule" in f.metadata:
             holds, why = f.metadata["rule"]
             if not holds(value):
@@ -387,7 +386,7 @@ def parse_section(section: str, raw: Any, cls: type, registries: dict[str, Any] 
             check_choice(key, value, f.metadata["choices"])
         if "registry" in f.metadata and registries is not None:
             check_choice(key, value, registries[f.metadata["registry"]])
-    return cls(**raw)
+    return cls(**values)
 
 
 def check_choice(key: str, value: str, choices: list[str] | tuple[str, ...] | dict) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fedkd.field_types import UnsupportedType, field_types
+
 
 class Registry(dict):
     """Maps names to builders; ``@REGISTRY.register("name", params=Params)`` adds one."""
@@ -27,10 +29,16 @@ class Registry(dict):
 
     def register(self, name: str, params: type | None = None, **traits: Any) -> Callable[[Any], Any]:
         """Add a builder under ``name``, with the dataclass of its parameters (a config section's component) and
-        any traits other components may ask about (``MODELS.register("resnet18", batch_norm=True)``)."""
+        any traits other components may ask about (``MODELS.register("resnet18", batch_norm=True)``). Parameters
+        of a type the validator cannot check are refused here, at import, rather than met by a user."""
         if params is not None and self.base_params is not None and not issubclass(params, self.base_params):
             raise TypeError(f"{self.kind} {name!r}: its parameters {params.__name__} must extend "
                             f"{self.base_params.__name__}")
+        if params is not None:
+            try:
+                field_types(params)
+            except UnsupportedType as err:
+                raise UnsupportedType(f"{self.kind} {name!r}: {err}") from None
 
         def wrap(builder: Any) -> Any:
             if name in self:

@@ -154,9 +154,10 @@ def check_against_data(cfg: RunConfig) -> None:
                 fail(f"{section}.pretrained_path", training.pretrained_path, f"does not load into {training.arch}: "
                      f"{type(err).__name__}: {err}; save a torchvision-format state dict of the model there")
     pool_size = len(bench["pool"])
-    if cfg.query.compression == "topk" and cfg.query.top_k >= bench.num_classes:
+    if COMPRESSIONS.traits(cfg.query.compression).get("keeps_top_k") and cfg.query.top_k >= bench.num_classes:
         fail("query.top_k", cfg.query.top_k, f"must be below the {bench.num_classes} classes of {cfg.dataset.name} "
-             "(top-k of all classes is no compression; use query.compression=fp32)")
+             f"(query.compression={cfg.query.compression} keeps the top k: k of all classes is no compression; use "
+             "query.compression=fp32)")
     if cfg.federation.num_clients > pool_size:
         fail("federation.num_clients", cfg.federation.num_clients,
              f"more clients than the {pool_size} examples of the {cfg.dataset.name} client pool")

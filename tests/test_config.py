@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 import pytest
 
-from fedkd.config import ConfigError
+from fedkd.config import AggregatorConfig, ConfigError, parse_section, positive
+from fedkd.field_types import UnsupportedType, field_types, spell
+from fedkd.registry import Registry
 from fedkd.validation import client_job, load_run_config, parse_client_job
 
 
@@ -101,3 +105,95 @@ def test_registry_refuses_duplicates_and_names_the_known_entries():
         AGGREGATORS.register("mean")(object)
     with pytest.raises(KeyError, match=r"unknown aggregator 'median'; known: \[.*'mean'.*\]"):
         AGGREGATORS["median"]
+
+
+@dataclass(frozen=True)
+class EveryFieldType:
+    """A parameter dataclass with each kind of annotation a component may use."""
+
+    flag: bool = False
+    count: int = field(default=1, metadata=positive())
+    rate: float = 0.5
+    label: str = "a"
+    cap: float | None = field(default=None, metadata=positive())  # the rule judges a set value only
+    limit: Optional[int] = None  # noqa: UP045 - the spelling under test
+    sizes: list[int] = field(default_factory=list)
+    weights: tuple[float, ...] = ()
+    pair: tuple[int, str] = (0, "x")
+    mode: Literal["fast", "slow"] = "fast"
+
+
+@pytest.mark.parametrize(
+    ("key", "good"),
+    [("flag", True), ("count", 3), ("rate", 2), ("rate", 0.25), ("label", "b"), ("cap", None), ("cap", 2.5),
+     ("limit", None), ("limit", 4), ("sizes", [1, 2, 3]), ("sizes", []), ("weights", [0.5, 1]),
+     ("pair", [3, "y"]), ("mode", "slow")],
+)
+def test_every_field_type_takes_its_values(key, good):
+    parsed = parse_section("demo", {key: good}, EveryFieldType)
+    assert getattr(parsed, key) == (tuple(good) if key in ("weights", "pair") else good)
+    if key in ("weights", "pair"):
+        assert isinstance(getattr(parsed, key), tuple)  # a frozen config with tuple fields stays hashable
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "why"),
+    [("flag", 1, "must be true or false"),
+     ("flag", "yes", "must be true or false"),
+     ("count", True, "must be a whole number"),
+     ("count", 2.5, "must be a whole number"),
+     ("count", 2**63, "too large"),
+     ("count", 0, "must be > 0"),
+     ("rate", "fast", "must be a number"),
+     ("rate", False, "must be a number"),
+     ("rate", float("nan"), "must be a finite number"),
+     ("label", 3, "must be a string"),
+     ("cap", "big", "must be a number or null"),
+     ("cap", float("inf"), "must be a finite number"),
+     ("cap", -1.0, "must be > 0"),
+     ("limit", 1.5, "must be a whole number or null"),
+     ("sizes", 3, "must be a list whose every item is a whole number"),
+     ("sizes", [1, "2"], "item 1 ('2') must be a whole number"),
+     ("sizes", [1, None], "item 1 (None) must be a whole number"),
+     ("weights", [0.5, float("inf")], "item 1 (inf) must be a finite number"),
+     ("weights", "0.5", "must be a list"),
+     ("pair", [1], "must be a list of 2 items: a whole number, a string (got 1 items)"),
+     ("pair", ["a", "b"], "item 0 ('a') must be a whole number"),
+     ("mode", "medium", "must be one of 'fast', 'slow'"),
+     ("mode", 1, "must be one of 'fast', 'slow'")],
+)
+def test_every_field_type_refuses_a_bad_value_naming_the_key(key, bad, why):
+    with pytest.raises(ConfigError) as info:
+        parse_section("demo", {key: bad}, EveryFieldType)
+    message = str(info.value)
+    assert message.startswith(f"invalid config: demo.{key} = {bad!r}: ")
+    assert why in message
+
+
+def test_an_optional_float_parameter_of_a_shipped_component_is_validated():
+    """privacy.epsilon is ``float | None``: null is accepted (σ given instead), a word is refused by key."""
+    cfg = load_run_config(["privacy=central_gaussian", "privacy.epsilon=null", "privacy.noise_multiplier=2.0",
+                           "query=random", "aggregator=mean"])
+    assert cfg.privacy.epsilon is None and cfg.privacy.noise_multiplier == 2.0
+    with pytest.raises(ConfigError, match=r"privacy\.noise_multiplier = 'loud': must be a number or null"):
+        load_run_config(["privacy=central_gaussian", "privacy.noise_multiplier=loud"])
+
+
+def test_a_component_with_a_type_the_validator_cannot_check_is_refused_at_registration():
+    @dataclass(frozen=True)
+    class MappingParams(AggregatorConfig):
+        table: dict[str, int] = field(default_factory=dict)
+
+    registry = Registry("demo", section="demo", params=AggregatorConfig)
+    with pytest.raises(UnsupportedType, match=r"demo 'mapping': MappingParams\.table: the type dict"):
+        registry.register("mapping", params=MappingParams)(object)
+    assert "mapping" not in registry
+
+
+@pytest.mark.parametrize(
+    ("key", "written"),
+    [("flag", "bool"), ("cap", "float | None"), ("limit", "int | None"), ("sizes", "list[int]"),
+     ("weights", "tuple[float, ...]"), ("pair", "tuple[int, str]"), ("mode", "Literal['fast', 'slow']")],
+)
+def test_each_type_is_spelt_as_the_configuration_reference_shows_it(key, written):
+    assert spell(field_types(EveryFieldType)[key]) == written

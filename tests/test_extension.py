@@ -49,14 +49,27 @@ def trimmed_mean(tmp_path):
         del AGGREGATORS.param_classes["trimmed_mean"]
 
 
-def test_a_new_aggregator_runs_from_its_class_and_yaml_alone(tmp_path, trimmed_mean):
+def test_a_new_aggregator_runs_from_its_class_and_yaml_alone(tmp_path, trimmed_mean, monkeypatch):
+    """The round distils from the new class's targets: it is handed the 3 teachers' answers on every queried
+    point, and the student is trained on what it returns."""
+    seen, aggregate = [], TrimmedMean.aggregate
+
+    def recording(self, inputs: AggregationInputs) -> torch.Tensor:
+        targets = aggregate(self, inputs)
+        seen.append((tuple(inputs.teacher_logits.shape), tuple(targets.shape)))
+        return targets
+
+    monkeypatch.setattr(TrimmedMean, "aggregate", recording)
     cfg = load_run_config([*trimmed_mean, *TINY, f"runs_dir={tmp_path / 'runs'}"])
     assert isinstance(cfg.aggregator, TrimmedMeanConfig) and cfg.aggregator.trim == 1
     assert cfg.name == "cmnist_trimmed_mean_s0"
     summary = run_federation(InProcessGrid(client_app, 3), cfg)
     (record,) = read_metrics(summary["run_dir"])
     assert record["aggregator"] == "trimmed_mean"
-    assert 0.0 <= record["test"]["worst_group_accuracy"] <= record["test"]["accuracy"] <= 1.0
+    points = record["query"]["num_new"]
+    assert points > 0 and seen == [((3, points, 10), (points, 10))]
+    per_group = record["test"]["per_group_accuracy"]
+    assert record["test"]["worst_group_accuracy"] == min(per_group.values()) == per_group[record["test"]["worst_group"]]
 
 
 def test_the_trimmed_mean_keeps_the_middle_teacher():

@@ -93,7 +93,19 @@ def test_baselines_land_in_the_summary_marked(tmp_path):
     assert all(baselines[f"centralized_{n}"]["non_federated"] for n in ("erm", "group_dro", "erm_dfr"))
     assert baselines["centralized_erm_dfr"]["per_group_accuracy"] != baselines["centralized_erm"]["per_group_accuracy"]
     assert "non_federated" not in baselines["ensemble"] and "non_federated" not in baselines["one_hot"]
-    assert all(0 <= b["worst_group_accuracy"] <= b["accuracy"] <= 1 for b in baselines.values())
+    for report in baselines.values():  # WGA is the least of the per-group accuracies, the accuracy their weighted mean
+        per_group, counts = report["per_group_accuracy"], report["group_counts"]
+        assert report["worst_group_accuracy"] == min(per_group.values()) == per_group[report["worst_group"]]
+        assert report["accuracy"] == pytest.approx(
+            sum(per_group[g] * counts[g] for g in per_group) / sum(counts.values()))
+    # The models trained on the whole pool beat chance (0.1) by far: measured 0.526 (centralized erm) to 0.759 (erm +
+    # DFR), the ensemble of the two DFR teachers 0.662 (seed 0). The one-hot student (2 epochs on the 200 labeled
+    # images) measured 0.100, so it has no level here. DFR on the group-balanced labeled split lifts the worst group
+    # of the ERM model it retrains: 0.267 -> 0.589.
+    assert min(baselines[n]["accuracy"] for n in ("ensemble", "centralized_erm", "centralized_group_dro",
+                                                  "centralized_erm_dfr")) >= 0.35
+    assert (baselines["centralized_erm_dfr"]["worst_group_accuracy"]
+            > baselines["centralized_erm"]["worst_group_accuracy"] + 0.1)
     # each teacher alone, from the ensemble's answers: the same accuracy the client reported for its teacher
     members = baselines["ensemble"]["members"]
     reported = read_metrics(summary["run_dir"])[-1]["teachers"]

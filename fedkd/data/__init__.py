@@ -8,8 +8,9 @@ from functools import lru_cache
 import numpy as np
 
 from fedkd.config import DatasetConfig, PartitionConfig
-from fedkd.data.benchmarks import BENCHMARKS, Benchmark, Split
+from fedkd.data.benchmarks import BENCHMARKS
 from fedkd.data.partition import partition_pool
+from fedkd.data.splits import Benchmark, Split
 
 __all__ = ["BENCHMARKS", "Benchmark", "FederatedData", "Split", "build_benchmark", "federated_data"]
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from fedkd.config import DatasetConfig, PartitionConfig
 from fedkd.data import FederatedData, federated_data
-from fedkd.data.benchmarks import Benchmark, Split
+from fedkd.data.splits import Benchmark, Split
 
 FORMAT = 1
 MANIFEST = "manifest.json"
