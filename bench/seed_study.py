@@ -1,4 +1,4 @@
-"""Seed-method study (issue 3): one factor at a time around a base setting, 3 seeds, on offline full-MNIST
+"""Seed-method study: one factor at a time around a base setting, 3 seeds, on offline full-MNIST
 Colored MNIST and MNIST-LT, through the in-process grid (the same round loop as Flower's engines, without Ray).
 
     .venv/bin/python bench/seed_study.py                 # run every missing cell, then write docs/results.md
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from studies import ROOT, mean_std, read_rows, run_cell, study_main, write_section
+from studies import MEAN_STD_NOTE, ROOT, format_mean_std, read_rows, run_cell, study_main, write_section
 
 from fedkd.results import read_metrics
 from server.inprocess import TrainedTeacherCache
@@ -106,6 +106,7 @@ PAIRS: list[tuple[str, str, str]] = [
     ("base: erm / mean / kd (+ references)", "aggregator=support", "worst_group_accuracy"),
     ("base: erm / mean / kd (+ references)", "aggregator=agre", "worst_group_accuracy"),
     ("base: erm / mean / kd (+ references)", "aggregator=agre, federated-aware", "worst_group_accuracy"),
+    ("base: erm / mean / kd (+ references)", "aggregator=agre, federated-aware", "accuracy"),
     ("base: erm / mean / kd (+ references)", "aggregator=agre x support", "worst_group_accuracy"),
     ("teacher=dfr", "teacher=dfr, agre", "worst_group_accuracy"),
     ("dirichlet 0.5", "dirichlet 0.5, support", "worst_group_accuracy"),
@@ -156,8 +157,9 @@ def _agre_weights(got: list[dict]) -> str:
         if size.std() > 0:
             with_size.append(np.corrcoef(w, size)[0, 1])
     with_share = [c for c in map(_class_share_correlation, got) if c is not None]
-    return (f"{mean_std(own) if own else 'mean of bases'} | {', '.join(spread)} | {mean_std(with_acc)} | "
-            f"{mean_std(with_size) if with_size else 'equal shards'} | {mean_std(with_share)} |")
+    return (f"{format_mean_std(own) if own else 'mean of bases'} | {', '.join(spread)} | "
+            f"{format_mean_std(with_acc)} | {format_mean_std(with_size) if with_size else 'equal shards'} | "
+            f"{format_mean_std(with_share)} |")
 
 
 def _teacher_key(row: dict) -> tuple:
@@ -169,7 +171,7 @@ def report() -> None:
     by_cell = {cell: [r for r in rows if r["cell"] == cell] for cell in CELLS}
     hours = sum(r["seconds"] for r in rows) / 3600
     lines = [
-        "## Seed-method study (issue 3)", "",
+        "## Seed-method study", "",
         "Commands (resumable; finished cells are skipped), two workers sharing the cells on 2 cores: "
         "`mkdir -p runs; nohup .venv/bin/python bench/seed_study.py --threads 1 > runs/seed_study.log 2>&1 &` and "
         "`nohup .venv/bin/python bench/seed_study.py --threads 1 --reverse > runs/seed_study.2.log 2>&1 &`, then "
@@ -186,9 +188,9 @@ def report() -> None:
         f"Base overrides: `{' '.join(BASE)}`. Nothing was tuned on the test split: the base budget was set from "
         "teacher calibration on one client, and every method runs with its config defaults.", "",
         "Accuracy, worst-group accuracy (WGA) and worst-class accuracy of the student on the test split (Colored "
-        "MNIST: 20 groups digit × aligned/conflicting colour; MNIST-LT: groups are classes), mean ± std over the "
-        "seeds (n). Teachers: the clients' own test accuracy / WGA, averaged; ensemble: their mean probability "
-        "evaluated directly.", "",
+        "MNIST: 20 groups digit × aligned/conflicting colour; MNIST-LT: groups are classes), "
+        f"{MEAN_STD_NOTE}. Teachers: the clients' own test accuracy / WGA, averaged; ensemble: their mean "
+        "probability evaluated directly.", "",
         "| cell | overrides | n | accuracy | WGA | worst-class | teachers acc / WGA | ensemble acc / WGA |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -196,10 +198,10 @@ def report() -> None:
         extra = " ".join(CELLS[cell]) or "(base)"
 
         def ms(key: str, got: list = got) -> str:
-            return mean_std([r[key] for r in got])
+            return format_mean_std([r[key] for r in got])
 
         def ens(key: str, got: list = got) -> str:
-            return mean_std([r["baselines"]["ensemble"][key] for r in got if "ensemble" in r["baselines"]])
+            return format_mean_std([r["baselines"]["ensemble"][key] for r in got if "ensemble" in r["baselines"]])
 
         lines.append(f"| {cell} | `{extra}` | {len(got)} | {ms('accuracy')} | {ms('worst_group_accuracy')} | "
                      f"{ms('worst_class_accuracy')} | {ms('teacher_mean_accuracy')} / "
@@ -218,8 +220,8 @@ def report() -> None:
                 diffs.append(b[key] - a[key])
             else:
                 unpaired.append(str(a["seed"]))
-        lines.append(f"| {ref} | {cell} | {key} | {mean_std(diffs)} | {', '.join(f'{d:+.3f}' for d in diffs)} | "
-                     f"{', '.join(unpaired) or '–'} |")
+        lines.append(f"| {ref} | {cell} | {key} | {format_mean_std(diffs)} | "
+                     f"{', '.join(f'{d:+.3f}' for d in diffs)} | {', '.join(unpaired) or '–'} |")
     refs = by_cell[REFERENCE_CELL]
     names = list(dict.fromkeys(name for r in refs for name in r["baselines"]))
     if names:
@@ -228,13 +230,14 @@ def report() -> None:
         for name in names:
             got = [r["baselines"][name] for r in refs if name in r["baselines"]]
             mark = " (NON-FEDERATED)" if got[0]["non_federated"] else ""
-            lines.append(f"| {name}{mark} | {len(got)} | {mean_std([g['accuracy'] for g in got])} | "
-                         f"{mean_std([g['worst_group_accuracy'] for g in got])} |")
+            lines.append(f"| {name}{mark} | {len(got)} | {format_mean_std([g['accuracy'] for g in got])} | "
+                         f"{format_mean_std([g['worst_group_accuracy'] for g in got])} |")
     lines += ["", "Where AGRE puts its weight (last round; at each point the weights sum to 1 over the 10 teachers, "
               "uniform = 0.1): weight of the biased client's own teacher, range of the teachers' mean weights per "
               "seed, and correlations of a teacher's weight with its test accuracy, its shard size, and (over "
-              "teacher × transfer group) its share of the group's class in the clients' data (mean ± std over "
-              "seeds):", "",
+              "teacher × transfer group) its share of the group's class in the clients' data "
+              f"({MEAN_STD_NOTE}). The class-share correlation reads each run's metrics.jsonl: '–' where the run "
+              "directories (`runs/seed_study/`, not kept in the repository) are absent.", "",
               "| cell | biased client's own weight | weight range per seed | corr(weight, accuracy) | "
               "corr(weight, shard size) | corr(weight, class share) |", "|---|---|---|---|---|---|"]
     for cell, got in by_cell.items():

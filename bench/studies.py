@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import math
 import os
 import platform
 import shlex
@@ -23,7 +24,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from clients.app import app as client_app  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
+from fedkd.run_groups import mean_std  # noqa: E402
 from fedkd.validation import load_run_config  # noqa: E402
 from server.app import run_federation  # noqa: E402
 from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402
@@ -169,8 +170,17 @@ def study_main(doc: str, name: str, path: Path, cells: list[str], seeds: tuple[i
     report()
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "–"
+# How every study report reads its ± (the convention of `fedkd report`, fedkd.run_groups.mean_std).
+MEAN_STD_NOTE = "mean ± sample standard deviation (ddof=1) over the n seeds (one seed: the mean alone)"
+
+
+def format_mean_std(values: list[float], fmt: str = ".3f") -> str:
+    """``mean ± sample std`` (fedkd.run_groups.mean_std, ddof=1, as `fedkd report`); the mean alone for one value,
+    which has no spread to estimate; ``–`` for none."""
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:{fmt}}" if math.isnan(std) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
 def write_section(marker: str, lines: list[str]) -> None:

@@ -180,8 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``fedkd report``: the exit status (1 when no finished run was found)."""
     parser = argparse.ArgumentParser(
         prog="fedkd report",
-        description="Collect finished runs into one table (mean ± std over seeds per group of runs; groups are the "
-                    "config values that differ between runs, seed excluded) and plots: per round, per group, "
+        description="Collect finished runs into one table (mean ± sample std, ddof=1, over seeds per group of runs; "
+                    "groups are the config values that differ between runs, seed excluded) and plots: per round, "
+                    "per group, "
                     "accuracy vs worst-group accuracy, AGRE-KD teacher weights, and query-budget and "
                     "privacy-utility curves when the runs vary those.")
     parser.add_argument("runs", nargs="+", help="run directories, folders holding them (searched recursively) or "

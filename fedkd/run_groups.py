@@ -233,7 +233,8 @@ def beta_curves(groups: Sequence[Group]) -> dict[str, list[Group]]:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof=1); the std is NaN for one value (no spread to estimate), both NaN for none."""
+    """Mean and sample std (ddof=1); the std is NaN for one value (no spread to estimate), both NaN for none. The
+    one ± convention of fedkd: `fedkd report`'s table and the study reports of bench/ all read it."""
     if not values:
         return math.nan, math.nan
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan

@@ -1,9 +1,12 @@
 """scripts/expected_results.py: the README block is rendered from summary.json and metrics.jsonl, replaced in
-place, and a changed number shows up in the diff. Hand-written summaries, no run."""
+place; the check passes a figure that moved within its band, and fails on one that moved beyond it or on any
+changed count or label. Hand-written summaries, no run, except the last test: the real demo with a broken
+aggregator must fail the check."""
 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -27,10 +30,11 @@ SUMMARY = {
     "baselines": {"ensemble": {"accuracy": 0.623, "worst_group_accuracy": 0.4667}},
     "epsilon_spent": None, "wall_seconds": 33.2, "run_dir": "/tmp/somewhere/runs/x",
 }
+TEACHERS = [{"num_examples": 285}] * 3 + [{"num_examples": 284}]
 ROUNDS = [{"round": 1, "test": {"accuracy": 0.222, "worst_group_accuracy": 0.0}, "teacher_mean_accuracy": 0.3785,
-           "teacher_mean_worst_group_accuracy": 0.0356, "wall_seconds": 17.0},
+           "teacher_mean_worst_group_accuracy": 0.0356, "wall_seconds": 17.0, "teachers": TEACHERS},
           {"round": 2, "test": {"accuracy": 0.591, "worst_group_accuracy": 1 / 3}, "teacher_mean_accuracy": 0.5444,
-           "teacher_mean_worst_group_accuracy": 0.2478, "wall_seconds": 6.2}]
+           "teacher_mean_worst_group_accuracy": 0.2478, "wall_seconds": 6.2, "teachers": TEACHERS}]
 README = f"# fedkd\n\nintro\n\n{er.BEGIN}\nold block\n{er.END}\n\n## next section\n"
 
 
@@ -41,7 +45,9 @@ def test_the_block_holds_the_summary_figures_and_no_wall_time_or_path():
                  "0.3333 (digit5-conflicting)", "| student worst-class accuracy | 0.3800 |",
                  "0.3333 (digit5-conflicting) / 1.0000 (digit0-aligned and 1 more)",
                  "| teachers' best / worst worst-group accuracy | 0.3556 / 0.1333 |",
-                 "| ensemble: accuracy / worst-group accuracy | 0.6230 / 0.4667 |"):
+                 "| ensemble: accuracy / worst-group accuracy | 0.6230 / 0.4667 |",
+                 "| test split: images in groups (fewest / most images in a group) | 200 in 4 (10 / 90) |",
+                 "| clients' shard sizes (images) | 284 ×1, 285 ×3 |"):
         assert text in block
     assert "33.2" not in block and "17.0" not in block and "/tmp/somewhere" not in block
     assert "privacy" not in block
@@ -86,15 +92,91 @@ def test_missing_or_misordered_markers_are_an_error(text):
         er.read_block(text)
 
 
-def test_check_exits_1_with_the_diff_when_the_committed_block_differs(tmp_path, monkeypatch, capsys):
+def test_check_exits_1_naming_the_figure_out_of_band_with_the_diff(tmp_path, monkeypatch, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(er.replace_block(README, er.render_block(SUMMARY, ROUNDS)))
     monkeypatch.setattr(er, "run_demo", lambda: (SUMMARY, ROUNDS))
     assert er.main(["--check", "--readme", str(readme)]) == 0
     changed = copy.deepcopy(SUMMARY)
-    changed["test"]["accuracy"] = 0.6
+    changed["test"]["accuracy"] = 0.7
     monkeypatch.setattr(er, "run_demo", lambda: (changed, ROUNDS))
     assert er.main(["--check", "--readme", str(readme)]) == 1
-    assert "+| student accuracy | 0.6000 |" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "student accuracy · value: 0.7000 against 0.5910 committed" in err
+    assert "+| student accuracy | 0.7000 |" in err
     assert er.main(["--readme", str(readme)]) == 0
-    assert "| student accuracy | 0.6000 |" in readme.read_text()
+    assert "| student accuracy | 0.7000 |" in readme.read_text()
+
+
+def _moved(path: tuple, value: float) -> str:
+    changed = copy.deepcopy(SUMMARY)
+    *parents, key = path
+    node = changed
+    for p in parents:
+        node = node[p]
+    node[key] = value
+    return er.render_block(changed, ROUNDS)
+
+
+def test_the_band_passes_a_figure_within_its_tolerance_and_names_one_beyond_it():
+    block = er.render_block(SUMMARY, ROUNDS)
+    assert er.band_problems(block, block) == []
+    split, group = er.TOLERANCE_SPLIT, er.TOLERANCE_GROUP
+    assert split < group
+    # the student's accuracy is a whole-split figure, its worst-group accuracy a one-group figure
+    assert er.band_problems(block, _moved(("test", "accuracy"), 0.591 + 0.9 * split)) == []
+    (problem,) = er.band_problems(block, _moved(("test", "accuracy"), 0.591 + 1.5 * split))
+    assert problem.startswith("student accuracy · value:") and f"> {split:.2f}" in problem
+    assert er.band_problems(block, _moved(("test", "worst_group_accuracy"), 1 / 3 + 0.9 * group)) == []
+    problems = er.band_problems(block, _moved(("test", "worst_group_accuracy"), 1 / 3 - 1.5 * group))
+    assert problems and all(f"> {group:.2f}" in p for p in problems)
+    # the ensemble's row holds one figure of each kind
+    ensemble = ("baselines", "ensemble")
+    assert er.band_problems(block, _moved((*ensemble, "worst_group_accuracy"), 0.4667 + 1.5 * split)) == []
+    assert er.band_problems(block, _moved((*ensemble, "accuracy"), 0.623 + 1.5 * split))
+
+
+def test_the_band_ignores_which_group_is_worst_but_not_a_changed_count_or_setting():
+    block = er.render_block(SUMMARY, ROUNDS)
+    renamed = copy.deepcopy(SUMMARY)
+    renamed["test"]["worst_group"] = "digit0-conflicting"
+    assert er.band_problems(block, er.render_block(renamed, ROUNDS)) == []
+    recounted = copy.deepcopy(SUMMARY)
+    recounted["test"]["group_counts"]["digit1-aligned"] = 11
+    assert er.band_problems(block, er.render_block(recounted, ROUNDS))[0].startswith("the block's text differs")
+    reseeded = copy.deepcopy(SUMMARY)
+    reseeded["seed"] = 1
+    assert er.band_problems(block, er.render_block(reseeded, ROUNDS))
+    shorter = [dict(r, teachers=TEACHERS[:3]) for r in ROUNDS]
+    assert er.band_problems(block, er.render_block(SUMMARY, shorter))
+
+
+def test_check_passes_within_the_band_and_rewrites_nothing(tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(er.replace_block(README, er.render_block(SUMMARY, ROUNDS)))
+    before = readme.read_text()
+    nearby = copy.deepcopy(SUMMARY)
+    nearby["test"]["accuracy"] = 0.592
+    monkeypatch.setattr(er, "run_demo", lambda: (nearby, ROUNDS))
+    assert er.main(["--check", "--readme", str(readme)]) == 0
+    assert "within the band" in capsys.readouterr().out
+    assert readme.read_text() == before
+
+
+BREAK_AGGREGATOR = '''
+import fedkd.aggregators.agre as agre
+
+_cosine = agre.cosine
+# a sign slip: AGRE-KD now favours the teachers that agree with the biased model
+agre.cosine = lambda a, b: -_cosine(a, b)
+'''
+
+
+def test_a_broken_aggregator_fails_the_check(tmp_path, monkeypatch, capsys):
+    """The demo itself, with AGRE-KD's similarity sign flipped by a sitecustomize module the demo's process imports:
+    the committed README block must no longer match."""
+    (tmp_path / "sitecustomize.py").write_text(BREAK_AGGREGATOR)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
+    assert er.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "does not match a fresh run" in err and "student accuracy" in err
