@@ -25,7 +25,7 @@ demo: $(INSTALLED)
 ## the linters (ruff; import-linter's layer contracts in pyproject.toml), the test suite (unit, contract,
 ## in-process and Flower end-to-end runs), and README.md's expected results against a fresh demo run
 test: lint
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q
 	$(BIN)/python scripts/expected_results.py --check
 
 ## rewrite README.md's expected-results block from a fresh demo run

@@ -69,8 +69,8 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
     `fedkd resume=<run dir>`: the metrics equal, bit for bit, those of the uninterrupted job on the in-process
     grid (which the Ray engine reproduces: clients run on federation.client_cpus threads everywhere), so one
     comparison checks the resume and the engines' agreement."""
-    overrides = ["federation.num_clients=2", "federation.num_rounds=4", "teacher.epochs=1", "student.epochs=1",
-                 "query=random", "query.per_round=300"]
+    overrides = ["teacher=erm", "federation.num_clients=2", "federation.num_rounds=4", "teacher.epochs=1",
+                 "student.epochs=1", "query=random", "query.per_round=300"]
     from fedkd.validation import load_run_config
     from server.app import run_federation
     from server.inprocess import InProcessGrid
@@ -162,7 +162,7 @@ def test_a_killed_ray_worker_takes_no_healthy_client_with_it(tmp_path, monkeypat
     from server.app import run_federation
     from server.inprocess import InProcessGrid
 
-    overrides = ["aggregator=mean", "federation.num_clients=3", "federation.num_rounds=3",
+    overrides = ["aggregator=mean", "teacher=erm", "federation.num_clients=3", "federation.num_rounds=3",
                  "federation.min_clients=2", "teacher.epochs=1", "student.epochs=1"]
     whole = run_federation(InProcessGrid(client_app, 3),
                            load_run_config([*overrides, f"runs_dir={tmp_path / 'inprocess'}"]))

@@ -18,7 +18,7 @@ from fedkd.results import SUMMARY_FILE
 
 pytestmark = pytest.mark.e2e
 
-RUN = ["federation.num_clients=3", "federation.num_rounds=3", "teacher.epochs=1", "student.epochs=1"]
+RUN = ["teacher=erm", "federation.num_clients=3", "federation.num_rounds=3", "teacher.epochs=1", "student.epochs=1"]
 STOP_SECONDS = 10.0
 
 
