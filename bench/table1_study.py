@@ -221,7 +221,9 @@ def _mean(rows: list[dict], key: str, reference: str | None = None) -> tuple[flo
 
 
 def _spread(wga: tuple[float, float, int]) -> str:
-    return "" if np.isnan(wga[1]) else f" ± {wga[1]:.1f}"
+    """`` ± std`` over the seeds, and how many of SEEDS ran where fewer did."""
+    partial = "" if wga[2] >= len(SEEDS) else f", {wga[2]} of {len(SEEDS)} seeds"
+    return ("" if np.isnan(wga[1]) else f" ± {wga[1]:.1f}") + partial
 
 
 def _cell_text(ours: tuple | None, ours_wga: tuple | None, paper: tuple[float, float] | None) -> str:

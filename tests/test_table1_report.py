@@ -76,9 +76,9 @@ def test_aekd_min_norm_rows_keep_their_own_row_beside_the_authors_defaults():
     assert "min-norm" in min_norm and "C = 1" in min_norm and "authors' defaults" in authors
     assert not any(key.startswith("| AE-KD |") for key in lines)  # no row mixing the two
     # min-norm, ERM, 99 %: its own two seeds, with the paper's AE-KD beside
-    assert lines[f"| {min_norm} | ERM"][1].startswith("47.0 / 40.5 ± 0.7 (paper 55.0 / 50.0;")
+    assert lines[f"| {min_norm} | ERM"][1].startswith("47.0 / 40.5 ± 0.7, 2 of 3 seeds (paper 55.0 / 50.0;")
     assert lines[f"| {authors} | ERM"][1] == "–"  # the min-norm rows never stand in for the authors' defaults
-    assert lines[f"| {authors} | DFR"][0].startswith("72.0 / 70.0 (paper 58.8 / 54.5; WGA +15.5)")
+    assert lines[f"| {authors} | DFR"][0].startswith("72.0 / 70.0, 1 of 3 seeds (paper 58.8 / 54.5; WGA +15.5)")
     assert lines[f"| {min_norm} | DFR"][0] == "– (paper 58.8 / 54.5)"
 
 
