@@ -10,27 +10,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import io
 import json
 import math
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clients.app import app as client_app  # noqa: E402
+from fedkd.provenance import provenance as run_provenance  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 from fedkd.run_groups import mean_std  # noqa: E402
 from fedkd.validation import load_run_config  # noqa: E402
@@ -38,7 +34,6 @@ from server.app import run_federation  # noqa: E402
 from server.inprocess import InProcessGrid, TrainedTeacherCache  # noqa: E402
 
 REPORT = ROOT / "docs" / "results.md"
-CODE_PATHS = ("fedkd", "clients", "server", "conf", "bench", "pyproject.toml")
 
 
 def run_cell(overrides: list[str], cache: TrainedTeacherCache) -> tuple[dict, list[dict], float, bool]:
@@ -65,57 +60,15 @@ def study_arguments(doc: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _claim(claims: Path, cell: str, seed: int) -> bool:
-    """Claim (cell, seed) for this process: a file holding our PID; a claim whose process is gone is taken over."""
-    claim = claims / f"{seed}-{hashlib.sha1(cell.encode()).hexdigest()[:12]}"
+def _claim(claims: Path, cell: str, seed: int) -> FileLock | None:
+    """The lock of (cell, seed), held by this process while it runs the cell; None when another process holds it.
+    The operating system releases a dead process's lock, so a killed worker's cell is taken over by the next."""
+    lock = FileLock(claims / f"{seed}-{hashlib.sha1(cell.encode()).hexdigest()[:12]}.lock")
     try:
-        with claim.open("x") as f:
-            f.write(str(os.getpid()))
-        return True
-    except FileExistsError:
-        owner = int(claim.read_text() or 0)
-        try:
-            os.kill(owner, 0)
-            return False
-        except (ProcessLookupError, ValueError):
-            claim.write_text(str(os.getpid()))
-            return True
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-    except OSError:
+        lock.acquire(timeout=0)
+    except Timeout:
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def row_provenance() -> dict:
-    """Where a row comes from: the commit checked out, whether the code (``CODE_PATHS``) differed from it, the
-    command line, the date (UTC) and the machine."""
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
-    script = Path(sys.argv[0]).resolve()
-    argv0 = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
-    return {
-        "commit": _git("rev-parse", "HEAD") or "unknown",
-        "uncommitted_code_changes": None if status is None else bool(status),
-        "command": shlex.join(["python", argv0, *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"hostname": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "flwr": importlib.metadata.version("flwr")},
-    }
+    return lock
 
 
 def _finished(path: Path) -> set[tuple[str, int]]:
@@ -130,8 +83,8 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
 
     Two processes can share the work on a 2-core machine: one with ``--threads 1``, one with ``--threads 1
     --reverse`` (seeds and cells last to first, so that the two meet once per seed and rarely train the same
-    teachers twice). A cell is claimed first (``<path>.claims/``), so no cell runs twice. ``seeds_of``: the seeds a
-    cell runs at, where not every cell runs at every seed of ``seeds``."""
+    teachers twice). A cell is locked first (``<path>.claims/``, ``filelock``), so no cell runs twice.
+    ``seeds_of``: the seeds a cell runs at, where not every cell runs at every seed of ``seeds``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     claims = path.with_suffix(".claims")
@@ -146,14 +99,18 @@ def run_missing(name: str, path: Path, cells: list[str], seeds: tuple[int, ...],
     for cell, seed in todo:
         if args.max_cells and ran == args.max_cells:
             break
-        if not _claim(claims, cell, seed) or (cell, seed) in _finished(path):
-            continue  # another worker runs it, or finished it since this one started
-        ran += 1
-        if seed != cache_seed:
-            cache, cache_seed = TrainedTeacherCache(client_app), seed
-        row = {**make_row(cell, seed, cache), "provenance": row_provenance()}
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        lock = _claim(claims, cell, seed)
+        if lock is None:
+            continue  # another worker runs it
+        with lock:
+            if (cell, seed) in _finished(path):
+                continue  # another worker finished it since this one started
+            ran += 1
+            if seed != cache_seed:
+                cache, cache_seed = TrainedTeacherCache(client_app), seed
+            row = {**make_row(cell, seed, cache), "provenance": run_provenance()}
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
         print(f"{cell} | seed {seed} | acc {row['accuracy']:.3f} wga {row['worst_group_accuracy']:.3f} | "
               f"{row['seconds']:.0f} s", flush=True)
         report()

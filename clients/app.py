@@ -2,11 +2,13 @@
 
 A handler that raises becomes a Flower error reply (the server logs it with the client's id); the node's
 teacher lives in ``context.state`` and, when the node has a state folder, on disk after every round, so that a
-restarted node or a resumed run continues from it."""
+restarted node or a resumed run continues from it. A node with a teacher store (fedkd.teacher_store) takes a
+teacher trained identically before from it instead of training again."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,7 +22,8 @@ from fedkd.checkpoint import CLIENT_STATE_ENV, ClientStateStore
 from fedkd.console import flower_records_once
 from fedkd.data.cache import DATA_CACHE_ENV
 from fedkd.local import query_local_teacher, train_local_teacher
-from fedkd.protocol import STATE_PREFIX
+from fedkd.protocol import STATE_PREFIX, TeacherReport
+from fedkd.teacher_store import TeacherStore, teacher_identity
 
 app = ClientApp()
 flower_records_once()
@@ -106,11 +109,20 @@ def client_threads(threads: int) -> Iterator[None]:
 def train_teacher(msg: Message, context: Context) -> Message:
     request = protocol.parse_train_request(msg.content)
     pid = partition_id(context, request.job.num_clients)
-    state = _load_state(context)
-    if not state and request.round > 1:
-        state = _saved_state(context, request, pid)
-    with client_threads(request.job.threads):
-        state, report = train_local_teacher(request.job, pid, request.round, state, data_cache_dir(context))
+
+    def train() -> tuple[dict, TeacherReport]:
+        state = _load_state(context)
+        if not state and request.round > 1:
+            state = _saved_state(context, request, pid)
+        with client_threads(request.job.threads):
+            return train_local_teacher(request.job, pid, request.round, state, data_cache_dir(context))
+
+    shared = TeacherStore.for_node(context.node_config)
+    if shared is None:
+        state, report = train()
+    else:
+        state, report, _ = shared.trained(teacher_identity(request.job, pid, request.round), train,
+                                          dataclasses.asdict, lambda fields: TeacherReport(**fields))
     _save_state(context, state)
     store = ClientStateStore.for_node(context.node_config)
     if store is not None and request.run_key:

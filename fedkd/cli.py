@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -25,6 +26,8 @@ from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, CheckpointErro
 from fedkd.config import CONF_DIR, ConfigError, RunConfig
 from fedkd.console import flower_console
 from fedkd.results import SUMMARY_FILE, RunDirectory, read_summary
+from fedkd.study import JOB_FILE, StudyConfig, StudyError, job_state, parse_study, sweep_overrides, write_study_file
+from fedkd.teacher_store import TEACHER_STORE_ENV
 from fedkd.validation import check_against_data, resume_target, validate
 
 CLIENT_STATE_DIR = "client_state"
@@ -63,19 +66,21 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
         run_dir.write_config(cfg)
     console.print(f"fedkd: {'resuming' if resume else 'run'} directory {run_dir.path}")
     state_dir = str((run_dir.path / CLIENT_STATE_DIR).resolve())
+    store = {TEACHER_STORE_ENV: str(Path(cfg.teacher_store_dir).resolve()) if cfg.teacher_store_dir else None}
     if cfg.engine == "inprocess":
         from server.app import run_federation
         from server.inprocess import InProcessGrid
 
-        return run_federation(InProcessGrid(client_app, cfg.federation.num_clients, state_dir=state_dir), cfg,
-                              run_dir, console, resume)
+        with environment(store):
+            return run_federation(InProcessGrid(client_app, cfg.federation.num_clients, state_dir=state_dir), cfg,
+                                  run_dir, console, resume)
     from flwr.simulation import run_simulation
 
     from server.app import server_app_for
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     backend = backend_config(cfg)
-    with flower_console() as verbose, client_state_env(state_dir):
+    with flower_console() as verbose, environment({CLIENT_STATE_ENV: state_dir, **store}):
         start_ray(backend["init_args"])
         run_simulation(
             server_app=server_app_for(cfg, run_dir, resume),
@@ -91,17 +96,23 @@ def simulate(cfg: RunConfig, console: Console | None = None, run_dir: RunDirecto
 
 
 @contextlib.contextmanager
-def client_state_env(state_dir: str) -> Iterator[None]:
-    """``FEDKD_CLIENT_STATE_DIR`` for this simulation's Ray workers (they inherit it), as it was afterwards."""
-    previous = os.environ.get(CLIENT_STATE_ENV)
-    os.environ[CLIENT_STATE_ENV] = state_dir
+def environment(variables: dict[str, str | None]) -> Iterator[None]:
+    """Set these environment variables (None: unset) for the run and its Ray workers, which inherit them
+    (``FEDKD_CLIENT_STATE_DIR``, ``FEDKD_TEACHER_STORE_DIR``); restore them afterwards."""
+    previous = {name: os.environ.get(name) for name in variables}
     try:
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         yield
     finally:
-        if previous is None:
-            os.environ.pop(CLIENT_STATE_ENV, None)
-        else:
-            os.environ[CLIENT_STATE_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def start_ray(init_args: dict) -> None:
@@ -152,12 +163,54 @@ def _sweep_run_directory(cfg: RunConfig) -> RunDirectory | None:
     return run_dir
 
 
-def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig, RunDirectory | None, bool]:
-    """The validated config, the run directory to use (None: a fresh one) and whether it is a resume."""
+def _study_job(study: StudyConfig, cfg: RunConfig, console: Console) -> tuple[RunConfig | None, RunDirectory | None,
+                                                                              bool]:
+    """A study's job (``fedkd -m +study=<name>``): its folder ``studies/<name>/<overrides>`` is skipped when it
+    holds a finished run, resumed from its checkpoint when it holds a killed one, and started again when no round
+    of it had finished; a job outside the seeds its method is reported on is not run (config None)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        raise StudyError(f"invalid config: study: a study is a sweep; run it with `fedkd -m +study={study.name}`")
+    overrides = sweep_overrides(list(hydra_cfg.overrides.task))
+    write_study_file(Path(hydra_cfg.sweep.dir), study, OmegaConf.to_container(hydra_cfg.sweeper.params))
+    folder = Path(hydra_cfg.runtime.output_dir)
+    label = ",".join(f"{k}={v}" for k, v in overrides.items())
+    method = overrides.get(study.method, "")
+    if not study.runs_seed(method, cfg.seed):
+        console.print(f"fedkd: study {study.name}: {label}: not run ({method} is reported on seeds "
+                      f"{study.seeds_of[method]})", soft_wrap=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # the empty folder Hydra made for the job
+        return None, None, False
+    state = job_state(folder, cfg.to_dict())
+    if state == "finished":
+        console.print(f"fedkd: study {study.name}: {label}: finished before, skipped ({folder})", soft_wrap=True)
+        return None, None, False
+    run_dir = RunDirectory(folder)
+    if state == "resume":
+        return (*resume_target(folder), True)
+    folder.mkdir(parents=True, exist_ok=True)
+    if state == "restart":
+        run_dir.set_aside_metrics_after(0)
+    run_dir.write_config(cfg)
+    (folder / JOB_FILE).write_text(yaml.safe_dump({"study": study.name, "overrides": overrides}, sort_keys=False))
+    return cfg, run_dir, False
+
+
+def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig | None, RunDirectory | None, bool]:
+    """The validated config (None: a study's job with nothing to run), the run directory to use (None: a fresh
+    one) and whether it is a resume."""
     try:
         if composed.get("resume") is None:
-            cfg = validate(OmegaConf.to_container(composed, resolve=True))
+            raw = OmegaConf.to_container(composed, resolve=True)
+            study = raw.pop("study", None)
+            cfg = validate(raw)
             check_against_data(cfg)
+            if study is not None:
+                return _study_job(parse_study(study), cfg, console)
             return cfg, _sweep_run_directory(cfg), False
         from hydra.core.hydra_config import HydraConfig
 
@@ -166,7 +219,7 @@ def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig, 
             raise ConfigError(f"invalid config: resume continues a run with its own config.yaml; drop the other "
                               f"overrides {others}")
         return (*resume_target(composed.resume), True)
-    except ConfigError as err:
+    except (ConfigError, StudyError) as err:
         console.print(f"[bold red]fedkd: {err}[/]", highlight=False, soft_wrap=True)
         sys.exit(2)
 
@@ -178,6 +231,8 @@ def _main(composed: DictConfig) -> None:
     start = time.perf_counter()
     console = Console()
     cfg, run_dir, resume = _config_or_exit(composed, console)
+    if cfg is None:
+        return
     made: list[RunDirectory] = [run_dir] if run_dir is not None else []
 
     def on_stop() -> None:

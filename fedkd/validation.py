@@ -51,7 +51,7 @@ COMPONENTS: dict[str, Registry] = {r.section: r for r in (BENCHMARKS, PARTITIONE
                                                           STUDENT_OBJECTIVES, QUERY_STRATEGIES, PRIVACY_MECHANISMS)}
 REFERENCED = {"model": MODELS, "source": SOURCES, "compression": COMPRESSIONS}  # fields that name other entries
 TOP_LEVEL = {"seed", "name", "runs_dir", *COMPONENT_SECTIONS, *RUN_SECTIONS}
-OPTIONAL_TOP_LEVEL = {"engine", "device"}
+OPTIONAL_TOP_LEVEL = {"engine", "device", "teacher_store_dir"}
 MAX_SEED = 2**32 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 
@@ -104,6 +104,9 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     if isinstance(raw["seed"], bool) or not isinstance(raw["seed"], int) or not 0 <= raw["seed"] <= MAX_SEED:
         fail("seed", raw["seed"], f"must be a whole number in 0..{MAX_SEED} (numpy and torch take 32-bit seeds)")
     check_name(raw["name"])
+    store = raw.get("teacher_store_dir")
+    if store is not None and (not isinstance(store, str) or not store):
+        fail("teacher_store_dir", store, "must be a folder (shared by the runs that reuse teachers) or null")
     sections = {name: parse_component(name, raw[name]) for name in COMPONENT_SECTIONS}
     sections |= {name: parse_section(name, raw[name], cls) for name, cls in RUN_SECTIONS.items()}
     fed = sections["federation"]
@@ -114,7 +117,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         fail("federation.min_clients", fed.min_clients,
              f"must be at most federation.num_clients={fed.num_clients} (a round cannot wait for more clients)")
     cfg = RunConfig(seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), engine=raw["engine"],
-                    device=raw["device"], **sections)
+                    device=raw["device"], teacher_store_dir=store, **sections)
     parts = components_of(cfg)
     for section in COMPONENT_SECTIONS:
         getattr(cfg, section).check(section, cfg, parts)

@@ -19,6 +19,7 @@ from fedkd.device import cpu_state
 from fedkd.dfr import held_out_split, retrain_last_layer
 from fedkd.display import RunDisplay
 from fedkd.metrics import worst_group_accuracy
+from fedkd.provenance import provenance
 from fedkd.results import RunDirectory
 from fedkd.training import predict_logits
 
@@ -134,6 +135,7 @@ class Evaluation:
             "baselines": baselines,
             **run_columns,
             "wall_seconds": wall_seconds,
+            "provenance": provenance(),
         }
         self.run_dir.write_summary(summary)
         return summary

@@ -1,0 +1,166 @@
+"""A study: methods x settings x seeds declared in one config file (conf/study/<name>.yaml) and run by
+``fedkd -m +study=<name>``. Hydra's sweeper expands the grid (``hydra.sweeper.params``); this module holds what the
+grid cannot say (which axis names the methods, the reference each method is paired against, the seeds a method is
+reported on, the paper's numbers) and what a rerun needs: whether a job's folder holds a finished run (skipped),
+a killed one (resumed from its checkpoint), or nothing worth keeping (started again).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STUDIES_DIR = "studies"
+STUDY_FILE = "study.yaml"  # the study section, beside its jobs' folders (what `fedkd report` reads)
+JOB_FILE = "job.yaml"  # the job's sweep overrides, in its run directory
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SCALAR = (str, int, float, bool)
+
+
+class StudyError(ValueError):
+    """The study section is not one fedkd can run or report."""
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    """One number of the paper reproduced: the jobs it stands beside (``where``: override values) and its value,
+    in the units of the study's ``paper_metric`` (fractions, as fedkd reports them)."""
+
+    where: dict[str, Any]
+    value: float
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """conf/study/<name>.yaml's ``study`` section."""
+
+    name: str
+    method: str = "aggregator"  # the sweep axis whose values are the methods compared
+    reference: str | None = None  # the method every other one is paired against, seed by seed
+    seeds_of: dict[str, list[int]] = field(default_factory=dict)  # methods reported on other seeds than the grid's
+    paper_source: str | None = None  # e.g. "AGRE-KD (arXiv 2411.14984), Table 1"
+    paper_metric: str | None = None  # the summary metric the paper's numbers are comparable with
+    paper: list[PaperValue] = field(default_factory=list)
+
+    def runs_seed(self, method: Any, seed: int) -> bool:
+        """Whether the study reports ``method`` at ``seed`` (a method designed on some seeds runs on fresh ones)."""
+        seeds = self.seeds_of.get(str(method))
+        return seeds is None or seed in seeds
+
+
+def _fail(key: str, value: Any, why: str) -> None:
+    raise StudyError(f"invalid config: study.{key} = {value!r}: {why}")
+
+
+def parse_study(raw: Any) -> StudyConfig:
+    """The typed study section, or one error naming the key."""
+    if not isinstance(raw, dict):
+        raise StudyError(f"invalid config: study = {raw!r}: must be a mapping (conf/study/<name>.yaml)")
+    known = {"name", "method", "reference", "seeds_of", "paper_source", "paper_metric", "paper"}
+    for key in raw:
+        if key not in known:
+            _fail(key, raw[key], f"unknown key; known: {sorted(known)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        _fail("name", name, "must be a folder name: 1 to 64 letters, digits or ._- (its jobs go under studies/<name>)")
+    method = raw.get("method", "aggregator")
+    if not isinstance(method, str) or not method:
+        _fail("method", method, "must name the sweep axis whose values are the methods (e.g. aggregator)")
+    reference = raw.get("reference")
+    if reference is not None and not isinstance(reference, SCALAR):
+        _fail("reference", reference, f"must be one value of the {method} axis")
+    seeds_of = raw.get("seeds_of") or {}
+    if not isinstance(seeds_of, dict):
+        _fail("seeds_of", seeds_of, "must map a method to the list of seeds it is reported on")
+    for key, seeds in seeds_of.items():
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                 and s >= 0 for s in seeds):
+            _fail(f"seeds_of.{key}", seeds, "must be a non-empty list of seeds (whole numbers >= 0)")
+    paper = raw.get("paper") or []
+    if not isinstance(paper, list):
+        _fail("paper", paper, "must be a list of {where: {axis: value, ...}, value: number}")
+    values = []
+    for i, row in enumerate(paper):
+        if not isinstance(row, dict) or set(row) != {"where", "value"} or not isinstance(row["where"], dict):
+            _fail(f"paper[{i}]", row, "must be {where: {axis: value, ...}, value: number}")
+        value = row["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            _fail(f"paper[{i}].value", value, "must be a finite number")
+        values.append(PaperValue(where=dict(row["where"]), value=float(value)))
+    metric = raw.get("paper_metric")
+    if values and not isinstance(metric, str):
+        _fail("paper_metric", metric, "names the metric the paper's numbers compare with (e.g. "
+              "two_group_worst_group_accuracy)")
+    return StudyConfig(name=name, method=method, reference=None if reference is None else str(reference),
+                       seeds_of={str(k): list(v) for k, v in seeds_of.items()},
+                       paper_source=raw.get("paper_source"), paper_metric=metric, paper=values)
+
+
+def sweep_overrides(task_overrides: list[str]) -> dict[str, str]:
+    """A job's own override values (``key=value``), without the ``+study=`` that selects the study."""
+    out = {}
+    for override in task_overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key != "study":
+            out[key] = value
+    return out
+
+
+def write_study_file(folder: Path, study: StudyConfig, grid: dict[str, Any]) -> None:
+    """``studies/<name>/study.yaml``: the study section and its grid, rewritten by every job (they agree)."""
+    import dataclasses
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({"study": dataclasses.asdict(study), "grid": grid}, sort_keys=False)
+    path = folder / STUDY_FILE
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{STUDY_FILE}.{id(text)}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_study_file(folder: Path) -> tuple[StudyConfig, dict] | None:
+    """The study section and grid of a study folder; None for a folder that is not one."""
+    path = Path(folder) / STUDY_FILE
+    if not path.is_file():
+        return None
+    raw = yaml.safe_load(path.read_text())
+    study = dict(raw["study"])
+    study["paper"] = [{"where": p["where"], "value": p["value"]} for p in study.get("paper") or []]
+    return parse_study(study), raw.get("grid") or {}
+
+
+def _comparable(config: dict) -> dict:
+    """A run's config as far as its results go: where its teachers are shared from changes no number."""
+    return {k: v for k, v in config.items() if k != "teacher_store_dir"}
+
+
+def job_state(folder: Path, config: dict) -> str:
+    """What a rerun does with a job's folder: ``new`` (empty or absent), ``finished`` (a summary: skip it),
+    ``resume`` (a checkpoint: continue it), ``restart`` (a config but no finished round: run it again in place).
+    A folder holding a run of another config is refused: a study never overwrites a result."""
+    from fedkd.checkpoint import SERVER_CHECKPOINT
+    from fedkd.results import CONFIG_FILE, SUMMARY_FILE
+
+    if not folder.exists() or not any(folder.iterdir()):
+        return "new"
+    try:
+        written = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise StudyError(f"the job folder {folder} holds files but no readable {CONFIG_FILE} ({type(err).__name__}): "
+                         "move it away to run the job again") from None
+    if not isinstance(written, dict) or _comparable(written) != _comparable(yaml.safe_load(yaml.safe_dump(config))):
+        raise StudyError(f"the job folder {folder} holds a run of another config (the study's settings changed "
+                         "since it ran): give the study a new name, or move the folder away to run it again")
+    if (folder / SUMMARY_FILE).exists():
+        return "finished"
+    if (folder / SERVER_CHECKPOINT).exists():
+        return "resume"
+    return "restart"

@@ -1,0 +1,124 @@
+"""Trained teachers shared across runs, processes and invocations: a study's jobs that differ only on the server
+(aggregator, student, query) train each client's teacher once.
+
+An entry is one client's state after one round (teacher, ERM base, objective state) and its train report, stored
+under the digest of what that training depends on: the client job's training key, the partition, the round, and
+the code that trains (the sources of ``fedkd`` and ``clients``, and torch's version). Client training is seeded by
+(seed, partition, round) and runs on the job's thread count, so a stored entry is what training again would give
+on the same machine, bit for bit.
+
+An entry is written to a private temporary file and renamed into place; it carries the SHA-256 of its payload and
+its full identity text, and is never trusted when either does not match (it is trained again and replaced). A
+``filelock`` per entry lets parallel jobs (joblib workers, several ``fedkd`` processes) wait for the one that
+trains it instead of training it twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from fedkd.config import ClientJob
+from fedkd.teachers import TEACHER_OBJECTIVES
+
+TEACHER_STORE_ENV = "FEDKD_TEACHER_STORE_DIR"
+TEACHER_STORE_NODE_KEY = "teacher-store-dir"
+ENTRY_SUFFIX = ".teacher"
+CODE_PACKAGES = ("fedkd", "clients")
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 over the Python sources of the packages whose code trains a teacher, and torch's version."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for package in CODE_PACKAGES:
+        root = Path(__import__(package).__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def teacher_identity(job: ClientJob, partition_id: int, server_round: int) -> str:
+    """The text that names one client's training: whether the job keeps an ERM base matters only to the
+    objectives that keep one on request (erm and dfr keep theirs anyway)."""
+    if not TEACHER_OBJECTIVES[job.teacher.objective].base_on_request:
+        job = dataclasses.replace(job, erm_base=False)
+    return (f"code: {code_digest()}\npartition: {partition_id}\nround: {server_round}\n"
+            f"job:\n{job.training_key()}")
+
+
+class TeacherStore:
+    """Entries ``<sha256 of the identity>.teacher`` under ``root`` (a folder several processes may share)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def for_node(cls, node_config: dict) -> TeacherStore | None:
+        """The node's store: node config ``teacher-store-dir`` (a deployment) or $FEDKD_TEACHER_STORE_DIR (what
+        ``fedkd`` sets from the run's ``teacher_store_dir``); None: no sharing."""
+        root = node_config.get(TEACHER_STORE_NODE_KEY) or os.environ.get(TEACHER_STORE_ENV)
+        return cls(str(root)) if root else None
+
+    def path(self, identity: str) -> Path:
+        return self.root / (hashlib.sha256(identity.encode()).hexdigest() + ENTRY_SUFFIX)
+
+    def read(self, identity: str) -> tuple[dict, dict] | None:
+        """The stored (state, report) of ``identity``; None when absent, unreadable, corrupt or someone else's."""
+        try:
+            blob = self.path(identity).read_bytes()
+        except OSError:
+            return None
+        checksum, payload = blob[:32], blob[32:]
+        if hashlib.sha256(payload).digest() != checksum:
+            return None
+        try:
+            entry = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - an entry this code cannot read is a missing one
+            return None
+        if not isinstance(entry, dict) or entry.get("identity") != identity:
+            return None
+        return entry["state"], entry["report"]
+
+    def write(self, identity: str, state: dict, report: dict) -> None:
+        """Write the entry privately beside its final name, then rename it into place."""
+        buffer = io.BytesIO()
+        torch.save({"identity": identity, "state": state, "report": report}, buffer)
+        payload = buffer.getvalue()
+        path = self.path(identity)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(hashlib.sha256(payload).digest() + payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def trained(self, identity: str, train: Callable[[], tuple[dict, Any]],
+                encode: Callable[[Any], dict], decode: Callable[[dict], Any]) -> tuple[dict, Any, bool]:
+        """(state, report, whether it came from the store): the stored entry of ``identity``, or ``train()``'s
+        result, stored. Under the entry's lock, so that a parallel job waits for this training instead of
+        repeating it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path(identity)) + ".lock"):
+            stored = self.read(identity)
+            if stored is not None:
+                return stored[0], decode(stored[1]), True
+            state, report = train()
+            self.write(identity, state, encode(report))
+            return state, report, False
