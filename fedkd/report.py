@@ -38,6 +38,7 @@ from fedkd.run_groups import (
     mean_std,
     varying_keys,
 )
+from fedkd.study import STUDY_FILE
 
 # the names tests and scripts import from here, wherever they live
 __all__ = ["Group", "Report", "Run", "teacher_weight_matrix", "beta_curves", "build_report", "default_out",
@@ -176,6 +177,25 @@ def _console() -> Console:
     return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=160)
 
 
+def _study_main(folder: Path, out: Path | None, console: Console) -> int:
+    """A study folder (studies/<name>, with its study.yaml): the study's report (fedkd.study_report)."""
+    from rich.markdown import Markdown
+
+    from fedkd.study_report import build_study_report
+
+    try:
+        groups, files = build_study_report(folder, out or folder / "report")
+    except FileNotFoundError as err:
+        console.print(f"[bold red]fedkd report: {escape(str(err))}[/]", highlight=False, soft_wrap=True)
+        return 1
+    console.print(Markdown(files[0].read_text()))
+    console.print(f"fedkd report: {sum(len(g.runs) for g in groups)} jobs in {len(groups)} groups; wrote:",
+                  highlight=False)
+    for path in files:
+        console.print(f"  {escape(str(path))}", highlight=False, soft_wrap=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fedkd report``: the exit status (1 when no finished run was found)."""
     parser = argparse.ArgumentParser(
@@ -186,10 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "accuracy vs worst-group accuracy, AGRE-KD teacher weights, and query-budget and "
                     "privacy-utility curves when the runs vary those.")
     parser.add_argument("runs", nargs="+", help="run directories, folders holding them (searched recursively) or "
-                                                "globs, e.g. runs/2026-11-24 'runs/*/*_mean_*'")
+                                                "globs, e.g. runs/2026-11-24 'runs/*/*_mean_*'; or one study "
+                                                "folder, studies/<name>: the study's report")
     parser.add_argument("--out", type=Path, help="output folder (default: <first dir>/report, or ./report)")
     args = parser.parse_args(argv)
     console = _console()
+    if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).is_file():
+        return _study_main(Path(args.runs[0]), args.out, console)
     try:
         report = build_report(args.runs, args.out or default_out(args.runs), console)
     except FileNotFoundError as err:

@@ -22,6 +22,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 DISCARDED_METRICS_FILE = "metrics.discarded.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
+PROBABILITIES_FILE = "probabilities.npy"  # the kept student's class probabilities on test (AUROC, calibration)
 STUDENT_FILE = "student.pt"
 SUMMARY_FILE = "summary.json"
 
@@ -98,6 +99,11 @@ class RunDirectory:
             for i, row in enumerate(zip(y.tolist(), g.tolist(), pred.tolist(), strict=True)):
                 writer.writerow([split, i, *row])
 
+    def write_probabilities(self, probabilities: np.ndarray) -> None:
+        """The kept student's softmax on the test split, one row per predictions.csv row, float32."""
+        with writing(self.path / PROBABILITIES_FILE) as path, open(path, "wb") as f:
+            np.save(f, probabilities.astype(np.float32))
+
     def save_student(self, state_dict: dict) -> None:
         with writing(self.path / STUDENT_FILE) as path:
             torch.save(state_dict, path)
@@ -125,6 +131,12 @@ def read_predictions(run_dir: str | Path, split: str = "test") -> dict[str, np.n
     with open(Path(run_dir) / PREDICTIONS_FILE, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == split]
     return {k: np.array([int(r[k]) for r in rows]) for k in ("index", "y", "g", "pred")}
+
+
+def read_probabilities(run_dir: str | Path) -> np.ndarray | None:
+    """The test probabilities of a run; None for a run written before they were kept."""
+    path = Path(run_dir) / PROBABILITIES_FILE
+    return np.load(path) if path.is_file() else None
 
 
 def read_summary(run_dir: str | Path) -> dict:

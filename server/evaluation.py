@@ -62,6 +62,11 @@ class Evaluation:
         pred = predict_logits(model, data.x).argmax(1).numpy()
         return self.data.report(pred, split), pred
 
+    def validation_columns(self, model: torch.nn.Module) -> dict:
+        """The round model on the server's labeled split: what selecting a round by validation reads."""
+        report = self.evaluate(model, "val")[0]
+        return {k: report[k] for k in ("accuracy", "worst_group_accuracy", "mean_group_accuracy")}
+
     def round_model(self) -> tuple[torch.nn.Module, str]:
         """The distilled student, or with student DFR a copy whose last layer is retrained on part of the
         labeled server split, kept only if it has the better worst-group accuracy on the other part."""
@@ -112,6 +117,7 @@ class Evaluation:
         test_report, pred = self.evaluate(self.final_model)
         test = self.data["test"]
         self.run_dir.write_predictions("test", test.y, test.g, pred)
+        self.run_dir.write_probabilities(torch.softmax(predict_logits(self.final_model, test.x), 1).numpy())
         self.run_dir.save_student(cpu_state(self.final_model))
         summary = {
             "run_dir": str(self.run_dir.path),
