@@ -237,6 +237,7 @@ class FederationConfig:
     min_clients: int = field(metadata=positive())
     client_gpus: float = field(default=0.0, metadata=non_negative(
         " (a fraction shares one GPU between clients)"))  # GPUs Ray reserves per simulated client
+    server_threads: int | None = field(default=None, metadata=positive())  # the server's torch threads (None: all)
 
 
 @dataclass(frozen=True)

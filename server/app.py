@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
@@ -27,8 +28,14 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory | None = No
     if run_dir is None:
         run_dir = RunDirectory.create(cfg.runs_dir, cfg.name)
         run_dir.write_config(cfg)
-    with RunDisplay(cfg.federation.num_rounds, console) as display:
-        summary = FederatedDistillation(cfg, run_dir, display, resume).run(grid)
+    previous = torch.get_num_threads()
+    if cfg.federation.server_threads:
+        torch.set_num_threads(cfg.federation.server_threads)  # summation order, hence bits, follow the count
+    try:
+        with RunDisplay(cfg.federation.num_rounds, console) as display:
+            summary = FederatedDistillation(cfg, run_dir, display, resume).run(grid)
+    finally:
+        torch.set_num_threads(previous)
     console.print(summary_table(summary))
     return summary
 

@@ -1,0 +1,154 @@
+"""Studies: the study section's errors, what a rerun does with a job folder, the report's statistics and metrics
+computed by hand, and a real study killed midway and rerun (only its unfinished jobs run; its report equals the
+uninterrupted one's)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import FAST
+
+from fedkd.study import StudyError, job_state, parse_study
+from fedkd.study_report import MethodGroup, StudyRun, build_study_report, confidence_interval, paired
+from fedkd.subpop_metrics import subpopulation_metrics
+
+FEDKD = str(Path(sys.executable).parent / "fedkd")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"name": "a b"}, "study.name"),
+    ({"name": "s", "methods": "x"}, "unknown key"),
+    ({"name": "s", "seeds_of": {"reliability": [0, -1]}}, "study.seeds_of.reliability"),
+    ({"name": "s", "seeds_of": {"reliability": []}}, "study.seeds_of.reliability"),
+    ({"name": "s", "paper": [{"where": {"aggregator": "agre_fed"}, "value": 0.8}]}, "study.paper_metric"),
+    ({"name": "s", "paper_metric": "accuracy", "paper": [{"where": {}, "value": float("nan")}]},
+     "study.paper[0].value"),
+    ({"name": "s", "paper_metric": "accuracy", "paper": [{"value": 0.5}]}, "study.paper[0]"),
+])
+def test_a_bad_study_section_is_one_error_naming_the_key(raw, message):
+    with pytest.raises(StudyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_study(raw)
+
+
+def test_a_method_designed_on_some_seeds_runs_only_on_its_fresh_ones():
+    study = parse_study({"name": "s", "seeds_of": {"reliability": [3, 4]}})
+    assert study.runs_seed("mean", 0) and study.runs_seed("reliability", 3)
+    assert not study.runs_seed("reliability", 0)
+
+
+def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
+    config = {"seed": 0, "aggregator": {"name": "mean"}, "teacher_store_dir": "a"}
+    folder = tmp_path / "job"
+    assert job_state(folder, config) == "new"
+    folder.mkdir()
+    assert job_state(folder, config) == "new"
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "teacher_store_dir": "elsewhere"}))
+    assert job_state(folder, config) == "restart"  # where teachers are shared from changes no result
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "server.pt").write_bytes(b"")
+    assert job_state(folder, config) == "resume"
+    (folder / "summary.json").write_text("{}")
+    assert job_state(folder, config) == "finished"
+    with pytest.raises(StudyError, match="another config"):
+        job_state(folder, {**config, "seed": 1})
+
+
+def test_the_confidence_interval_and_the_paired_differences_by_hand():
+    low, high = confidence_interval([0.5, 0.7, 0.9])
+    half = 4.302652729749462 * 0.2 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n)
+    assert low == pytest.approx(0.7 - half, abs=1e-12) and high == pytest.approx(0.7 + half, abs=1e-12)
+    assert all(math.isnan(v) for v in confidence_interval([0.5]))
+
+    def group(label, values):
+        runs = [StudyRun(None, {"aggregator": label}, seed, {"worst_group_accuracy": v}, {}, {})
+                for seed, v in values.items()]
+        return MethodGroup(label, {"aggregator": label}, runs)
+
+    ours = group("agre_fed", {0: 0.60, 1: 0.70, 2: 0.50, 5: 0.9})
+    reference = group("mean", {0: 0.55, 1: 0.60, 2: 0.50, 3: 0.1})
+    result = paired(ours, reference, "worst_group_accuracy")
+    assert result.seeds == [0, 1, 2]  # only the seeds both ran: seeds 3 and 5 have no partner
+    assert result.differences == pytest.approx([0.05, 0.10, 0.0])
+    assert result.mean == pytest.approx(0.05)
+    half = 4.302652729749462 * 0.05 / math.sqrt(3)  # the differences' sample std is 0.05
+    assert (result.low, result.high) == pytest.approx((0.05 - half, 0.05 + half))
+
+
+def test_the_subpopulation_metrics_by_hand():
+    y = np.array([0, 0, 1, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    g = np.array([0, 1, 2, 2, 3, 4])
+    probabilities = np.full((6, 3), 0.125)
+    probabilities[np.arange(6), pred] = 0.75
+    m = subpopulation_metrics(y, g, pred, probabilities, 3, train_group_counts=np.array([1, 1, 2, 0, 4]))
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["worst_group_accuracy"] == 0.0 and m["mean_group_accuracy"] == pytest.approx(3 / 5)
+    assert m["class_balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert m["worst_class_accuracy"] == pytest.approx(1 / 2)  # recall of class 0
+    assert m["worst_class_precision"] == pytest.approx(1 / 2)  # predicted 0 twice, right once
+    assert m["worst_class_f1"] == pytest.approx(1 / 2)
+    assert m["train_weighted_accuracy"] == pytest.approx(1 / 8 + 0 + 2 / 8 + 4 / 8)  # group 3 has no training weight
+    assert m["ece"] == pytest.approx(abs(4 / 6 - 0.75))  # every confidence 0.75: one bin
+    # one-vs-rest AUROC by the Mann-Whitney count: P(score of a positive > score of a negative), ties half
+    aurocs = []
+    for c in range(3):
+        pos, neg = probabilities[y == c, c], probabilities[y != c, c]
+        wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+        aurocs.append(wins / (len(pos) * len(neg)))
+    assert m["auroc"] == pytest.approx(np.mean(aurocs))
+
+
+def _study_command(sweep_dir: str) -> list[str]:
+    return [FEDKD, "-m", "+study=aggregators", "aggregator=mean,vote", "seed=0,1",
+            *[o for o in FAST if not o.startswith(("aggregator=", "federation.client_cpus="))],
+            f"hydra.sweep.dir={sweep_dir}"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_numbers(tmp_path):
+    whole = subprocess.run(_study_command("whole"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_study_command("killed"), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        # kill while the third job (vote, seed 0) is between its first and its last round
+        while time.monotonic() < deadline:
+            summaries = list(killed_dir.glob("*/summary.json"))
+            checkpoints = [p for p in killed_dir.glob("*/checkpoints/server.pt")
+                           if not (p.parent.parent / "summary.json").exists()]
+            if len(summaries) == 2 and checkpoints:
+                break
+            assert process.poll() is None, "the study finished before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the study never reached its third job's first checkpoint")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert len(list(killed_dir.glob("*/summary.json"))) == 2
+    rerun = subprocess.run(_study_command("killed"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert rerun.stdout.count("finished before, skipped") == 2
+    assert rerun.stdout.count("fedkd: resuming directory") == 1
+    assert rerun.stdout.count("fedkd: run directory") == 1
+    _, whole_files = build_study_report(tmp_path / "whole", tmp_path / "whole_report")
+    _, killed_files = build_study_report(killed_dir, tmp_path / "killed_report")
+    assert killed_files[1].read_text() == whole_files[1].read_text()  # report.csv: every metric of every job
+    text = killed_files[0].read_text()
+    assert "paired Δ" in text and "| `vote` | 2 | 0 1 |" in text
