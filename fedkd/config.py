@@ -293,6 +293,7 @@ class RunConfig:
     engine: str = "simulation"  # simulation (Flower's engine, Ray) | inprocess (the same apps, no Ray)
     device: str = "cpu"  # auto | cpu | cuda | cuda:<index>, resolved in each process (fedkd.device)
     teacher_store_dir: str | None = None  # trained teachers shared with other runs (fedkd.teacher_store)
+    logger: str = "none"  # none | tensorboard | mlflow (fedkd.trackers), written inside the run directory
 
     def client_job(self, privacy: ClientPrivacy | None = None, erm_base: bool = False) -> ClientJob:
         """The job every client gets; ``privacy`` is what the privacy mechanism asks of the clients."""

@@ -101,13 +101,16 @@ def parse_study(raw: Any) -> StudyConfig:
                        paper_source=raw.get("paper_source"), paper_metric=metric, paper=values)
 
 
+NOT_A_SETTING = ("study", "teacher_store_dir")  # the study's selection, and where teachers come from: no result
+
+
 def sweep_overrides(task_overrides: list[str]) -> dict[str, str]:
-    """A job's own override values (``key=value``), without the ``+study=`` that selects the study."""
+    """A job's own override values (``key=value``), without those that change no result (``NOT_A_SETTING``)."""
     out = {}
     for override in task_overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
-        if key != "study":
+        if key not in NOT_A_SETTING:
             out[key] = value
     return out
 

@@ -46,12 +46,13 @@ from fedkd.query import QUERY_STRATEGIES
 from fedkd.registry import Registry
 from fedkd.results import CONFIG_FILE, SUMMARY_FILE, RunDirectory
 from fedkd.teachers import TEACHER_OBJECTIVES
+from fedkd.trackers import TRACKERS
 
 COMPONENTS: dict[str, Registry] = {r.section: r for r in (BENCHMARKS, PARTITIONERS, TEACHER_OBJECTIVES, AGGREGATORS,
                                                           STUDENT_OBJECTIVES, QUERY_STRATEGIES, PRIVACY_MECHANISMS)}
 REFERENCED = {"model": MODELS, "source": SOURCES, "compression": COMPRESSIONS}  # fields that name other entries
 TOP_LEVEL = {"seed", "name", "runs_dir", *COMPONENT_SECTIONS, *RUN_SECTIONS}
-OPTIONAL_TOP_LEVEL = {"engine", "device", "teacher_store_dir"}
+OPTIONAL_TOP_LEVEL = {"engine", "device", "teacher_store_dir", "logger"}
 MAX_SEED = 2**32 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 
@@ -99,6 +100,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         if key not in raw:
             fail(key, None, "missing")
     check_choice("engine", raw["engine"], ENGINES)
+    check_choice("logger", raw.get("logger", "none"), TRACKERS)
     if not isinstance(raw["device"], str) or not DEVICE_PATTERN.fullmatch(raw["device"]):
         fail("device", raw["device"], "choose auto (CUDA when this machine has it), cpu, cuda or cuda:<index>")
     if isinstance(raw["seed"], bool) or not isinstance(raw["seed"], int) or not 0 <= raw["seed"] <= MAX_SEED:
@@ -117,7 +119,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         fail("federation.min_clients", fed.min_clients,
              f"must be at most federation.num_clients={fed.num_clients} (a round cannot wait for more clients)")
     cfg = RunConfig(seed=raw["seed"], name=str(raw["name"]), runs_dir=str(raw["runs_dir"]), engine=raw["engine"],
-                    device=raw["device"], teacher_store_dir=store, **sections)
+                    device=raw["device"], teacher_store_dir=store, logger=raw.get("logger", "none"), **sections)
     parts = components_of(cfg)
     for section in COMPONENT_SECTIONS:
         getattr(cfg, section).check(section, cfg, parts)

@@ -22,6 +22,7 @@ from fedkd.data import federated_data
 from fedkd.device import resolve_device
 from fedkd.display import RunDisplay
 from fedkd.results import RunDirectory
+from fedkd.trackers import Tracker, make_tracker
 from fedkd.validation import client_job
 from server.evaluation import Evaluation
 from server.federation import NODE_WAIT_SECONDS, Federation, FederationError
@@ -72,6 +73,7 @@ class FederatedDistillation:
         self.resumed_after: list[int] = []
         self.earlier_wall_seconds = 0.0
         self._last_record: dict | None = None
+        self.tracker: Tracker | None = None  # logger=tensorboard|mlflow, while the rounds run
 
     @property
     def checkpoint_path(self) -> Path:
@@ -88,9 +90,14 @@ class FederatedDistillation:
         first_round = self._restore() + 1 if self.resume else 1
         self.federation.wait_for_nodes(grid)
         record = self._last_record if self.resume else None
-        for server_round in range(first_round, self.cfg.federation.num_rounds + 1):
-            record = self._round(grid, server_round)
-            self._save_checkpoint(server_round, record, time.perf_counter() - start)
+        self.tracker = make_tracker(self.cfg.logger, self.run_dir.path, self.cfg.to_dict())
+        try:
+            for server_round in range(first_round, self.cfg.federation.num_rounds + 1):
+                record = self._round(grid, server_round)
+                self._save_checkpoint(server_round, record, time.perf_counter() - start)
+        finally:
+            if self.tracker is not None:
+                self.tracker.close()
         baselines = self.evaluation.baselines(grid, self.cfg.federation.num_rounds, self.queries)
         run_columns = {"dropped_clients": self.federation.dropped, "resumed_after_rounds": self.resumed_after,
                        **self.privacy.columns(),
@@ -137,6 +144,8 @@ class FederatedDistillation:
             "wall_seconds": time.perf_counter() - round_start,
         }
         self.run_dir.append_metrics(record)
+        if self.tracker is not None:
+            self.tracker.log_round(server_round, record)
         self.display.round_done(record)
         self.federation.count(record["communication"], len(clients))
         return record
