@@ -13,8 +13,9 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedkd import protocol
@@ -23,9 +24,10 @@ from fedkd.console import flower_records_once
 from fedkd.data.cache import DATA_CACHE_ENV
 from fedkd.local import query_local_teacher, train_local_teacher
 from fedkd.protocol import STATE_PREFIX, TeacherReport
-from fedkd.teacher_store import TeacherStore, teacher_identity
+from fedkd.teacher_store import TeacherStore, answer_identity, teacher_identity
 
 app = ClientApp()
+STORED_TEACHER = "teacher-store"  # context.state: the store identity of the teacher this node holds, if any
 flower_records_once()
 
 
@@ -118,11 +120,14 @@ def train_teacher(msg: Message, context: Context) -> Message:
             return train_local_teacher(request.job, pid, request.round, state, data_cache_dir(context))
 
     shared = TeacherStore.for_node(context.node_config)
+    if STORED_TEACHER in context.state:
+        del context.state[STORED_TEACHER]
     if shared is None:
         state, report = train()
     else:
-        state, report, _ = shared.trained(teacher_identity(request.job, pid, request.round), train,
-                                          dataclasses.asdict, lambda fields: TeacherReport(**fields))
+        identity = teacher_identity(request.job, pid, request.round)
+        state, report, _ = shared.trained(identity, train, dataclasses.asdict, lambda fields: TeacherReport(**fields))
+        context.state[STORED_TEACHER] = ConfigRecord({"identity": identity})
     _save_state(context, state)
     store = ClientStateStore.for_node(context.node_config)
     if store is not None and request.run_key:
@@ -134,8 +139,17 @@ def train_teacher(msg: Message, context: Context) -> Message:
 def query_softlabels(msg: Message, context: Context) -> Message:
     request = protocol.parse_query_request(msg.content)
     pid = partition_id(context, request.job.num_clients)
-    with client_threads(request.job.threads):
-        logits, base = query_local_teacher(request.job, pid, _load_state(context), request.indices,
-                                           request.with_base, request.split, request.round,
-                                           data_cache_dir(context))
+
+    def answer() -> tuple[np.ndarray, np.ndarray | None]:
+        with client_threads(request.job.threads):
+            return query_local_teacher(request.job, pid, _load_state(context), request.indices, request.with_base,
+                                       request.split, request.round, data_cache_dir(context))
+
+    shared = TeacherStore.for_node(context.node_config)
+    if shared is None or STORED_TEACHER not in context.state:
+        logits, base = answer()
+    else:
+        teacher = str(context.state[STORED_TEACHER]["identity"])
+        logits, base = shared.answers(answer_identity(teacher, request.job, request.split, request.round,
+                                                      request.with_base, request.indices), answer)
     return Message(protocol.query_reply(pid, logits, base, request.compression), reply_to=msg)

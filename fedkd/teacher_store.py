@@ -10,7 +10,9 @@ on the same machine, bit for bit.
 An entry is written to a private temporary file and renamed into place; it carries the SHA-256 of its payload and
 its full identity text, and is never trusted when either does not match (it is trained again and replaced). A
 ``filelock`` per entry lets parallel jobs (joblib workers, several ``fedkd`` processes) wait for the one that
-trains it instead of training it twice.
+trains it instead of training it twice. A stored teacher's answers to soft-label queries are kept the same way
+(they are a function of the teacher and the request), so a job whose teachers come from the store skips their
+inference too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from filelock import FileLock
 
@@ -34,6 +37,7 @@ from fedkd.teachers import TEACHER_OBJECTIVES
 TEACHER_STORE_ENV = "FEDKD_TEACHER_STORE_DIR"
 TEACHER_STORE_NODE_KEY = "teacher-store-dir"
 ENTRY_SUFFIX = ".teacher"
+ANSWER_SUFFIX = ".answer"
 CODE_PACKAGES = ("fedkd", "clients")
 
 
@@ -58,8 +62,19 @@ def teacher_identity(job: ClientJob, partition_id: int, server_round: int) -> st
             f"job:\n{job.training_key()}")
 
 
+def answer_identity(teacher: str, job: ClientJob, split: str, server_round: int, with_base: bool,
+                    indices: np.ndarray) -> str:
+    """The text that names one answer of a stored teacher: the teacher's identity and the request (points, split,
+    round, base; local noise is seeded by seed, partition and round). Compression acts on the reply, after."""
+    job = dataclasses.replace(job, erm_base=False)
+    points = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
+    return (f"{teacher}\nanswer: split {split}, round {server_round}, base {with_base}, points {points}\n"
+            f"query job:\n{job.to_yaml()}")
+
+
 class TeacherStore:
-    """Entries ``<sha256 of the identity>.teacher`` under ``root`` (a folder several processes may share)."""
+    """Entries ``<sha256 of the identity>.teacher`` (and ``.answer``) under ``root``, a folder several processes may
+    share."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -71,13 +86,13 @@ class TeacherStore:
         root = node_config.get(TEACHER_STORE_NODE_KEY) or os.environ.get(TEACHER_STORE_ENV)
         return cls(str(root)) if root else None
 
-    def path(self, identity: str) -> Path:
-        return self.root / (hashlib.sha256(identity.encode()).hexdigest() + ENTRY_SUFFIX)
+    def path(self, identity: str, suffix: str = ENTRY_SUFFIX) -> Path:
+        return self.root / (hashlib.sha256(identity.encode()).hexdigest() + suffix)
 
-    def read(self, identity: str) -> tuple[dict, dict] | None:
+    def read(self, identity: str, suffix: str = ENTRY_SUFFIX) -> tuple[dict, dict] | None:
         """The stored (state, report) of ``identity``; None when absent, unreadable, corrupt or someone else's."""
         try:
-            blob = self.path(identity).read_bytes()
+            blob = self.path(identity, suffix).read_bytes()
         except OSError:
             return None
         checksum, payload = blob[:32], blob[32:]
@@ -91,12 +106,12 @@ class TeacherStore:
             return None
         return entry["state"], entry["report"]
 
-    def write(self, identity: str, state: dict, report: dict) -> None:
+    def write(self, identity: str, state: dict, report: dict, suffix: str = ENTRY_SUFFIX) -> None:
         """Write the entry privately beside its final name, then rename it into place."""
         buffer = io.BytesIO()
         torch.save({"identity": identity, "state": state, "report": report}, buffer)
         payload = buffer.getvalue()
-        path = self.path(identity)
+        path = self.path(identity, suffix)
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.root)
         try:
@@ -109,16 +124,29 @@ class TeacherStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def trained(self, identity: str, train: Callable[[], tuple[dict, Any]],
-                encode: Callable[[Any], dict], decode: Callable[[dict], Any]) -> tuple[dict, Any, bool]:
+    def trained(self, identity: str, train: Callable[[], tuple[dict, Any]], encode: Callable[[Any], dict],
+                decode: Callable[[dict], Any], suffix: str = ENTRY_SUFFIX) -> tuple[dict, Any, bool]:
         """(state, report, whether it came from the store): the stored entry of ``identity``, or ``train()``'s
         result, stored. Under the entry's lock, so that a parallel job waits for this training instead of
         repeating it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path(identity)) + ".lock"):
-            stored = self.read(identity)
+        with FileLock(str(self.path(identity, suffix)) + ".lock"):
+            stored = self.read(identity, suffix)
             if stored is not None:
                 return stored[0], decode(stored[1]), True
             state, report = train()
-            self.write(identity, state, encode(report))
+            self.write(identity, state, encode(report), suffix)
             return state, report, False
+
+    def answers(self, identity: str, compute: Callable[[], tuple[np.ndarray, np.ndarray | None]]
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A stored teacher's logits (and its base's) on the points ``identity`` names, computed once."""
+        def answer() -> tuple[dict, dict]:
+            logits, base = compute()
+            arrays = {"logits": torch.from_numpy(logits)}
+            if base is not None:
+                arrays["base"] = torch.from_numpy(base)
+            return arrays, {}
+
+        arrays, _, _ = self.trained(identity, answer, dict, dict, ANSWER_SUFFIX)
+        return arrays["logits"].numpy(), arrays["base"].numpy() if "base" in arrays else None
