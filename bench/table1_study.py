@@ -500,8 +500,10 @@ def paired_line(rows: list[dict], bias: float, teachers: str, method: str, refer
     the mean and per-seed differences, both means and the paper's number beside."""
     mine, theirs = METHOD_ROW[method], METHOD_ROW[reference]
     pairs, other_teachers = paired_by_seed(rows, bias, teachers, method, reference)
-    n = len(pairs)
-    progress = f"all {len(SEEDS)} seeds" if n == len(SEEDS) else f"{n} of {len(SEEDS)} seeds so far"
+    n, missing = len(pairs), len(SEEDS) - len(pairs) - len(other_teachers)
+    why = ([f"{len(other_teachers)} on other teachers"] if other_teachers else []) + (
+        [f"{missing} still to run"] if missing else [])
+    progress = f"all {len(SEEDS)} seeds" if n == len(SEEDS) else f"{n} of {len(SEEDS)} seeds; {', '.join(why)}"
     paper = PAPER[(mine.paper_row, teachers)][BIASES.index(bias)]
     kind = "debiased" if teachers == "dfr" else "ERM"
     text = (f"- **{mine.short} against {theirs.short} at {100 * bias:g} % with {teachers.upper()} teachers** "

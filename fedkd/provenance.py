@@ -50,13 +50,23 @@ def command_line() -> str:
     return shlex.join([*head, *sys.argv[1:]])
 
 
-def provenance() -> dict:
-    """The commit, whether the code (``CODE_PATHS``) differed from it (None: not a git checkout), the command line,
-    the date and the machine."""
+def _code_state() -> tuple[str, bool | None]:
     status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    return _git("rev-parse", "HEAD") or "unknown", None if status is None else bool(status)
+
+
+# The code a process runs is the code checked out when it started: a long study must not record the commit made
+# while it ran
+STARTED_WITH = _code_state()
+
+
+def provenance() -> dict:
+    """The commit this process started from, whether the code (``CODE_PATHS``) differed from it then (None: not a
+    git checkout), the command line, the date and the machine."""
+    commit, changed = STARTED_WITH
     return {
-        "commit": _git("rev-parse", "HEAD") or "unknown",
-        "uncommitted_code_changes": None if status is None else bool(status),
+        "commit": commit,
+        "uncommitted_code_changes": changed,
         "command": command_line(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"hostname": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(),

@@ -42,7 +42,7 @@ def test_all_parameter_agre_is_paired_with_head_only_seed_by_seed():
     assert [seed for seed, _, _ in pairs] == [0, 1] and other_teachers == []
     assert [(d_wga, d_acc) for _, d_wga, d_acc in pairs] == [pytest.approx((2.0, 1.0)), pytest.approx((-1.0, 3.0))]
     text = study.paired_line(rows, 0.995, "dfr", study.ALL_PARAMETERS, "agre")
-    assert "2 of 3 seeds so far" in text
+    assert "2 of 3 seeds; 1 still to run" in text
     assert "two-group WGA +0.5 points (seed 0 +2.0, seed 1 -1.0)" in text
     assert "average accuracy +2.0 (seed 0 +1.0, seed 1 +3.0)" in text
     # both means on the paired seeds only (seed 2's head-only row has no partner), then the paper's AGRE-KD
@@ -52,10 +52,10 @@ def test_all_parameter_agre_is_paired_with_head_only_seed_by_seed():
 
 def test_the_paired_finding_says_when_every_seed_is_in_and_when_none_is():
     complete = study.paired_line(_head_and_all([0, 1, 2]), 0.995, "dfr", study.ALL_PARAMETERS, "agre")
-    assert "all 3 seeds" in complete and "so far" not in complete
+    assert "all 3 seeds" in complete and "still to run" not in complete
     assert "two-group WGA +1.7 points (seed 0 +2.0, seed 1 -1.0, seed 2 +4.0)" in complete
     empty = study.paired_line(_head_and_all([]), 0.995, "dfr", study.ALL_PARAMETERS, "agre")
-    assert "0 of 3 seeds so far" in empty and "No seed has both rows yet" in empty and "63.9 / 59.9" in empty
+    assert "0 of 3 seeds; 3 still to run" in empty and "No seed has both rows yet" in empty and "63.9 / 59.9" in empty
 
 
 def test_a_seed_whose_rows_ran_on_other_teachers_is_left_unpaired():
@@ -64,7 +64,11 @@ def test_a_seed_whose_rows_ran_on_other_teachers_is_left_unpaired():
     pairs, other_teachers = study.paired_by_seed(rows, 0.995, "dfr", study.ALL_PARAMETERS, "agre")
     assert [seed for seed, _, _ in pairs] == [0] and other_teachers == [1]
     text = study.paired_line(rows, 0.995, "dfr", study.ALL_PARAMETERS, "agre")
-    assert "1 of 3 seeds so far" in text and "Seed 1 ran on other teachers" in text
+    assert "1 of 3 seeds; 1 on other teachers, 1 still to run" in text and "Seed 1 ran on other teachers" in text
+    rows = _head_and_all([0, 1, 2])
+    rows[5]["references"]["teacher_mean"]["worst_group_accuracy"] = 0.5  # seed 2's all-parameter row
+    text = study.paired_line(rows, 0.995, "dfr", study.ALL_PARAMETERS, "agre")
+    assert "2 of 3 seeds; 1 on other teachers)" in text and "Seed 2 ran on other teachers" in text
 
 
 def test_aekd_min_norm_rows_keep_their_own_row_beside_the_authors_defaults():
