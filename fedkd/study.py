@@ -140,9 +140,12 @@ def read_study_file(folder: Path) -> tuple[StudyConfig, dict] | None:
     return parse_study(study), raw.get("grid") or {}
 
 
+NOT_IN_RESULTS = ("teacher_store_dir", "engine", "logger")  # the same bits on either engine, with or without them
+
+
 def _comparable(config: dict) -> dict:
-    """A run's config as far as its results go: where its teachers are shared from changes no number."""
-    return {k: v for k, v in config.items() if k != "teacher_store_dir"}
+    """A run's config as far as its results go."""
+    return {k: v for k, v in config.items() if k not in NOT_IN_RESULTS}
 
 
 def job_state(folder: Path, config: dict) -> str:

@@ -278,13 +278,17 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                                                          if n in r.references]) for n in names)]
                                               for g in groups]), ""]
     if study.paper:
-        rows = []
+        rows, not_run = [], 0
         for where, value, match in paper_rows(study, groups):
             ours = list(match.by_seed(study.paper_metric).values()) if match else []
-            gap = f"{np.mean(ours) - value:+.3f}" if ours else "–"
-            rows.append([where, f"{value:.3f}", _cell(ours), gap])
+            if not ours:
+                not_run += 1
+                continue
+            rows.append([where, f"{value:.3f}", _cell(ours), f"{np.mean(ours) - value:+.3f}"])
         lines += [f"## The paper: {study.paper_source or ''} ({title.get(study.paper_metric, study.paper_metric)})",
                   "", *_table(["setting", "paper", "ours", "ours − paper"], rows), ""]
+        if not_run:
+            lines += [f"{not_run} more of the paper's numbers have no finished job here.", ""]
     if skipped:
         lines += ["Left out:", "", *(f"- `{p}`: {why}" for p, why in skipped), ""]
     return "\n".join(lines)
