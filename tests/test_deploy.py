@@ -64,7 +64,7 @@ def test_a_secure_deployment_runs_and_a_killed_supernode_drops_out(tmp_path):
     finishes with the other two, the failure recorded, every process stopped, each node's state in its folder."""
     home, runs = tmp_path / "home", tmp_path / "runs"
     with _deployment_script(home, "--tls", "--nodes", "3", "federation.num_rounds=2", "federation.min_clients=2",
-                            *FAST, f"runs_dir={runs}") as proc:
+                            "federation.round_timeout=20", *FAST, f"runs_dir={runs}") as proc:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
             metrics = list(runs.glob("*/*/metrics.jsonl"))

@@ -44,8 +44,8 @@ def _check_consistent(summary: dict, rounds: int) -> None:
 
 def test_long_tailed_dirichlet_federation(tmp_path):
     # label skew: the plain mean (AGRE-KD, the default, collapses under Dirichlet shards; docs/results.md)
-    summary = _fedkd(tmp_path, "aggregator=mean", "dataset=mnist_lt", "partition=dirichlet", "partition.alpha=0.3",
-                     "federation.num_clients=5")
+    summary = _fedkd(tmp_path, "aggregator=mean", "teacher=erm", "dataset=mnist_lt", "partition=dirichlet",
+                     "partition.alpha=0.3", "federation.num_clients=5")
     _check_consistent(summary, rounds=3)
     assert summary["num_clients"] == 5
     assert summary["test"]["accuracy"] > 0.5  # 10 balanced classes: chance is 0.1

@@ -12,7 +12,8 @@ import yaml
 
 from fedkd.results import read_metrics, read_summary
 
-FAST = ["federation.num_clients=2", "federation.num_rounds=2", "teacher.epochs=1", "baselines.ensemble=false"]
+FAST = ["teacher=erm", "federation.num_clients=2", "federation.num_rounds=2", "teacher.epochs=1",
+        "baselines.ensemble=false"]
 
 
 def test_a_sweep_of_two_aggregators_and_two_seeds_runs_from_one_command(tmp_path):
