@@ -36,12 +36,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from studies import MEAN_STD_NOTE, ROOT, format_mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
 
 from fedkd.config import compose  # noqa: E402
 from fedkd.teachers import TEACHER_OBJECTIVES  # noqa: E402
 from fedkd.validation import client_job, validate  # noqa: E402
 from server.inprocess import TrainedTeacherCache  # noqa: E402
-from studies import MEAN_STD_NOTE, ROOT, format_mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
 
 RESULTS = ROOT / "docs" / "label_skew_study.jsonl"
 SUPERSEDED = ROOT / "docs" / "label_skew_study_superseded.jsonl"
