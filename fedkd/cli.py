@@ -4,7 +4,9 @@
     fedkd dataset=mnist_lt partition=dirichlet partition.alpha=0.3 federation.num_clients=5
     fedkd resume=runs/2026-11-24/10-00-00_cmnist_agre_fed_s0  # continue a killed run from its last checkpoint
     fedkd -m aggregator=mean,agre seed=0,1,2   # a sweep: jobs one after another, under multirun/<date>/<time>/
+    fedkd -m +study=aggregators                # a study (conf/study/): jobs under studies/<name>/, rerun-safe
     fedkd report runs/2026-11-24 [--out DIR]   # table and plots of finished runs (fedkd.report)
+    fedkd report studies/aggregators           # a study's report (fedkd.study_report)
 """
 
 from __future__ import annotations

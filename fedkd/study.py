@@ -7,13 +7,18 @@ a killed one (resumed from its checkpoint), or nothing worth keeping (started ag
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fedkd.checkpoint import SERVER_CHECKPOINT
+from fedkd.results import CONFIG_FILE, SUMMARY_FILE
 
 STUDIES_DIR = "studies"
 STUDY_FILE = "study.yaml"  # the study section, beside its jobs' folders (what `fedkd report` reads)
@@ -117,14 +122,12 @@ def sweep_overrides(task_overrides: list[str]) -> dict[str, str]:
 
 def write_study_file(folder: Path, study: StudyConfig, grid: dict[str, Any]) -> None:
     """``studies/<name>/study.yaml``: the study section and its grid, rewritten by every job (they agree)."""
-    import dataclasses
-
     folder.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"study": dataclasses.asdict(study), "grid": grid}, sort_keys=False)
     path = folder / STUDY_FILE
     if path.exists() and path.read_text() == text:
         return
-    tmp = path.with_name(f".{STUDY_FILE}.{id(text)}")
+    tmp = path.with_name(f".{STUDY_FILE}.{os.getpid()}")  # parallel jobs write the same text, each its own file
     tmp.write_text(text)
     tmp.replace(path)
 
@@ -152,9 +155,6 @@ def job_state(folder: Path, config: dict) -> str:
     """What a rerun does with a job's folder: ``new`` (empty or absent), ``finished`` (a summary: skip it),
     ``resume`` (a checkpoint: continue it), ``restart`` (a config but no finished round: run it again in place).
     A folder holding a run of another config is refused: a study never overwrites a result."""
-    from fedkd.checkpoint import SERVER_CHECKPOINT
-    from fedkd.results import CONFIG_FILE, SUMMARY_FILE
-
     if not folder.exists() or not any(folder.iterdir()):
         return "new"
     try:
