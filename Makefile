@@ -23,10 +23,12 @@ demo: $(INSTALLED)
 	$(BIN)/fedkd $(OVERRIDES)
 
 ## the linters (ruff; import-linter's layer contracts in pyproject.toml), the test suite (unit, contract,
-## in-process and Flower end-to-end runs; two pytest-xdist workers of one thread each, tests/conftest.py), and
+## in-process and Flower end-to-end runs; two pytest-xdist workers of one thread each, tests/conftest.py, then
+## the timing-sensitive ones alone), and
 ## README.md's expected results against a fresh demo run
 test: lint
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 -m "not serial"
+	$(BIN)/pytest -q -m serial
 	$(BIN)/python scripts/expected_results.py --check
 
 ## rewrite README.md's expected-results block from a fresh demo run
