@@ -59,6 +59,7 @@ def _deployment_script(home: Path, *args: str):
             proc.kill()
 
 
+@pytest.mark.serial  # it kills a node between rounds 1 and 2: another worker's load must not decide the timing
 def test_a_secure_deployment_runs_and_a_killed_supernode_drops_out(tmp_path):
     """TLS and SuperNode authentication on, 3 nodes: round 1 with all of them, then SIGKILL of node 2; round 2
     finishes with the other two, the failure recorded, every process stopped, each node's state in its folder."""
