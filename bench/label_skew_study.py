@@ -27,7 +27,6 @@ agreement gate`` (designed after seeds 0–5, from the example weights' shares o
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 
@@ -39,7 +38,7 @@ import numpy as np  # noqa: E402
 from studies import MEAN_STD_NOTE, ROOT, format_mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
 
 from fedkd.config import compose  # noqa: E402
-from fedkd.teachers import TEACHER_OBJECTIVES  # noqa: E402
+from fedkd.teacher_store import training_job  # noqa: E402
 from fedkd.validation import client_job, validate  # noqa: E402
 from server.inprocess import TrainedTeacherCache  # noqa: E402
 
@@ -125,9 +124,7 @@ def teacher_cache_key(overrides: list[str]) -> str:
     run's components shape it (what the privacy mechanism asks of the clients, DP-SGD included; the ERM base only
     where the teacher objective keeps it on request), never a server-side setting. Equal keys, the same teachers
     on one machine; another machine may train others from the same key (see ``teachers_fingerprint``)."""
-    job = client_job(validate(compose(overrides)))  # the config alone: the data need not be built for a key
-    if not TEACHER_OBJECTIVES[job.teacher.objective].base_on_request:
-        job = dataclasses.replace(job, erm_base=False)
+    job = training_job(client_job(validate(compose(overrides))))  # the config alone: no data built for a key
     return hashlib.sha256(repr(job.training_key()).encode()).hexdigest()[:16]
 
 

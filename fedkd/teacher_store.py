@@ -53,11 +53,17 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def teacher_identity(job: ClientJob, partition_id: int, server_round: int) -> str:
-    """The text that names one client's training: whether the job keeps an ERM base matters only to the
-    objectives that keep one on request (erm and dfr keep theirs anyway)."""
+def training_job(job: ClientJob) -> ClientJob:
+    """The job as far as the client's training goes: whether it keeps an ERM base matters only to the objectives
+    that keep one on request (erm and dfr keep theirs anyway)."""
     if not TEACHER_OBJECTIVES[job.teacher.objective].base_on_request:
-        job = dataclasses.replace(job, erm_base=False)
+        return dataclasses.replace(job, erm_base=False)
+    return job
+
+
+def teacher_identity(job: ClientJob, partition_id: int, server_round: int) -> str:
+    """The text that names one client's training."""
+    job = training_job(job)
     return (f"code: {code_digest()}\npartition: {partition_id}\nround: {server_round}\n"
             f"job:\n{job.training_key()}")
 

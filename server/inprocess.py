@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedkd import protocol
 from fedkd.protocol import STATE_PREFIX
-from fedkd.teachers import TEACHER_OBJECTIVES
+from fedkd.teacher_store import training_job
 
 RUN_ID = 1
 SERVER_NODE_ID = 0
@@ -115,10 +115,7 @@ class TrainedTeacherCache:
         if message.metadata.message_type != protocol.TRAIN_TEACHER:
             return self.client_app(message, context)
         request = protocol.parse_train_request(message.content)
-        job = request.job
-        if not TEACHER_OBJECTIVES[job.teacher.objective].base_on_request:
-            job = dataclasses.replace(job, erm_base=False)
-        key = (job.training_key(), context.node_config["partition-id"], request.round)
+        key = (training_job(request.job).training_key(), context.node_config["partition-id"], request.round)
         self._trained.pop(context.node_id, None)
         if key in self._store:
             self._trained[context.node_id] = key
