@@ -165,8 +165,8 @@ def _sweep_run_directory(cfg: RunConfig) -> RunDirectory | None:
     return run_dir
 
 
-def _study_job(study: StudyConfig, cfg: RunConfig, console: Console) -> tuple[RunConfig | None, RunDirectory | None,
-                                                                              bool]:
+def _study_job(study: StudyConfig, cell: str | None, cfg: RunConfig, console: Console
+               ) -> tuple[RunConfig | None, RunDirectory | None, bool]:
     """A study's job (``fedkd -m +study=<name>``): its folder ``studies/<name>/<overrides>`` is skipped when it
     holds a finished run, resumed from its checkpoint when it holds a killed one, and started again when no round
     of it had finished; a job outside the seeds its method is reported on is not run (config None)."""
@@ -177,10 +177,11 @@ def _study_job(study: StudyConfig, cfg: RunConfig, console: Console) -> tuple[Ru
     if hydra_cfg.mode != RunMode.MULTIRUN:
         raise StudyError(f"invalid config: study: a study is a sweep; run it with `fedkd -m +study={study.name}`")
     overrides = sweep_overrides(list(hydra_cfg.overrides.task))
-    write_study_file(Path(hydra_cfg.sweep.dir), study, OmegaConf.to_container(hydra_cfg.sweeper.params))
+    sweeper = OmegaConf.to_container(hydra_cfg.sweeper)
+    write_study_file(Path(hydra_cfg.sweep.dir), study, sweeper.get("params") or {}, sweeper.get("cells"))
     folder = Path(hydra_cfg.runtime.output_dir)
     label = ",".join(f"{k}={v}" for k, v in overrides.items())
-    method = overrides.get(study.method, "")
+    method = study.label(overrides, cell)
     if not study.runs_seed(method, cfg.seed):
         console.print(f"fedkd: study {study.name}: {label}: not run ({method} is reported on seeds "
                       f"{study.seeds_of[method]})", soft_wrap=True)
@@ -198,7 +199,8 @@ def _study_job(study: StudyConfig, cfg: RunConfig, console: Console) -> tuple[Ru
     if state == "restart":
         run_dir.set_aside_metrics_after(0)
     run_dir.write_config(cfg)
-    (folder / JOB_FILE).write_text(yaml.safe_dump({"study": study.name, "overrides": overrides}, sort_keys=False))
+    job = {"study": study.name, **({"cell": cell} if cell else {}), "overrides": overrides}
+    (folder / JOB_FILE).write_text(yaml.safe_dump(job, sort_keys=False))
     return cfg, run_dir, False
 
 
@@ -212,7 +214,8 @@ def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig |
             cfg = validate(raw)
             check_against_data(cfg)
             if study is not None:
-                return _study_job(parse_study(study), cfg, console)
+                cell = study.pop("cell", None)  # the study sweeper's cell of this job
+                return _study_job(parse_study(study), cell, cfg, console)
             return cfg, _sweep_run_directory(cfg), False
         from hydra.core.hydra_config import HydraConfig
 
@@ -275,6 +278,16 @@ def write_error(err: OSError, run_dir: RunDirectory | None) -> str:
             f"overwritten); {resume_hint(run_dir)}")
 
 
+def _register_study_sweeper() -> None:
+    """Hydra finds its plugins by listing the ``hydra_plugins`` namespace, which an editable install cannot list:
+    register the study sweeper (``hydra/sweeper: study``) by hand; importing it stores its config."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.fedkd_study_sweeper.study_sweeper import StudySweeper
+
+    Plugins.instance().register(StudySweeper)
+
+
 def main() -> None:
     """Console entry point. ``fedkd report ...`` is dispatched before Hydra sees the command line: it has its own
     options (argparse), which Hydra would reject as overrides."""
@@ -284,6 +297,7 @@ def main() -> None:
         sys.exit(report_main(sys.argv[2:]))
     global _COMPOSED
     _COMPOSED = False
+    _register_study_sweeper()
     try:
         _main()
     except SystemExit as err:

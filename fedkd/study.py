@@ -40,26 +40,59 @@ class PaperValue:
     value: float
 
 
+REFERENCE_FREE = "baselines."  # overrides that add references to a run and change none of its results
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """conf/study/<name>.yaml's ``study`` section."""
 
     name: str
-    method: str = "aggregator"  # the sweep axis whose values are the methods compared
-    reference: str | None = None  # the method every other one is paired against, seed by seed
+    method: tuple[str, ...] = ("aggregator",)  # the sweep axes whose values make the method; the others the setting
+    reference: dict[str, str] | None = None  # the method every other one is paired against, setting by setting
     seeds_of: dict[str, list[int]] = field(default_factory=dict)  # methods reported on other seeds than the grid's
     paper_source: str | None = None  # e.g. "AGRE-KD (arXiv 2411.14984), Table 1"
     paper_metric: str | None = None  # the summary metric the paper's numbers are comparable with
     paper: list[PaperValue] = field(default_factory=list)
 
-    def runs_seed(self, method: Any, seed: int) -> bool:
-        """Whether the study reports ``method`` at ``seed`` (a method designed on some seeds runs on fresh ones)."""
-        seeds = self.seeds_of.get(str(method))
+    def method_of(self, overrides: dict[str, str]) -> dict[str, str]:
+        """A job's method: its values on the method axes."""
+        return {k: v for k, v in overrides.items() if k in self.method}
+
+    def setting_of(self, overrides: dict[str, str]) -> dict[str, str]:
+        """A job's setting: what its teachers and data depend on (neither the method nor a reference it adds)."""
+        return {k: v for k, v in overrides.items() if k not in self.method and not k.startswith(REFERENCE_FREE)}
+
+    def is_reference(self, overrides: dict[str, str]) -> bool:
+        return self.reference is not None and self.method_of(overrides) == self.reference
+
+    def label(self, overrides: dict[str, str], cell: str | None = None) -> str:
+        """What the report calls a job's method: its cell's name, or the value of the one method axis, or the
+        method axes' ``key=value`` pairs."""
+        if cell:
+            return cell
+        method = self.method_of(overrides)
+        if len(self.method) == 1:
+            return method.get(self.method[0], "")
+        return " ".join(f"{k}={v}" for k, v in method.items())
+
+    def runs_seed(self, label: str, seed: int) -> bool:
+        """Whether the study reports the method ``label`` at ``seed`` (a method designed on some seeds runs on
+        fresh ones)."""
+        seeds = self.seeds_of.get(str(label))
         return seeds is None or seed in seeds
+
+    def reference_text(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in (self.reference or {}).items())
 
 
 def _fail(key: str, value: Any, why: str) -> None:
     raise StudyError(f"invalid config: study.{key} = {value!r}: {why}")
+
+
+def _override_text(value: Any) -> str:
+    """A value as a Hydra override writes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def parse_study(raw: Any) -> StudyConfig:
@@ -74,11 +107,19 @@ def parse_study(raw: Any) -> StudyConfig:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         _fail("name", name, "must be a folder name: 1 to 64 letters, digits or ._- (its jobs go under studies/<name>)")
     method = raw.get("method", "aggregator")
-    if not isinstance(method, str) or not method:
-        _fail("method", method, "must name the sweep axis whose values are the methods (e.g. aggregator)")
+    axes = [method] if isinstance(method, str) else method
+    if not isinstance(axes, list) or not axes or not all(isinstance(a, str) and a for a in axes):
+        _fail("method", method, "must name the sweep axis (or list the axes) whose values make the method, e.g. "
+              "aggregator or [aggregator, student]")
     reference = raw.get("reference")
-    if reference is not None and not isinstance(reference, SCALAR):
-        _fail("reference", reference, f"must be one value of the {method} axis")
+    if reference is not None:
+        if isinstance(reference, SCALAR) and len(axes) == 1:
+            reference = {axes[0]: reference}
+        if not isinstance(reference, dict) or not reference or not set(reference) <= set(axes) or not all(
+                isinstance(v, SCALAR) for v in reference.values()):
+            _fail("reference", raw.get("reference"), f"must be a value of the method axis, or map method axes "
+                  f"{axes} to values")
+        reference = {str(k): _override_text(v) for k, v in reference.items()}
     seeds_of = raw.get("seeds_of") or {}
     if not isinstance(seeds_of, dict):
         _fail("seeds_of", seeds_of, "must map a method to the list of seeds it is reported on")
@@ -101,12 +142,12 @@ def parse_study(raw: Any) -> StudyConfig:
     if values and not isinstance(metric, str):
         _fail("paper_metric", metric, "names the metric the paper's numbers compare with (e.g. "
               "two_group_worst_group_accuracy)")
-    return StudyConfig(name=name, method=method, reference=None if reference is None else str(reference),
+    return StudyConfig(name=name, method=tuple(axes), reference=reference,
                        seeds_of={str(k): list(v) for k, v in seeds_of.items()},
                        paper_source=raw.get("paper_source"), paper_metric=metric, paper=values)
 
 
-NOT_A_SETTING = ("study", "teacher_store_dir")  # the study's selection, and where teachers come from: no result
+NOT_A_SETTING = ("study", "study.cell", "teacher_store_dir")  # the study, its cell, where teachers come from
 
 
 def sweep_overrides(task_overrides: list[str]) -> dict[str, str]:
@@ -120,10 +161,13 @@ def sweep_overrides(task_overrides: list[str]) -> dict[str, str]:
     return out
 
 
-def write_study_file(folder: Path, study: StudyConfig, grid: dict[str, Any]) -> None:
-    """``studies/<name>/study.yaml``: the study section and its grid, rewritten by every job (they agree)."""
+def write_study_file(folder: Path, study: StudyConfig, grid: dict[str, Any], cells: dict[str, Any] | None = None
+                     ) -> None:
+    """``studies/<name>/study.yaml``: the study section, its grid and its cells, rewritten by every job (they
+    agree)."""
     folder.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump({"study": dataclasses.asdict(study), "grid": grid}, sort_keys=False)
+    section = {**dataclasses.asdict(study), "method": list(study.method)}
+    text = yaml.safe_dump({"study": section, "grid": grid, **({"cells": cells} if cells else {})}, sort_keys=False)
     path = folder / STUDY_FILE
     if path.exists() and path.read_text() == text:
         return

@@ -20,7 +20,7 @@ from scipy import stats
 
 from fedkd.results import read_predictions, read_probabilities
 from fedkd.run_groups import Run, find_run_dirs, load_runs, mean_std
-from fedkd.study import JOB_FILE, StudyConfig, read_study_file
+from fedkd.study import JOB_FILE, REFERENCE_FREE, StudyConfig, read_study_file
 from fedkd.subpop_metrics import subpopulation_metrics
 
 CONFIDENCE = 0.95
@@ -54,11 +54,12 @@ class StudyRun:
     """One finished job: its sweep overrides without the seed, its seed, and every metric it allows."""
 
     run: Run
-    overrides: dict[str, str]
+    overrides: dict[str, str]  # without the seed, and without the references it adds (baselines.*)
     seed: int
     metrics: dict[str, float]
     selected: dict[str, float]  # test WGA of the round each SELECTIONS rule picks
     references: dict[str, float]
+    cell: str | None = None  # the study sweeper's cell that made the job
 
 
 @dataclass
@@ -105,7 +106,7 @@ def _references(summary: dict) -> dict[str, float]:
 
 
 def study_run(run: Run, job: dict) -> StudyRun:
-    overrides = {str(k): str(v) for k, v in job["overrides"].items()}
+    overrides = {str(k): str(v) for k, v in job["overrides"].items() if not str(k).startswith(REFERENCE_FREE)}
     seed = int(overrides.pop("seed", run.config["seed"]))
     pred = read_predictions(run.path)
     probabilities = read_probabilities(run.path)
@@ -117,7 +118,7 @@ def study_run(run: Run, job: dict) -> StudyRun:
     two_group = run.summary["test"].get("two_group_worst_group_accuracy")
     if two_group is not None:
         metrics["two_group_worst_group_accuracy"] = two_group
-    return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary))
+    return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary), job.get("cell"))
 
 
 def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple[Path, str]]]:
@@ -139,18 +140,34 @@ def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple
     groups: dict[tuple, MethodGroup] = {}
     for job in sorted(jobs, key=lambda j: ([j.overrides.get(k, "") for k in varying], j.seed)):
         values = {k: job.overrides[k] for k in varying if k in job.overrides}
-        label = values.get(study.method, "") if list(values) == [study.method] else " ".join(
-            f"{k}={v}" for k, v in values.items())
-        groups.setdefault(tuple(values.items()), MethodGroup(label or "all runs", values)).runs.append(job)
-    return study, list(groups.values()), skipped
+        groups.setdefault(tuple(values.items()), MethodGroup(_label(study, job, jobs, values), values)).runs.append(job)
+    ordered = list(groups.values())
+    cells = list(dict.fromkeys(j.cell for j in jobs))
+    ordered.sort(key=lambda g: cells.index(g.runs[0].cell))  # cells in the study's order (stable within a cell)
+    return study, ordered, skipped
+
+
+def _label(study: StudyConfig, job: StudyRun, jobs: Sequence[StudyRun], values: dict[str, str]) -> str:
+    """A group's name: its cell, with the axes that vary inside the cell; the method's value where the method is
+    the only axis that varies; else every varying ``key=value``."""
+    if job.cell is not None:
+        mates = [j for j in jobs if j.cell == job.cell]
+        inside = [k for k in job.overrides if len({j.overrides.get(k) for j in mates}) > 1]
+        return " ".join([job.cell, *(f"{k}={job.overrides[k]}" for k in inside)])
+    if list(values) == list(study.method):
+        return study.label(values)
+    return " ".join(f"{k}={v}" for k, v in values.items()) or "all runs"
 
 
 def reference_of(study: StudyConfig, group: MethodGroup, groups: Sequence[MethodGroup]) -> MethodGroup | None:
-    """The group that differs from ``group`` only in its method, which is the study's reference."""
-    if study.reference is None or group.overrides.get(study.method) == study.reference:
+    """The group of the study's reference method in ``group``'s setting (same data, same teachers); None for the
+    reference itself, or where the study ran no reference in that setting."""
+    overrides = group.runs[0].overrides
+    if study.reference is None or study.is_reference(overrides):
         return None
-    wanted = {**group.overrides, study.method: study.reference}
-    return next((g for g in groups if g.overrides == wanted), None)
+    setting = study.setting_of(overrides)
+    return next((g for g in groups if study.is_reference(g.runs[0].overrides)
+                 and study.setting_of(g.runs[0].overrides) == setting), None)
 
 
 @dataclass(frozen=True)
@@ -231,15 +248,16 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
     """report.md."""
     num_groups = len(groups[0].runs[0].run.summary["test"].get("per_group_accuracy", {})) if groups else 0
     title = {k: v.format(groups=num_groups) for k, v in TITLES.items()}
-    method = study.method
+    reference = study.reference_text()
     lines = [f"# Study `{study.name}`", "", *_provenance_lines(study, groups), "",
-             f"Each cell: {STATS_NOTE}. {PAIRED_NOTE}." + (f" Reference: `{method}={study.reference}`."
+             f"Each cell: {STATS_NOTE}. {PAIRED_NOTE}." + (f" Reference: `{reference}` in the same setting."
                                                          if study.reference else ""), ""]
     headline = [m for m in HEADLINE if any(g.by_seed(m) for g in groups)]
-    header = [method if all(list(g.overrides) == [method] for g in groups) else "group", "n", "seeds",
-              *(title[m] for m in headline)]
+    single = len(study.method) == 1 and all(list(g.overrides) == list(study.method) and g.runs[0].cell is None
+                                            for g in groups)
+    header = [study.method[0] if single else "group", "n", "seeds", *(title[m] for m in headline)]
     if study.reference:
-        header.append(f"paired Δ {title['worst_group_accuracy']} vs {study.reference}")
+        header.append(f"paired Δ {title['worst_group_accuracy']} vs {reference}")
     rows = []
     for g in groups:
         row = [f"`{g.label}`", str(len(g.runs)), " ".join(str(r.seed) for r in g.runs),
@@ -247,7 +265,7 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
         if study.reference:
             ref = reference_of(study, g, groups)
             row.append(_paired_cell(paired(g, ref, "worst_group_accuracy")) if ref else "(reference)"
-                       if g.overrides.get(method) == study.reference else "–")
+                       if study.is_reference(g.runs[0].overrides) else "–")
         rows.append(row)
     lines += ["## Final students", "", *_table(header, rows), ""]
     if study.reference:
@@ -261,7 +279,7 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                 if result is not None:
                     rows.append([f"`{g.label}`", title[m], " ".join(f"{d:+.3f}" for d in result.differences),
                                  _paired_cell(result)])
-        lines += [f"## Paired differences against `{study.reference}`", "",
+        lines += [f"## Paired differences against `{reference}` in the same setting", "",
                   *_table(["group", "metric", "per seed", "mean [95 % CI]"], rows), ""]
     metrics = [m for m in SUBPOPULATION if any(g.by_seed(m) for g in groups)]
     lines += ["## Subpopulation metrics (SubpopBench's set; see docs/studies.md for each definition)", "",

@@ -1,5 +1,6 @@
-"""The wheel is a working install: conf/ inside it as fedkd/conf, every module of fedkd, clients and server, no tests
-or benchmarks, the `fedkd` command declared, and the config composed from the unpacked wheel alone. Built offline
+"""The wheel is a working install: conf/ inside it as fedkd/conf, every module of fedkd, clients, server and the
+study sweeper (hydra_plugins), no tests or benchmarks, the `fedkd` command declared, and the config composed from
+the unpacked wheel alone. Built offline
 (no build isolation, no index) from a copy of the sources, since setuptools writes build/ into the tree it builds."""
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "fedkd", "clients", "server", "conf", "tests", "bench")
-PACKAGES = ("fedkd", "clients", "server")
+SOURCES = ("pyproject.toml", "README.md", "fedkd", "clients", "server", "hydra_plugins", "conf", "tests", "bench")
+PACKAGES = ("fedkd", "clients", "server", "hydra_plugins")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,12 @@ def test_the_unpacked_wheel_composes_its_config_from_fedkd_conf(wheel, tmp_path)
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(site)
-    code = "import fedkd.config as c; print(c.CONF_DIR); print(c.compose()['name'])"
+    code = ("import fedkd.config as c; print(c.CONF_DIR); print(c.compose()['name']); "
+            "from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
+            "print(sorted(p.__name__ for p in Plugins.instance().discover(Sweeper)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == [str(site / "fedkd" / "conf"), "cmnist_agre_fed_s0"]
+    conf_dir, name, sweepers = proc.stdout.splitlines()
+    assert (conf_dir, name) == (str(site / "fedkd" / "conf"), "cmnist_agre_fed_s0")
+    assert sweepers == "['BasicSweeper', 'StudySweeper']"  # Hydra's own plugin scan finds the study sweeper

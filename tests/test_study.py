@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import yaml
 from conftest import FAST
+from hydra.errors import HydraException
 
 from fedkd.study import StudyError, job_state, parse_study
-from fedkd.study_report import MethodGroup, StudyRun, build_study_report, confidence_interval, paired
+from fedkd.study_report import MethodGroup, StudyRun, build_study_report, confidence_interval, paired, reference_of
 from fedkd.subpop_metrics import subpopulation_metrics
+from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
 
 FEDKD = str(Path(sys.executable).parent / "fedkd")
 
@@ -43,6 +45,41 @@ def test_a_method_designed_on_some_seeds_runs_only_on_its_fresh_ones():
     study = parse_study({"name": "s", "seeds_of": {"reliability": [3, 4]}})
     assert study.runs_seed("mean", 0) and study.runs_seed("reliability", 3)
     assert not study.runs_seed("reliability", 0)
+
+
+def test_a_cell_adds_and_removes_axes_and_the_command_line_wins():
+    params = {"aggregator": "mean", "dataset.bias_ratio": "0.98", "seed": "0,1,2"}
+    cells = {"base": {"baselines.one_hot": True}, "lt": {"dataset": "mnist_lt", "dataset.bias_ratio": None},
+             "agre": {"aggregator": "agre"}}
+    got = dict(cell_arguments(params, cells, None, ["seed=0"]))
+    assert got["base"] == ["aggregator=mean", "dataset.bias_ratio=0.98", "seed=0,1,2", "baselines.one_hot=true",
+                           "seed=0"]  # Hydra's product keeps the last value of a key: the command line's
+    assert got["lt"] == ["aggregator=mean", "seed=0,1,2", "dataset=mnist_lt", "seed=0"]  # null: the axis removed
+    assert got["agre"][0] == "aggregator=agre"  # the cell's value replaces the shared one in place
+    assert list(dict(cell_arguments(params, cells, ["lt"], []))) == ["lt"]
+    with pytest.raises(HydraException, match="no cell named"):
+        cell_arguments(params, cells, ["nope"], [])
+    with pytest.raises(HydraException, match="cell's name"):
+        cell_arguments(params, {"a b": {}}, None, [])
+
+
+def test_a_method_of_several_axes_is_paired_with_the_reference_in_its_own_setting():
+    study = parse_study({"name": "s", "method": ["aggregator", "student"], "reference": {"aggregator": "mean"}})
+
+    def group(**overrides):
+        return MethodGroup("", overrides, [StudyRun(None, overrides, 0, {}, {}, {})])
+
+    base, lt = group(aggregator="mean", bias="0.98"), group(aggregator="mean", bias="0.99")
+    robust, robust_lt = group(aggregator="mean", student="robust_kd", bias="0.98"), group(aggregator="agre",
+                                                                                           bias="0.99")
+    groups = [base, lt, robust, robust_lt]
+    assert reference_of(study, robust, groups) is base and reference_of(study, robust_lt, groups) is lt
+    assert reference_of(study, base, groups) is None  # the reference itself
+    assert study.label({"aggregator": "mean", "student": "robust_kd", "bias": "0.98"}) == \
+        "aggregator=mean student=robust_kd"
+    assert study.setting_of({"aggregator": "agre", "baselines.one_hot": "true", "bias": "0.99"}) == {"bias": "0.99"}
+    with pytest.raises(StudyError, match="study.reference"):
+        parse_study({"name": "s", "method": ["aggregator"], "reference": {"teacher": "dfr"}})
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
@@ -107,8 +144,12 @@ def test_the_subpopulation_metrics_by_hand():
     assert m["auroc"] == pytest.approx(np.mean(aurocs))
 
 
-def _study_command(sweep_dir: str) -> list[str]:
-    return [FEDKD, "-m", "+study=aggregators", "aggregator=mean,vote,random", "seed=0",
+def _study_command(sweep_dir: str, cells: bool = False) -> list[str]:
+    """The aggregators study on three aggregators, as one grid or (``cells``) as two named cells making the same
+    three jobs."""
+    grid = (["+hydra.sweeper.cells.reference={aggregator:mean}", '+hydra.sweeper.cells.others={aggregator:"vote,'
+             'random"}'] if cells else ["aggregator=mean,vote,random"])
+    return [FEDKD, "-m", "+study=aggregators", *grid, "seed=0",
             *[o for o in FAST if not o.startswith(("aggregator=", "federation.client_cpus="))],
             f"hydra.sweep.dir={sweep_dir}"]
 
@@ -118,11 +159,13 @@ def _env() -> dict:
 
 
 def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_numbers(tmp_path):
+    """The uninterrupted study is one grid, the killed one two cells making the same jobs."""
     whole = subprocess.run(_study_command("whole"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
                            timeout=600)
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_study_command("killed"), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+    killed = _study_command("killed", cells=True)
+    process = subprocess.Popen(killed, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     try:
@@ -141,14 +184,18 @@ def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_num
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert len(list(killed_dir.glob("*/summary.json"))) == 1
-    rerun = subprocess.run(_study_command("killed"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(killed, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert rerun.stdout.count("finished before, skipped") == 1
     assert rerun.stdout.count("fedkd: resuming directory") == 1
     assert rerun.stdout.count("fedkd: run directory") == 1
     _, whole_files = build_study_report(tmp_path / "whole", tmp_path / "whole_report")
     _, killed_files = build_study_report(killed_dir, tmp_path / "killed_report")
-    assert killed_files[1].read_text() == whole_files[1].read_text()  # report.csv: every metric of every job
+    def rows(path):  # report.csv (every metric of every job) without the group's name
+        return [line.split(",", 1)[1] for line in path.read_text().splitlines()]
+
+    assert sorted(rows(killed_files[1])) == sorted(rows(whole_files[1]))
+    assert "paired Δ" in whole_files[0].read_text() and "| `vote` | 1 | 0 |" in whole_files[0].read_text()
     text = killed_files[0].read_text()
-    assert "paired Δ" in text and "| `vote` | 1 | 0 |" in text
+    assert "| `others aggregator=vote` | 1 | 0 |" in text and "| `reference` | 1 | 0 |" in text
+    assert "(reference)" in text.split("`reference`", 1)[1].splitlines()[0]

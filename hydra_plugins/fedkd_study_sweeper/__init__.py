@@ -1,0 +1,1 @@
+"""fedkd's Hydra sweeper for studies (``hydra/sweeper=study``), found by Hydra's plugin discovery."""
