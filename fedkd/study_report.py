@@ -24,6 +24,7 @@ from fedkd.study import JOB_FILE, REFERENCE_FREE, StudyConfig, read_study_file
 from fedkd.subpop_metrics import subpopulation_metrics
 
 CONFIDENCE = 0.95
+RUN_TIME = "run time (s)"
 STATS_NOTE = ("mean ± sample standard deviation (ddof=1) over seeds, then the 95 % confidence interval of the mean "
               "(Student t, n − 1 degrees of freedom, clipped to [0, 1], where every metric lies; none for one seed)")
 PAIRED_NOTE = ("paired: the per-seed difference method − reference on the same seeds (same data, same trained "
@@ -60,6 +61,7 @@ class StudyRun:
     selected: dict[str, float]  # test WGA of the round each SELECTIONS rule picks
     references: dict[str, float]
     cell: str | None = None  # the study sweeper's cell that made the job
+    costs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,9 +97,13 @@ def _selected(records: list[dict]) -> dict[str, float]:
 
 
 def _references(summary: dict) -> dict[str, float]:
-    """The baselines a run carries: the teachers' ensemble, the server-only one-hot model, the centralized models
-    (non-federated)."""
+    """The references a run carries: its teachers (their mean), their ensemble, the server-only one-hot model, the
+    centralized models (non-federated)."""
     out = {}
+    teachers = summary.get("teachers") or {}
+    if "mean_accuracy" in teachers:
+        out["teachers (mean) accuracy"] = teachers["mean_accuracy"]
+        out["teachers (mean) WGA"] = teachers["mean_worst_group_accuracy"]
     for name, report in summary.get("baselines", {}).items():
         if isinstance(report, dict) and "worst_group_accuracy" in report:
             out[f"{name} accuracy"] = report["accuracy"]
@@ -118,7 +124,22 @@ def study_run(run: Run, job: dict) -> StudyRun:
     two_group = run.summary["test"].get("two_group_worst_group_accuracy")
     if two_group is not None:
         metrics["two_group_worst_group_accuracy"] = two_group
-    return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary), job.get("cell"))
+    return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary), job.get("cell"),
+                    _costs(run.summary))
+
+
+def _costs(summary: dict) -> dict[str, float]:
+    """What a run spent: soft labels and uplink bytes (against FedAvg of the student), privacy, run time."""
+    out = {}
+    communication = summary.get("communication") or {}
+    if "soft_labels_queried" in communication:
+        out["soft labels / teacher"] = communication["soft_labels_queried"]
+        out["uplink bytes / FedAvg's"] = communication["uplink_ratio_to_fedavg"]
+    if summary.get("epsilon_spent") is not None:
+        out["ε spent"] = summary["epsilon_spent"]
+    if "wall_seconds" in summary:
+        out[RUN_TIME] = summary["wall_seconds"]
+    return out
 
 
 def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple[Path, str]]]:
@@ -210,6 +231,17 @@ def _cell(values: Sequence[float], fmt: str = ".3f") -> str:
     return f"{mean:{fmt}} ± {std:{fmt}} [{max(low, 0.0):{fmt}}, {min(high, 1.0):{fmt}}]"
 
 
+def _spread(values: Sequence[float]) -> str:
+    """mean ± sample std, three significant digits (a cost has no [0, 1] range to clip an interval to)."""
+    def number(x: float) -> str:
+        return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "–"
+    return number(mean) if math.isnan(std) else f"{number(mean)} ± {number(std)}"
+
+
 def _paired_cell(result: Paired | None) -> str:
     if result is None:
         return "–"
@@ -291,10 +323,16 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                                for g in groups]), ""]
     names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.references))
     if names:
-        lines += ["## References (the teachers' ensemble; the server-only model; centralized = NON-FEDERATED)", "",
+        lines += ["## References (the teachers, their ensemble; the server-only model; centralized = NON-FEDERATED)",
+                  "",
                   *_table(["group", *names], [[f"`{g.label}`", *(_cell([r.references[n] for r in g.runs
                                                                          if n in r.references]) for n in names)]
                                               for g in groups]), ""]
+    names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.costs))
+    if names:
+        lines += ["## Cost (mean ± sample std over seeds)", "",
+                  *_table(["group", *names], [[f"`{g.label}`", *(_spread([r.costs[n] for r in g.runs if n in r.costs])
+                                                                for n in names)] for g in groups]), ""]
     if study.paper:
         rows, not_run = [], 0
         for where, value, match in paper_rows(study, groups):
@@ -313,18 +351,20 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
 
 
 def write_csv(groups: Sequence[MethodGroup], path: Path) -> None:
-    """One row per job: the overrides, the seed and every metric, at full precision."""
+    """One row per job: the overrides, the seed and every metric, at full precision (not the run time: the same
+    jobs give the same file)."""
     jobs = [r for g in groups for r in g.runs]
+    costs = [{k: v for k, v in r.costs.items() if k != RUN_TIME} for r in jobs]
     columns = ["group", *dict.fromkeys(k for r in jobs for k in r.overrides), "seed",
                *dict.fromkeys(k for r in jobs for k in r.metrics), *dict.fromkeys(k for r in jobs for k in r.selected),
-               *dict.fromkeys(k for r in jobs for k in r.references)]
+               *dict.fromkeys(k for r in jobs for k in r.references), *dict.fromkeys(k for c in costs for k in c)]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        for g in groups:
-            for r in g.runs:
-                writer.writerow({"group": g.label, **r.overrides, "seed": r.seed, **r.metrics, **r.selected,
-                                 **r.references})
+        labels = [g.label for g in groups for _ in g.runs]
+        for label, r, cost in zip(labels, jobs, costs, strict=True):
+            writer.writerow({"group": label, **r.overrides, "seed": r.seed, **r.metrics, **r.selected,
+                             **r.references, **cost})
 
 
 def plot(study: StudyConfig, groups: Sequence[MethodGroup], path: Path) -> None:
