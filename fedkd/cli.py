@@ -165,6 +165,15 @@ def _sweep_run_directory(cfg: RunConfig) -> RunDirectory | None:
     return run_dir
 
 
+def _job_overrides() -> dict[str, str]:
+    """A multirun job's own sweep overrides (nothing outside a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    return sweep_overrides(list(hydra_cfg.overrides.task)) if hydra_cfg.mode == RunMode.MULTIRUN else {}
+
+
 def _study_job(study: StudyConfig, cell: str | None, cfg: RunConfig, console: Console
                ) -> tuple[RunConfig | None, RunDirectory | None, bool]:
     """A study's job (``fedkd -m +study=<name>``): its folder ``studies/<name>/<overrides>`` is skipped when it
@@ -211,11 +220,14 @@ def _config_or_exit(composed: DictConfig, console: Console) -> tuple[RunConfig |
         if composed.get("resume") is None:
             raw = OmegaConf.to_container(composed, resolve=True)
             study = raw.pop("study", None)
+            if study is not None:
+                cell = study.pop("cell", None)  # the study sweeper's cell of this job
+                study = parse_study(study)
+                raw["baselines"] = {**raw.get("baselines", {}), **study.baselines_of(_job_overrides())}
             cfg = validate(raw)
             check_against_data(cfg)
             if study is not None:
-                cell = study.pop("cell", None)  # the study sweeper's cell of this job
-                return _study_job(parse_study(study), cell, cfg, console)
+                return _study_job(study, cell, cfg, console)
             return cfg, _sweep_run_directory(cfg), False
         from hydra.core.hydra_config import HydraConfig
 

@@ -40,6 +40,25 @@ class PaperValue:
     value: float
 
 
+@dataclass(frozen=True)
+class DesignSeeds:
+    """The seeds whose results a method's design read (``where``: the override values that name the method): its
+    results there are no evidence for it, and the report keeps them apart."""
+
+    where: dict[str, str]
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class ReferenceRule:
+    """The references (``baselines.*``) that the reference method's jobs matching ``where`` compute (a null value:
+    the axis is absent): the server-only and centralized models once per setting and seed, not on every job."""
+
+    where: dict[str, str]
+    baselines: dict[str, Any]
+
+
+BASELINES = ("ensemble", "one_hot", "centralized")
 REFERENCE_FREE = "baselines."  # overrides that add references to a run and change none of its results
 
 
@@ -54,6 +73,23 @@ class StudyConfig:
     paper_source: str | None = None  # e.g. "AGRE-KD (arXiv 2411.14984), Table 1"
     paper_metric: str | None = None  # the summary metric the paper's numbers are comparable with
     paper: list[PaperValue] = field(default_factory=list)
+    designed_on: list[DesignSeeds] = field(default_factory=list)
+    references: list[ReferenceRule] = field(default_factory=list)
+
+    def baselines_of(self, overrides: dict[str, str]) -> dict[str, Any]:
+        """The baselines the ``references`` rules turn on for a job of the reference method (later rules win)."""
+        out: dict[str, Any] = {}
+        if not self.is_reference(overrides):
+            return out
+        for rule in self.references:
+            if all(overrides.get(k) == v for k, v in rule.where.items()):
+                out.update(rule.baselines)
+        return out
+
+    def design_seed(self, overrides: dict[str, str], seed: int) -> bool:
+        """Whether ``seed`` is one the job's method was designed on."""
+        return any(seed in d.seeds and all(overrides.get(k) == v for k, v in d.where.items())
+                   for d in self.designed_on)
 
     def method_of(self, overrides: dict[str, str]) -> dict[str, str]:
         """A job's method: its values on the method axes."""
@@ -91,15 +127,16 @@ def _fail(key: str, value: Any, why: str) -> None:
 
 
 def _override_text(value: Any) -> str:
-    """A value as a Hydra override writes it (``true``, not ``True``)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A value as a job's overrides hold it: Hydra's sweeper writes ``True``, ``0.5``, ``mean``."""
+    return str(value)
 
 
 def parse_study(raw: Any) -> StudyConfig:
     """The typed study section, or one error naming the key."""
     if not isinstance(raw, dict):
         raise StudyError(f"invalid config: study = {raw!r}: must be a mapping (conf/study/<name>.yaml)")
-    known = {"name", "method", "reference", "seeds_of", "paper_source", "paper_metric", "paper"}
+    known = {"name", "method", "reference", "seeds_of", "paper_source", "paper_metric", "paper", "designed_on",
+             "references"}
     for key in raw:
         if key not in known:
             _fail(key, raw[key], f"unknown key; known: {sorted(known)}")
@@ -138,16 +175,39 @@ def parse_study(raw: Any) -> StudyConfig:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             _fail(f"paper[{i}].value", value, "must be a finite number")
         values.append(PaperValue(where=dict(row["where"]), value=float(value)))
+    designed_on = []
+    for i, row in enumerate(raw.get("designed_on") or []):
+        if (not isinstance(row, dict) or set(row) != {"where", "seeds"} or not isinstance(row["where"], dict)
+                or not row["where"] or not isinstance(row["seeds"], list) or not row["seeds"]
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in row["seeds"])):
+            _fail(f"designed_on[{i}]", row, "must be {where: {axis: value, ...}, seeds: [seed, ...]}")
+        designed_on.append(DesignSeeds({str(k): _override_text(v) for k, v in row["where"].items()},
+                                       list(row["seeds"])))
+    references = []
+    for i, row in enumerate(raw.get("references") or []):
+        if (not isinstance(row, dict) or set(row) != {"where", "baselines"} or not isinstance(row["where"], dict)
+                or not isinstance(row["baselines"], dict) or not row["baselines"]
+                or not set(row["baselines"]) <= set(BASELINES)
+                or not all(isinstance(v, bool) for v in row["baselines"].values())):
+            _fail(f"references[{i}]", row, f"must be {{where: {{axis: value, ...}}, baselines: {{name: true|false}}}} "
+                  f"with names among {list(BASELINES)}")
+        references.append(ReferenceRule({str(k): None if v is None else _override_text(v)
+                                         for k, v in row["where"].items()},
+                                        dict(row["baselines"])))
     metric = raw.get("paper_metric")
+    if references and reference is None:
+        _fail("references", raw.get("references"), "the references are computed on the reference method's jobs: "
+              "name the study's reference")
     if values and not isinstance(metric, str):
         _fail("paper_metric", metric, "names the metric the paper's numbers compare with (e.g. "
               "two_group_worst_group_accuracy)")
     return StudyConfig(name=name, method=tuple(axes), reference=reference,
                        seeds_of={str(k): list(v) for k, v in seeds_of.items()},
-                       paper_source=raw.get("paper_source"), paper_metric=metric, paper=values)
+                       paper_source=raw.get("paper_source"), paper_metric=metric, paper=values,
+                       designed_on=designed_on, references=references)
 
 
-NOT_A_SETTING = ("study", "study.cell", "teacher_store_dir")  # the study, its cell, where teachers come from
+NOT_A_SETTING = ("study", "teacher_store_dir")  # the study (and study.*), where teachers come from
 
 
 def sweep_overrides(task_overrides: list[str]) -> dict[str, str]:
@@ -156,7 +216,7 @@ def sweep_overrides(task_overrides: list[str]) -> dict[str, str]:
     for override in task_overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
-        if key not in NOT_A_SETTING:
+        if key not in NOT_A_SETTING and not key.startswith("study."):
             out[key] = value
     return out
 
@@ -184,6 +244,8 @@ def read_study_file(folder: Path) -> tuple[StudyConfig, dict] | None:
     raw = yaml.safe_load(path.read_text())
     study = dict(raw["study"])
     study["paper"] = [{"where": p["where"], "value": p["value"]} for p in study.get("paper") or []]
+    study["designed_on"] = [{"where": d["where"], "seeds": d["seeds"]} for d in study.get("designed_on") or []]
+    study["references"] = [{"where": r["where"], "baselines": r["baselines"]} for r in study.get("references") or []]
     return parse_study(study), raw.get("grid") or {}
 
 

@@ -25,6 +25,7 @@ from fedkd.subpop_metrics import subpopulation_metrics
 
 CONFIDENCE = 0.95
 RUN_TIME = "run time (s)"
+DESIGN_NOTE = "(design seeds: no evidence)"
 STATS_NOTE = ("mean ± sample standard deviation (ddof=1) over seeds, then the 95 % confidence interval of the mean "
               "(Student t, n − 1 degrees of freedom, clipped to [0, 1], where every metric lies; none for one seed)")
 PAIRED_NOTE = ("paired: the per-seed difference method − reference on the same seeds (same data, same trained "
@@ -69,6 +70,7 @@ class MethodGroup:
     label: str
     overrides: dict[str, str]
     runs: list[StudyRun] = field(default_factory=list)
+    design: bool = False  # the seeds the method was designed on: kept apart, no evidence for it
 
     def by_seed(self, metric: str) -> dict[int, float]:
         return {r.seed: r.metrics[metric] for r in self.runs if metric in r.metrics}
@@ -161,7 +163,9 @@ def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple
     groups: dict[tuple, MethodGroup] = {}
     for job in sorted(jobs, key=lambda j: ([j.overrides.get(k, "") for k in varying], j.seed)):
         values = {k: job.overrides[k] for k in varying if k in job.overrides}
-        groups.setdefault(tuple(values.items()), MethodGroup(_label(study, job, jobs, values), values)).runs.append(job)
+        design = study.design_seed(job.overrides, job.seed)
+        label = _label(study, job, jobs, values) + (f" {DESIGN_NOTE}" if design else "")
+        groups.setdefault((*values.items(), design), MethodGroup(label, values, design=design)).runs.append(job)
     ordered = list(groups.values())
     cells = list(dict.fromkeys(j.cell for j in jobs))
     ordered.sort(key=lambda g: cells.index(g.runs[0].cell))  # cells in the study's order (stable within a cell)
@@ -187,7 +191,7 @@ def reference_of(study: StudyConfig, group: MethodGroup, groups: Sequence[Method
     if study.reference is None or study.is_reference(overrides):
         return None
     setting = study.setting_of(overrides)
-    return next((g for g in groups if study.is_reference(g.runs[0].overrides)
+    return next((g for g in groups if study.is_reference(g.runs[0].overrides) and not g.design
                  and study.setting_of(g.runs[0].overrides) == setting), None)
 
 
@@ -323,11 +327,15 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                                for g in groups]), ""]
     names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.references))
     if names:
+        rows = []
+        for g in groups:
+            ref = reference_of(study, g, groups)
+            own = [r.references for r in g.runs]
+            rows.append([f"`{g.label}`", *(_cell([refs[n] for refs in own if n in refs] or [
+                r.references[n] for r in (ref.runs if ref else []) if n in r.references]) for n in names)])
         lines += ["## References (the teachers, their ensemble; the server-only model; centralized = NON-FEDERATED)",
-                  "",
-                  *_table(["group", *names], [[f"`{g.label}`", *(_cell([r.references[n] for r in g.runs
-                                                                         if n in r.references]) for n in names)]
-                                              for g in groups]), ""]
+                  "", "A reference computed once per setting and seed, on the reference method's job, stands for "
+                  "every method of that setting.", "", *_table(["group", *names], rows), ""]
     names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.costs))
     if names:
         lines += ["## Cost (mean ± sample std over seeds)", "",

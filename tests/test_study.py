@@ -52,7 +52,7 @@ def test_a_cell_adds_and_removes_axes_and_the_command_line_wins():
     cells = {"base": {"baselines.one_hot": True}, "lt": {"dataset": "mnist_lt", "dataset.bias_ratio": None},
              "agre": {"aggregator": "agre"}}
     got = dict(cell_arguments(params, cells, None, ["seed=0"]))
-    assert got["base"] == ["aggregator=mean", "dataset.bias_ratio=0.98", "seed=0,1,2", "baselines.one_hot=true",
+    assert got["base"] == ["aggregator=mean", "dataset.bias_ratio=0.98", "seed=0,1,2", "baselines.one_hot=True",
                            "seed=0"]  # Hydra's product keeps the last value of a key: the command line's
     assert got["lt"] == ["aggregator=mean", "seed=0,1,2", "dataset=mnist_lt", "seed=0"]  # null: the axis removed
     assert got["agre"][0] == "aggregator=agre"  # the cell's value replaces the shared one in place
@@ -80,6 +80,31 @@ def test_a_method_of_several_axes_is_paired_with_the_reference_in_its_own_settin
     assert study.setting_of({"aggregator": "agre", "baselines.one_hot": "true", "bias": "0.99"}) == {"bias": "0.99"}
     with pytest.raises(StudyError, match="study.reference"):
         parse_study({"name": "s", "method": ["aggregator"], "reference": {"teacher": "dfr"}})
+
+
+def test_the_seeds_a_method_was_designed_on_are_named():
+    study = parse_study({"name": "s", "reference": "mean",
+                         "designed_on": [{"where": {"aggregator": "reliability"}, "seeds": [0, 1]}]})
+    assert study.design_seed({"aggregator": "reliability", "x": "1"}, 1)
+    assert not study.design_seed({"aggregator": "reliability"}, 2) and not study.design_seed({"aggregator": "mean"}, 0)
+    with pytest.raises(StudyError, match=r"study.designed_on\[0\]"):
+        parse_study({"name": "s", "designed_on": [{"where": {}, "seeds": [0]}]})
+
+
+def test_the_references_are_computed_on_the_reference_methods_jobs_where_a_rule_says():
+    study = parse_study({"name": "s", "method": ["aggregator", "student"], "reference": {"aggregator": "mean"},
+                         "references": [{"where": {}, "baselines": {"one_hot": True}},
+                                        {"where": {"partition": None}, "baselines": {"centralized": True}},
+                                        {"where": {"bias": "0.95"}, "baselines": {"one_hot": False}}]})
+    assert study.baselines_of({"aggregator": "mean", "bias": "0.99"}) == {"one_hot": True, "centralized": True}
+    assert study.baselines_of({"aggregator": "mean", "partition": "dirichlet"}) == {"one_hot": True}  # null: absent
+    assert study.baselines_of({"aggregator": "mean", "bias": "0.95"}) == {"one_hot": False, "centralized": True}
+    assert study.baselines_of({"aggregator": "mean", "student": "robust_kd"}) == {}  # not the reference method
+    assert study.baselines_of({"aggregator": "agre"}) == {}
+    with pytest.raises(StudyError, match="study.references"):
+        parse_study({"name": "s", "references": [{"where": {}, "baselines": {"one_hot": True}}]})  # no reference
+    with pytest.raises(StudyError, match=r"study.references\[0\]"):
+        parse_study({"name": "s", "reference": "mean", "references": [{"where": {}, "baselines": {"oracle": True}}]})
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
@@ -149,7 +174,7 @@ def _study_command(sweep_dir: str, cells: bool = False) -> list[str]:
     three jobs."""
     grid = (["+hydra.sweeper.cells.reference={aggregator:mean}", '+hydra.sweeper.cells.others={aggregator:"vote,'
              'random"}'] if cells else ["aggregator=mean,vote,random"])
-    return [FEDKD, "-m", "+study=aggregators", *grid, "seed=0",
+    return [FEDKD, "-m", "+study=aggregators", *grid, "seed=0", "study.references=[]",
             *[o for o in FAST if not o.startswith(("aggregator=", "federation.client_cpus="))],
             f"hydra.sweep.dir={sweep_dir}"]
 

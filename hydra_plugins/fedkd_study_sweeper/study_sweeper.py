@@ -42,11 +42,6 @@ class StudySweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="study", node=StudySweeperConf, provider="fedkd")
 
 
-def _text(value: Any) -> str:
-    """A value as an override writes it (``true``, not ``True``)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def cell_arguments(params: dict[str, Any], cells: dict[str, Any], select: list[str] | None,
                    arguments: list[str]) -> list[tuple[str, list[str]]]:
     """Per selected cell, in order: its name and the override strings whose product is its jobs."""
@@ -63,7 +58,7 @@ def cell_arguments(params: dict[str, Any], cells: dict[str, Any], select: list[s
         if select and name not in select:
             continue
         merged = {**params, **axes}
-        out.append((name, [*(f"{k}={_text(v)}" for k, v in merged.items() if v is not None), *arguments]))
+        out.append((name, [*(f"{k}={v}" for k, v in merged.items() if v is not None), *arguments]))
     return out
 
 
