@@ -1,7 +1,8 @@
 """Experiment tracking where researchers look: each round's metrics, the per-group accuracies and the run's config,
-logged to TensorBoard or MLflow inside the run directory. Nothing leaves the machine: TensorBoard writes event
-files, MLflow a SQLite store (``<run>/mlflow.db``); point a viewer at them (``tensorboard --logdir studies/<name>``,
-``mlflow ui --backend-store-uri sqlite:///<run>/mlflow.db``).
+logged to TensorBoard, MLflow or Weights & Biases inside the run directory. Nothing leaves the machine: TensorBoard
+writes event files, MLflow a SQLite store (``<run>/mlflow.db``), W&B an offline run (``<run>/wandb/offline-run-*``);
+point a viewer at them (``tensorboard --logdir studies/<name>``, ``mlflow ui --backend-store-uri
+sqlite:///<run>/mlflow.db``), or upload the W&B run yourself (``wandb sync <run>/wandb/offline-run-*``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any, Protocol
 
 import yaml
 
-TRACKERS = ("none", "tensorboard", "mlflow")
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_EXPERIMENT = "fedkd"
+WANDB_DIR = "wandb"  # wandb.init(dir=<run>) writes <run>/wandb/offline-run-<time>-<id>/run-<id>.wandb
 
 
 class Tracker(Protocol):
@@ -104,10 +106,30 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id)
 
 
+class WandbTracker:
+    """One offline W&B run per fedkd run (``mode="offline"``: written to disk, never sent; no system-metrics
+    sampling): the config as the run's config, each round's scalars at step = round."""
+
+    def __init__(self, run_dir: Path, config: dict) -> None:
+        import wandb
+
+        self.run = wandb.init(mode="offline", dir=str(run_dir), project=MLFLOW_EXPERIMENT,
+                              name=str(config.get("name", run_dir.name)), config=config,
+                              settings=wandb.Settings(silent=True, x_disable_stats=True, save_code=False))
+
+    def log_round(self, server_round: int, record: dict) -> None:
+        self.run.log(round_scalars(record), step=server_round)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 def make_tracker(name: str, run_dir: Path, config: dict[str, Any]) -> Tracker | None:
     """The run's tracker (``logger`` in conf/config.yaml); None for ``none``."""
     if name == "tensorboard":
         return TensorBoardTracker(run_dir, config)
     if name == "mlflow":
         return MlflowTracker(run_dir, config)
+    if name == "wandb":
+        return WandbTracker(run_dir, config)
     return None

@@ -1,8 +1,9 @@
-"""logger=tensorboard|mlflow: a real run's rounds, per-group accuracies and config, read back with each library's
+"""logger=tensorboard|mlflow|wandb: a real run's rounds, per-group accuracies and config, read back with each library's
 own reader, equal what metrics.jsonl and config.yaml hold."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import FAST
 from clients.app import app as client_app
 from fedkd.config import ConfigError
 from fedkd.results import CONFIG_FILE, read_metrics
-from fedkd.trackers import TENSORBOARD_DIR, mlflow_uri
+from fedkd.trackers import TENSORBOARD_DIR, WANDB_DIR, mlflow_uri
 from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
@@ -56,6 +57,32 @@ def test_mlflow_holds_every_round_and_the_config_as_parameters(tmp_path):
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     assert run.data.params["aggregator.name"] == config["aggregator"]["name"]
     assert run.data.params["federation.num_clients"] == "3"
+
+
+def test_wandb_holds_every_round_offline_and_the_config(tmp_path):
+    """Read back with W&B's own reader of its transaction log (what ``wandb sync`` uploads)."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    run_dir, records = _run(tmp_path, "wandb")
+    (log,) = (run_dir / WANDB_DIR).glob("offline-run-*/run-*.wandb")  # offline: a local file, nothing sent
+    store = datastore.DataStore()
+    store.open_for_scan(str(log))
+    history, config = [], {}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+        elif record.WhichOneof("record_type") == "run":
+            config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+    assert [h["_step"] for h in history] == [r["round"] for r in records]
+    assert [h["test/accuracy"] for h in history] == [r["test"]["accuracy"] for r in records]
+    group = next(iter(records[-1]["test"]["per_group_accuracy"]))
+    assert history[-1][f"test_group/{group}"] == records[-1]["test"]["per_group_accuracy"][group]
+    written = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    assert config["aggregator"] == written["aggregator"] and config["federation"]["num_clients"] == 3
 
 
 def test_an_unknown_logger_is_refused_before_anything_starts():
