@@ -177,17 +177,23 @@ def _console() -> Console:
     return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=160)
 
 
-def _study_main(folder: Path, out: Path | None, console: Console) -> int:
-    """A study folder (studies/<name>, with its study.yaml): the study's report (fedkd.study_report)."""
+def _study_main(folder: Path, out: Path | None, results: Path | None, console: Console) -> int:
+    """A study folder (studies/<name>, with its study.yaml): the study's report (fedkd.study_report), and its
+    section of ``results`` (docs/results.md) where asked."""
     from rich.markdown import Markdown
 
-    from fedkd.study_report import build_study_report
+    from fedkd.study_report import build_study_report, write_results_section
 
     try:
         groups, files = build_study_report(folder, out or folder / "report")
     except FileNotFoundError as err:
         console.print(f"[bold red]fedkd report: {escape(str(err))}[/]", highlight=False, soft_wrap=True)
         return 1
+    if results is not None:
+        command = " ".join(["fedkd report", str(folder), *(["--out", str(out)] if out else []), "--results",
+                            str(results)])
+        write_results_section(results, files[0], command)
+        files.append(results)
     console.print(Markdown(files[0].read_text()))
     console.print(f"fedkd report: {sum(len(g.runs) for g in groups)} jobs in {len(groups)} groups; wrote:",
                   highlight=False)
@@ -209,10 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "globs, e.g. runs/2026-11-24 'runs/*/*_mean_*'; or one study "
                                                 "folder, studies/<name>: the study's report")
     parser.add_argument("--out", type=Path, help="output folder (default: <first dir>/report, or ./report)")
+    parser.add_argument("--results", type=Path, help="a study only: also replace the study's section of this "
+                                                     "Markdown file (e.g. docs/results.md), keeping the others")
     args = parser.parse_args(argv)
     console = _console()
     if len(args.runs) == 1 and (Path(args.runs[0]) / STUDY_FILE).is_file():
-        return _study_main(Path(args.runs[0]), args.out, console)
+        return _study_main(Path(args.runs[0]), args.out, args.results, console)
+    if args.results is not None:
+        console.print("[bold red]fedkd report: --results writes a study's section: give one study folder "
+                      "(studies/<name>)[/]", highlight=False, soft_wrap=True)
+        return 2
     try:
         report = build_report(args.runs, args.out or default_out(args.runs), console)
     except FileNotFoundError as err:

@@ -19,7 +19,15 @@ from conftest import FAST
 from hydra.errors import HydraException
 
 from fedkd.study import StudyError, job_state, parse_study
-from fedkd.study_report import MethodGroup, StudyRun, build_study_report, confidence_interval, paired, reference_of
+from fedkd.study_report import (
+    MethodGroup,
+    StudyRun,
+    build_study_report,
+    confidence_interval,
+    paired,
+    reference_of,
+    write_results_section,
+)
 from fedkd.subpop_metrics import subpopulation_metrics
 from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
 
@@ -105,6 +113,21 @@ def test_the_references_are_computed_on_the_reference_methods_jobs_where_a_rule_
         parse_study({"name": "s", "references": [{"where": {}, "baselines": {"one_hot": True}}]})  # no reference
     with pytest.raises(StudyError, match=r"study.references\[0\]"):
         parse_study({"name": "s", "reference": "mean", "references": [{"where": {}, "baselines": {"oracle": True}}]})
+
+
+def test_a_study_section_of_the_results_file_is_replaced_and_the_others_kept(tmp_path):
+    report = tmp_path / "docs" / "studies" / "s" / "report.md"
+    report.parent.mkdir(parents=True)
+    results = tmp_path / "docs" / "results.md"
+    results.write_text("# Results\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
+    for value in ("0.5", "0.7"):
+        report.write_text(f"# Study `s`\n\n3 runs.\n\n## Final students\n\n| a | {value} |\n\n"
+                          "## Paired differences\n\nx\n")
+        write_results_section(results, report, "fedkd report studies/s --results docs/results.md")
+    text = results.read_text()
+    assert "kept" in text and text.count("<!-- study:s:begin -->") == 1 and "| a | 0.7 |" in text
+    assert "| a | 0.5 |" not in text and "Paired differences\n\nx" not in text  # only the headline sections
+    assert "(studies/s/report.md)" in text and "![s](studies/s/report.png)" in text  # links relative to results.md
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
