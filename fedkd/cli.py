@@ -7,6 +7,7 @@
     fedkd -m +study=aggregators                # a study (conf/study/): jobs under studies/<name>/, rerun-safe
     fedkd report runs/2026-11-24 [--out DIR]   # table and plots of finished runs (fedkd.report)
     fedkd report studies/aggregators           # a study's report (fedkd.study_report)
+    fedkd audit studies/privacy                # membership inference on finished runs' teachers (fedkd.audit)
 """
 
 from __future__ import annotations
@@ -301,12 +302,16 @@ def _register_study_sweeper() -> None:
 
 
 def main() -> None:
-    """Console entry point. ``fedkd report ...`` is dispatched before Hydra sees the command line: it has its own
-    options (argparse), which Hydra would reject as overrides."""
+    """Console entry point. ``fedkd report ...`` and ``fedkd audit ...`` are dispatched before Hydra sees the
+    command line: they have their own options (argparse), which Hydra would reject as overrides."""
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         from fedkd.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "audit":
+        from fedkd.audit import main as audit_main
+
+        sys.exit(audit_main(sys.argv[2:]))
     global _COMPOSED
     _COMPOSED = False
     _register_study_sweeper()

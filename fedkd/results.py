@@ -24,6 +24,8 @@ DISCARDED_METRICS_FILE = "metrics.discarded.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
 PROBABILITIES_FILE = "probabilities.npy"  # the kept student's class probabilities on test (AUROC, calibration)
 STUDENT_FILE = "student.pt"
+CLIENT_JOB_FILE = "client_job.yaml"  # the job every client trained (what `fedkd audit` finds their teachers by)
+QUERIED_FILE = "queried.npy"  # the transfer points the teachers answered (the others: the audit's non-members)
 SUMMARY_FILE = "summary.json"
 
 
@@ -103,6 +105,15 @@ class RunDirectory:
         """The kept student's softmax on the test split, one row per predictions.csv row, float32."""
         with writing(self.path / PROBABILITIES_FILE) as path, open(path, "wb") as f:
             np.save(f, probabilities.astype(np.float32))
+
+    def write_client_job(self, job_yaml: str) -> None:
+        with writing(self.path / CLIENT_JOB_FILE) as path:
+            path.write_text(job_yaml)
+
+    def write_queried(self, indices: np.ndarray) -> None:
+        """The transfer indices any teacher was asked about over the run, sorted, int64."""
+        with writing(self.path / QUERIED_FILE) as path, open(path, "wb") as f:
+            np.save(f, np.asarray(indices, dtype=np.int64))
 
     def save_student(self, state_dict: dict) -> None:
         with writing(self.path / STUDENT_FILE) as path:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from flwr.serverapp import Grid
 
 from fedkd import protocol
@@ -91,6 +92,7 @@ class FederatedDistillation:
         self.federation.wait_for_nodes(grid)
         record = self._last_record if self.resume else None
         self.tracker = make_tracker(self.cfg.logger, self.run_dir.path, self.cfg.to_dict())
+        self.run_dir.write_client_job(self.job.to_yaml())
         try:
             for server_round in range(first_round, self.cfg.federation.num_rounds + 1):
                 record = self._round(grid, server_round)
@@ -99,6 +101,7 @@ class FederatedDistillation:
             if self.tracker is not None:
                 self.tracker.close()
         baselines = self.evaluation.baselines(grid, self.cfg.federation.num_rounds, self.queries)
+        self.run_dir.write_queried(np.flatnonzero(self.queries.pool.queried))
         run_columns = {"dropped_clients": self.federation.dropped, "resumed_after_rounds": self.resumed_after,
                        **self.privacy.columns(),
                        "communication": self.federation.communication_totals(self.queries.pool.num_queries)}

@@ -19,15 +19,8 @@ from conftest import FAST
 from hydra.errors import HydraException
 
 from fedkd.study import StudyError, job_state, parse_study
-from fedkd.study_report import (
-    MethodGroup,
-    StudyRun,
-    build_study_report,
-    confidence_interval,
-    paired,
-    reference_of,
-    write_results_section,
-)
+from fedkd.study_report import build_study_report, write_results_section
+from fedkd.study_runs import MethodGroup, StudyRun, confidence_interval, paired, reference_of
 from fedkd.subpop_metrics import subpopulation_metrics
 from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
 

@@ -1,0 +1,211 @@
+"""A study's finished jobs, grouped and compared: per job its overrides, seed, metrics (SubpopBench's set), the
+round each model-selection rule picks, its references and costs; per group the seeds it ran; the paired
+differences against the study's reference in the same setting, with their 95 % t interval.
+``fedkd.study_report`` renders them."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats
+
+from fedkd.audit import AUDIT_FILE
+from fedkd.results import read_predictions, read_probabilities
+from fedkd.run_groups import Run, find_run_dirs, load_runs, mean_std
+from fedkd.study import JOB_FILE, REFERENCE_FREE, StudyConfig, read_study_file
+from fedkd.subpop_metrics import subpopulation_metrics
+
+CONFIDENCE = 0.95
+RUN_TIME = "run time (s)"
+DESIGN_NOTE = "(design seeds: no evidence)"
+HEADLINE = ("accuracy", "worst_group_accuracy", "two_group_worst_group_accuracy")
+SUBPOPULATION = ("mean_group_accuracy", "class_balanced_accuracy", "worst_class_accuracy", "worst_class_precision",
+                 "worst_class_f1", "train_weighted_accuracy", "auroc", "ece")
+SELECTIONS = {"last round": None, "best validation WGA": ("val", "worst_group_accuracy"),
+              "best validation accuracy": ("val", "accuracy"),
+              "test oracle (upper bound, not a result)": ("test", "worst_group_accuracy")}
+
+
+@dataclass
+class StudyRun:
+    """One finished job: its sweep overrides without the seed, its seed, and every metric it allows."""
+
+    run: Run
+    overrides: dict[str, str]  # without the seed, and without the references it adds (baselines.*)
+    seed: int
+    metrics: dict[str, float]
+    selected: dict[str, float]  # test WGA of the round each SELECTIONS rule picks
+    references: dict[str, float]
+    cell: str | None = None  # the study sweeper's cell that made the job
+    costs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MethodGroup:
+    label: str
+    overrides: dict[str, str]
+    runs: list[StudyRun] = field(default_factory=list)
+    design: bool = False  # the seeds the method was designed on: kept apart, no evidence for it
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        return {r.seed: r.metrics[metric] for r in self.runs if metric in r.metrics}
+
+
+def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 95 % t interval of the mean; NaNs for fewer than two values."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean, std = mean_std(values)
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def _selected(records: list[dict]) -> dict[str, float]:
+    out = {}
+    if not records:
+        return out
+    for name, rule in SELECTIONS.items():
+        if rule is None:
+            out[name] = records[-1]["test"]["worst_group_accuracy"]
+        elif all(rule[0] in r for r in records):
+            best = max(range(len(records)), key=lambda i: (records[i][rule[0]][rule[1]], -i))  # first best round
+            out[name] = records[best]["test"]["worst_group_accuracy"]
+    return out
+
+
+def _references(summary: dict) -> dict[str, float]:
+    """The references a run carries: its teachers (their mean), their ensemble, the server-only one-hot model, the
+    centralized models (non-federated)."""
+    out = {}
+    teachers = summary.get("teachers") or {}
+    if "mean_accuracy" in teachers:
+        out["teachers (mean) accuracy"] = teachers["mean_accuracy"]
+        out["teachers (mean) WGA"] = teachers["mean_worst_group_accuracy"]
+    for name, report in summary.get("baselines", {}).items():
+        if isinstance(report, dict) and "worst_group_accuracy" in report:
+            out[f"{name} accuracy"] = report["accuracy"]
+            out[f"{name} WGA"] = report["worst_group_accuracy"]
+    return out
+
+
+def study_run(run: Run, job: dict) -> StudyRun:
+    overrides = {str(k): str(v) for k, v in job["overrides"].items() if not str(k).startswith(REFERENCE_FREE)}
+    seed = int(overrides.pop("seed", run.config["seed"]))
+    pred = read_predictions(run.path)
+    probabilities = read_probabilities(run.path)
+    num_classes = probabilities.shape[1] if probabilities is not None else int(max(pred["y"].max(),
+                                                                                   pred["pred"].max()) + 1)
+    teachers = run.records[-1].get("teachers", []) if run.records else []
+    counts = np.sum([t["group_counts"] for t in teachers], axis=0) if teachers else None
+    metrics = subpopulation_metrics(pred["y"], pred["g"], pred["pred"], probabilities, num_classes, counts)
+    two_group = run.summary["test"].get("two_group_worst_group_accuracy")
+    if two_group is not None:
+        metrics["two_group_worst_group_accuracy"] = two_group
+    return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary), job.get("cell"),
+                    _costs(run.summary, run.path))
+
+
+def _costs(summary: dict, path: Path) -> dict[str, float]:
+    """What a run spent: soft labels and uplink bytes (against FedAvg of the student), privacy and what a
+    membership-inference audit saw (``fedkd audit``), run time."""
+    out = {}
+    communication = summary.get("communication") or {}
+    if "soft_labels_queried" in communication:
+        out["soft labels / teacher"] = communication["soft_labels_queried"]
+        out["uplink bytes / FedAvg's"] = communication["uplink_ratio_to_fedavg"]
+    if summary.get("epsilon_spent") is not None:
+        out["ε spent"] = summary["epsilon_spent"]
+    if (path / AUDIT_FILE).is_file():
+        audit = json.loads((path / AUDIT_FILE).read_text())
+        out["MIA AUC, teachers"] = audit["teacher_auc"]
+        out["MIA AUC, student"] = audit["student_auc"]
+    if "wall_seconds" in summary:
+        out[RUN_TIME] = summary["wall_seconds"]
+    return out
+
+
+def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple[Path, str]]]:
+    """The study of ``folder`` (its study.yaml) and its finished jobs grouped by their overrides without the seed."""
+    found = read_study_file(folder)
+    if found is None:
+        raise FileNotFoundError(f"{folder} is not a study folder (no study.yaml): run `fedkd -m +study=<name>`")
+    study, _ = found
+    runs, skipped = load_runs(find_run_dirs([str(folder)]))
+    jobs = []
+    for run in runs:
+        job_path = run.path / JOB_FILE
+        if not job_path.is_file():
+            skipped.append((run.path, f"not a job of study {study.name} (no {JOB_FILE})"))
+            continue
+        jobs.append(study_run(run, yaml.safe_load(job_path.read_text())))
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    groups: dict[tuple, MethodGroup] = {}
+    for job in sorted(jobs, key=lambda j: ([j.overrides.get(k, "") for k in varying], j.seed)):
+        values = {k: job.overrides[k] for k in varying if k in job.overrides}
+        design = study.design_seed(job.overrides, job.seed)
+        label = _label(study, job, jobs, values) + (f" {DESIGN_NOTE}" if design else "")
+        groups.setdefault((*values.items(), design), MethodGroup(label, values, design=design)).runs.append(job)
+    ordered = list(groups.values())
+    cells = list(dict.fromkeys(j.cell for j in jobs))
+    ordered.sort(key=lambda g: cells.index(g.runs[0].cell))  # cells in the study's order (stable within a cell)
+    return study, ordered, skipped
+
+
+def _label(study: StudyConfig, job: StudyRun, jobs: Sequence[StudyRun], values: dict[str, str]) -> str:
+    """A group's name: its cell, with the axes that vary inside the cell; the method's value where the method is
+    the only axis that varies; else every varying ``key=value``."""
+    if job.cell is not None:
+        mates = [j for j in jobs if j.cell == job.cell]
+        inside = [k for k in job.overrides if len({j.overrides.get(k) for j in mates}) > 1]
+        return " ".join([job.cell, *(f"{k}={job.overrides[k]}" for k in inside)])
+    if list(values) == list(study.method):
+        return study.label(values)
+    return " ".join(f"{k}={v}" for k, v in values.items()) or "all runs"
+
+
+def reference_of(study: StudyConfig, group: MethodGroup, groups: Sequence[MethodGroup]) -> MethodGroup | None:
+    """The group of the study's reference method in ``group``'s setting (same data, same teachers); None for the
+    reference itself, or where the study ran no reference in that setting."""
+    overrides = group.runs[0].overrides
+    if study.reference is None or study.is_reference(overrides):
+        return None
+    setting = study.setting_of(overrides)
+    return next((g for g in groups if study.is_reference(g.runs[0].overrides) and not g.design
+                 and study.setting_of(g.runs[0].overrides) == setting), None)
+
+
+@dataclass(frozen=True)
+class Paired:
+    seeds: list[int]
+    differences: list[float]
+    mean: float
+    low: float
+    high: float
+
+
+def paired(group: MethodGroup, reference: MethodGroup, metric: str) -> Paired | None:
+    """Per-seed differences on the seeds both ran (and that shared teachers)."""
+    ours, theirs = group.by_seed(metric), reference.by_seed(metric)
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    diffs = [ours[s] - theirs[s] for s in seeds]
+    low, high = confidence_interval(diffs)
+    return Paired(seeds, diffs, float(np.mean(diffs)), low, high)
+
+
+def paper_rows(study: StudyConfig, groups: Sequence[MethodGroup]) -> list[tuple[str, float, MethodGroup | None]]:
+    """Each paper number with the group whose overrides match its ``where``, if the study ran it."""
+    out = []
+    for row in study.paper:
+        where = {k: str(v) for k, v in row.where.items()}
+        match = next((g for g in groups if all(g.runs[0].overrides.get(k) == v for k, v in where.items())), None)
+        out.append((" ".join(f"{k}={v}" for k, v in where.items()), row.value, match))
+    return out
