@@ -105,8 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=SAMPLE, help="members and non-members per attack")
     parser.add_argument("--again", action="store_true", help="audit runs that already have an audit.json")
     args = parser.parse_args(argv)
+    if args.sample < 2:
+        parser.error(f"--sample {args.sample}: an attack needs at least 2 members and 2 non-members")
+    runs = find_run_dirs(args.runs)
+    if not runs:
+        print(f"fedkd audit: no run directory under {' '.join(args.runs)}")
+        return 1
     failed = 0
-    for run_dir in find_run_dirs(args.runs):
+    for run_dir in runs:
         if (Path(run_dir) / AUDIT_FILE).is_file() and not args.again:
             continue
         try:

@@ -6,8 +6,10 @@ names a few sweep axes of its own (``hydra.sweeper.cells.<name>: {axis: values}`
 shared axes (``hydra.sweeper.params``) with the cell's, the cell winning on a shared axis, a null value removing
 one, and the command line winning over both. Every job carries its cell's name as ``study.cell``.
 ``hydra.sweeper.select=[a,b]`` runs only those cells. Without cells this is the basic sweeper.
-"""
 
+(No ``from __future__ import annotations``: Hydra's plugin scan executes this module outside ``sys.modules``, where
+a dataclass cannot resolve annotations written as strings.)
+"""
 
 import logging
 import re
