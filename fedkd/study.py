@@ -58,6 +58,18 @@ class ReferenceRule:
     baselines: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Curve:
+    """A study's curve plot: each metric against ``x`` (a sweep axis with numeric values, or a cost the report
+    reads, e.g. ``soft labels / teacher``, ``ε spent``), one line per value of the ``series`` axes, one panel per
+    value of the ``panels`` axes; jobs without ``x`` (no privacy, say) as a dashed level per series."""
+
+    x: str
+    series: list[str]
+    panels: list[str] = field(default_factory=list)
+    log_x: bool = False
+
+
 BASELINES = ("ensemble", "one_hot", "centralized")
 REFERENCE_FREE = "baselines."  # overrides that add references to a run and change none of its results
 
@@ -75,6 +87,7 @@ class StudyConfig:
     paper: list[PaperValue] = field(default_factory=list)
     designed_on: list[DesignSeeds] = field(default_factory=list)
     references: list[ReferenceRule] = field(default_factory=list)
+    curve: Curve | None = None
 
     def baselines_of(self, overrides: dict[str, str]) -> dict[str, Any]:
         """The baselines the ``references`` rules turn on for a job of the reference method (later rules win)."""
@@ -126,6 +139,10 @@ def _fail(key: str, value: Any, why: str) -> None:
     raise StudyError(f"invalid config: study.{key} = {value!r}: {why}")
 
 
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
 def _override_text(value: Any) -> str:
     """A value as a job's overrides hold it: Hydra's sweeper writes ``True``, ``0.5``, ``mean``."""
     return str(value)
@@ -136,7 +153,7 @@ def parse_study(raw: Any) -> StudyConfig:
     if not isinstance(raw, dict):
         raise StudyError(f"invalid config: study = {raw!r}: must be a mapping (conf/study/<name>.yaml)")
     known = {"name", "method", "reference", "seeds_of", "paper_source", "paper_metric", "paper", "designed_on",
-             "references"}
+             "references", "curve"}
     for key in raw:
         if key not in known:
             _fail(key, raw[key], f"unknown key; known: {sorted(known)}")
@@ -195,6 +212,14 @@ def parse_study(raw: Any) -> StudyConfig:
                                          for k, v in row["where"].items()},
                                         dict(row["baselines"])))
     metric = raw.get("paper_metric")
+    curve = raw.get("curve")
+    if curve is not None:
+        if (not isinstance(curve, dict) or not set(curve) <= {"x", "series", "panels", "log_x"}
+                or not isinstance(curve.get("x"), str) or not _names(curve.get("series", []))
+                or not _names(curve.get("panels", [])) or not isinstance(curve.get("log_x", False), bool)):
+            _fail("curve", curve, "must be {x: axis or cost, series: [axis, ...], panels: [axis, ...], log_x: bool}")
+        curve = Curve(curve["x"], list(curve.get("series", [])), list(curve.get("panels", [])),
+                      curve.get("log_x", False))
     if references and reference is None:
         _fail("references", raw.get("references"), "the references are computed on the reference method's jobs: "
               "name the study's reference")
@@ -204,7 +229,7 @@ def parse_study(raw: Any) -> StudyConfig:
     return StudyConfig(name=name, method=tuple(axes), reference=reference,
                        seeds_of={str(k): list(v) for k, v in seeds_of.items()},
                        paper_source=raw.get("paper_source"), paper_metric=metric, paper=values,
-                       designed_on=designed_on, references=references)
+                       designed_on=designed_on, references=references, curve=curve)
 
 
 NOT_A_SETTING = ("study", "teacher_store_dir")  # the study (and study.*), where teachers come from

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fedkd.run_groups import mean_std
-from fedkd.study import StudyConfig
+from fedkd.study import Curve, StudyConfig
 from fedkd.study_runs import (
     HEADLINE,
     RUN_TIME,
@@ -126,6 +126,8 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                        if study.is_reference(g.runs[0].overrides) else "–")
         rows.append(row)
     lines += ["## Final students", "", *_table(header, rows), ""]
+    if study.curve is not None:
+        lines += [f"![{', '.join(HEADLINE[:2])} against {study.curve.x}](curve.png)", ""]
     if study.reference:
         rows = []
         for g in groups:
@@ -233,6 +235,72 @@ def plot(study: StudyConfig, groups: Sequence[MethodGroup], path: Path) -> None:
     plt.close(fig)
 
 
+def curve_x(curve: Curve, group: MethodGroup) -> float | None:
+    """The group's position on the curve's x: its value of the axis, or the mean of the cost; None without one."""
+    if curve.x in group.runs[0].overrides:
+        try:
+            return float(group.runs[0].overrides[curve.x])
+        except ValueError:
+            return None
+    costs = [r.costs[curve.x] for r in group.runs if curve.x in r.costs]
+    return float(np.mean(costs)) if costs else None
+
+
+def plot_curve(study: StudyConfig, groups: Sequence[MethodGroup], path: Path) -> None:
+    """Each headline metric against ``study.curve.x``: per series the mean with its 95 % CI (clipped to [0, 1]);
+    groups without an x as a dashed level of their series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = study.curve
+
+    def values(g: MethodGroup, keys: list[str]) -> tuple[str, ...]:
+        return tuple(f"{k}={g.runs[0].overrides[k]}" for k in keys if k in g.runs[0].overrides)
+
+    metrics = [m for m in ("accuracy", "worst_group_accuracy") if any(g.by_seed(m) for g in groups)]
+    panels = list(dict.fromkeys(values(g, curve.panels) for g in groups))
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(5 * len(panels), 3.6 * len(metrics)), squeeze=False)
+    for col, panel in enumerate(panels):
+        members = [g for g in groups if values(g, curve.panels) == panel]
+        series = list(dict.fromkeys(values(g, curve.series) for g in members))
+        for row, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for i, name in enumerate(series):
+                points, levels = [], []
+                for g in members:
+                    if values(g, curve.series) != name or not g.by_seed(metric):
+                        continue
+                    scores = list(g.by_seed(metric).values())
+                    x = curve_x(curve, g)
+                    (levels if x is None else points).append((x, float(np.mean(scores)),
+                                                               *confidence_interval(scores)))
+                label = " ".join(name) or "all"
+                if points:
+                    points.sort()
+                    xs, means = [p[0] for p in points], [p[1] for p in points]
+                    low = [m - max(p[2], 0.0) if not math.isnan(p[2]) else 0.0 for m, p in zip(means, points,
+                                                                                             strict=True)]
+                    high = [min(p[3], 1.0) - m if not math.isnan(p[3]) else 0.0 for m, p in zip(means, points,
+                                                                                              strict=True)]
+                    ax.errorbar(xs, means, yerr=[low, high], marker="o", capsize=3, color=f"C{i}", label=label)
+                for level in levels:
+                    ax.axhline(level[1], color=f"C{i}", linestyle="--", label=f"{label} (no {curve.x})")
+            if curve.log_x:
+                ax.set_xscale("log")
+            ax.set_xlabel(curve.x)
+            ax.set_ylabel(TITLES[metric].format(groups="all"))
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(" ".join(panel) or study.name, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"study {study.name}: mean and 95 % CI (clipped to [0, 1]) over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def build_study_report(folder: Path, out: Path) -> tuple[list[MethodGroup], list[Path]]:
     """report.md, report.csv and report.png of the study in ``folder``, written to ``out``."""
     study, groups, skipped = load_study(folder)
@@ -243,6 +311,9 @@ def build_study_report(folder: Path, out: Path) -> tuple[list[MethodGroup], list
     files[0].write_text(markdown(study, groups, skipped))
     write_csv(groups, files[1])
     plot(study, groups, files[2])
+    if study.curve is not None:
+        files.append(out / "curve.png")
+        plot_curve(study, groups, files[-1])
     return groups, files
 
 
@@ -264,7 +335,8 @@ def write_results_section(results: Path, report_md: Path, command: str) -> None:
     lines = [f"## Study `{name}`", "", f"Generated by `{command}`; the whole report (paired differences, "
              f"subpopulation metrics, model selection): [{where}/report.md]({where}/report.md), every job's "
              f"numbers: [{where}/report.csv]({where}/report.csv).", "", intro.strip(), "",
-             f"![{name}]({where}/report.png)", "", *(f"### {s.strip()}\n" for s in keep)]
+             f"![{name}]({where}/report.png)", "",
+             *(f"### {s.strip()}\n".replace("](curve.png)", f"]({where}/curve.png)") for s in keep)]
     begin, end = f"<!-- study:{name}:begin -->", f"<!-- study:{name}:end -->"
     section = "\n".join([begin, *lines, end])
     old = results.read_text() if results.exists() else "# Results\n"

@@ -18,8 +18,8 @@ import yaml
 from conftest import FAST
 from hydra.errors import HydraException
 
-from fedkd.study import StudyError, job_state, parse_study
-from fedkd.study_report import build_study_report, write_results_section
+from fedkd.study import Curve, StudyError, job_state, parse_study
+from fedkd.study_report import build_study_report, curve_x, plot_curve, write_results_section
 from fedkd.study_runs import MethodGroup, StudyRun, confidence_interval, paired, reference_of
 from fedkd.subpop_metrics import subpopulation_metrics
 from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
@@ -121,6 +121,27 @@ def test_a_study_section_of_the_results_file_is_replaced_and_the_others_kept(tmp
     assert "kept" in text and text.count("<!-- study:s:begin -->") == 1 and "| a | 0.7 |" in text
     assert "| a | 0.5 |" not in text and "Paired differences\n\nx" not in text  # only the headline sections
     assert "(studies/s/report.md)" in text and "![s](studies/s/report.png)" in text  # links relative to results.md
+
+
+def test_a_curve_places_each_group_by_its_axis_or_its_cost_and_draws_the_others_as_levels(tmp_path):
+    study = parse_study({"name": "s", "method": ["privacy", "privacy.epsilon"], "reference": {"privacy": "none"},
+                         "curve": {"x": "privacy.epsilon", "series": ["privacy"], "log_x": True}})
+    assert study.curve == Curve("privacy.epsilon", ["privacy"], [], True)
+
+    def group(overrides, costs, wga):
+        runs = [StudyRun(None, overrides, seed, {"accuracy": w, "worst_group_accuracy": w}, {}, {}, None, c)
+                for seed, (c, w) in enumerate(zip(costs, wga, strict=True))]
+        return MethodGroup("", overrides, runs)
+
+    private = group({"privacy": "dpsgd", "privacy.epsilon": "2.0"}, [{"soft labels / teacher": 40},
+                                                                    {"soft labels / teacher": 60}], [0.3, 0.5])
+    none = group({"privacy": "none"}, [{}, {}], [0.6, 0.7])
+    assert curve_x(study.curve, private) == 2.0 and curve_x(study.curve, none) is None  # no ε: a level, not a point
+    assert curve_x(Curve("soft labels / teacher", []), private) == 50.0  # a cost: its mean over seeds
+    plot_curve(study, [private, none], tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    with pytest.raises(StudyError, match="study.curve"):
+        parse_study({"name": "s", "curve": {"x": "privacy.epsilon", "series": "privacy"}})
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
