@@ -58,6 +58,13 @@ def test_a_cell_adds_and_removes_axes_and_the_command_line_wins():
     assert got["lt"] == ["aggregator=mean", "seed=0,1,2", "dataset=mnist_lt", "seed=0"]  # null: the axis removed
     assert got["agre"][0] == "aggregator=agre"  # the cell's value replaces the shared one in place
     assert list(dict(cell_arguments(params, cells, ["lt"], []))) == ["lt"]
+    # the command line narrows a cell's own axis, and drops a cell it leaves without a value
+    active = {"all": {"query": "all", "query.compression": "fp32,fp16"},
+              "b5": {"query": "random,margin,entropy", "query.total": 0.05}, "fresh": {"seed": "3,4,5"}}
+    got = dict(cell_arguments({"seed": "0,1,2"}, active, None, ["query=random,rad", "seed=4,7"]))
+    assert list(got) == ["b5", "fresh"]
+    assert got["b5"] == ["seed=0,1,2", "query=random", "query.total=0.05", "seed=4,7"]  # a shared axis: replaced
+    assert got["fresh"] == ["seed=4", "query=random,rad"]
     with pytest.raises(HydraException, match="no cell named"):
         cell_arguments(params, cells, ["nope"], [])
     with pytest.raises(HydraException, match="cell's name"):

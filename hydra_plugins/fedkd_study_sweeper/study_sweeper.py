@@ -4,7 +4,9 @@ A study that varies one factor at a time around a base, or whose methods do not 
 budgets beside its uncompressed and compressed full-pool references), is a union of grids, not one grid. Each cell
 names a few sweep axes of its own (``hydra.sweeper.cells.<name>: {axis: values}``); its jobs are the product of the
 shared axes (``hydra.sweeper.params``) with the cell's, the cell winning on a shared axis, a null value removing
-one, and the command line winning over both. Every job carries its cell's name as ``study.cell``.
+one. The command line replaces a shared axis (``seed=0,1``) and narrows a cell's own: ``query=random,margin`` keeps
+those values of a cell that sweeps ``query`` and drops a cell that has neither. Every job carries its cell's name as
+``study.cell``.
 ``hydra.sweeper.select=[a,b]`` runs only those cells. Without cells this is the basic sweeper.
 
 (No ``from __future__ import annotations``: Hydra's plugin scan executes this module outside ``sys.modules``, where
@@ -44,9 +46,19 @@ class StudySweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="study", node=StudySweeperConf, provider="fedkd")
 
 
+def _values(parser: OverridesParser, key: str, value: Any) -> list[str]:
+    """The values of ``key=value`` as Hydra's sweeper writes them (a sweep: each of its values)."""
+    (override,) = parser.parse_overrides([f"{key}={value}"])
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
+
+
 def cell_arguments(params: dict[str, Any], cells: dict[str, Any], select: list[str] | None,
                    arguments: list[str]) -> list[tuple[str, list[str]]]:
-    """Per selected cell, in order: its name and the override strings whose product is its jobs."""
+    """Per selected cell, in order: its name and the override strings whose product is its jobs (none for a cell
+    that the command line narrows to nothing)."""
+    parser = OverridesParser.create()
     for name, axes in cells.items():
         if not CELL_NAME.fullmatch(str(name)):
             raise HydraException(f"hydra.sweeper.cells.{name}: a cell's name is 1 to 64 letters, digits or ._-")
@@ -55,12 +67,27 @@ def cell_arguments(params: dict[str, Any], cells: dict[str, Any], select: list[s
     unknown = sorted(set(select or []) - set(cells))
     if unknown:
         raise HydraException(f"hydra.sweeper.select: no cell named {unknown}; the cells: {list(cells)}")
+    given = {}
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        given[key] = (argument, value)
     out = []
     for name, axes in cells.items():
         if select and name not in select:
             continue
-        merged = {**params, **axes}
-        out.append((name, [*(f"{k}={v}" for k, v in merged.items() if v is not None), *arguments]))
+        own = {}
+        for key, value in axes.items():
+            if value is not None and key in given:  # the command line narrows the cell's own axis
+                wanted = _values(parser, key, given[key][1])
+                value = [v for v in _values(parser, key, value) if v in wanted]
+                if not value:
+                    break
+                value = ",".join(value)
+            own[key] = value
+        else:
+            merged = {**params, **own}
+            rest = [arg for key, (arg, _) in given.items() if key not in own]
+            out.append((name, [*(f"{k}={v}" for k, v in merged.items() if v is not None), *rest]))
     return out
 
 
