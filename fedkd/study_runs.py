@@ -202,10 +202,13 @@ def paired(group: MethodGroup, reference: MethodGroup, metric: str) -> Paired | 
 
 
 def paper_rows(study: StudyConfig, groups: Sequence[MethodGroup]) -> list[tuple[str, float, MethodGroup | None]]:
-    """Each paper number with the group whose overrides match its ``where``, if the study ran it."""
+    """Each paper number with the group whose overrides match its ``where`` and whose method is the one ``where``
+    names (no other method axis set: AE-KD's defaults, not a variant of it), if the study ran it."""
     out = []
     for row in study.paper:
         where = {k: str(v) for k, v in row.where.items()}
-        match = next((g for g in groups if all(g.runs[0].overrides.get(k) == v for k, v in where.items())), None)
+        match = next((g for g in groups if not g.design and all(g.runs[0].overrides.get(k) == v
+                                                                for k, v in where.items())
+                      and set(study.method_of(g.runs[0].overrides)) <= set(where)), None)
         out.append((" ".join(f"{k}={v}" for k, v in where.items()), row.value, match))
     return out

@@ -20,7 +20,7 @@ from hydra.errors import HydraException
 
 from fedkd.study import Curve, StudyError, job_state, parse_study
 from fedkd.study_report import build_study_report, curve_x, plot_curve, write_results_section
-from fedkd.study_runs import MethodGroup, StudyRun, confidence_interval, paired, reference_of
+from fedkd.study_runs import MethodGroup, StudyRun, confidence_interval, paired, paper_rows, reference_of
 from fedkd.subpop_metrics import subpopulation_metrics
 from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
 
@@ -149,6 +149,19 @@ def test_a_curve_places_each_group_by_its_axis_or_its_cost_and_draws_the_others_
     assert (tmp_path / "curve.png").stat().st_size > 0
     with pytest.raises(StudyError, match="study.curve"):
         parse_study({"name": "s", "curve": {"x": "privacy.epsilon", "series": "privacy"}})
+
+
+def test_a_paper_number_stands_beside_the_method_it_names_not_a_variant_of_it():
+    study = parse_study({"name": "s", "method": ["aggregator", "aggregator.tolerance"], "paper_metric": "accuracy",
+                         "paper": [{"where": {"aggregator": "aekd", "bias": 0.99}, "value": 0.5}]})
+
+    def group(**overrides):
+        return MethodGroup("", overrides, [StudyRun(None, overrides, 0, {}, {}, {})])
+
+    variant = group(aggregator="aekd", **{"aggregator.tolerance": "1"}, bias="0.99")
+    default, other = group(aggregator="aekd", bias="0.99"), group(aggregator="aekd", bias="0.95")
+    ((where, value, match),) = paper_rows(study, [variant, other, default])
+    assert match is default and value == 0.5 and where == "aggregator=aekd bias=0.99"
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
