@@ -151,15 +151,21 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                                for g in groups]), ""]
     names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.references))
     if names:
-        rows = []
+        settings: dict[tuple, list[MethodGroup]] = {}
         for g in groups:
-            ref = reference_of(study, g, groups)
-            own = [r.references for r in g.runs]
-            rows.append([f"`{g.label}`", *(_cell([refs[n] for refs in own if n in refs] or [
-                r.references[n] for r in (ref.runs if ref else []) if n in r.references]) for n in names)])
+            settings.setdefault(tuple(study.setting_of(g.runs[0].overrides).items()), []).append(g)
+        rows = []
+        for setting, members in settings.items():
+            by_seed: dict[str, dict[int, float]] = {}
+            for g in sorted(members, key=lambda g: not study.is_reference(g.runs[0].overrides)):
+                for r in g.runs:
+                    for n, value in r.references.items():
+                        by_seed.setdefault(n, {}).setdefault(r.seed, value)
+            label = " ".join(f"{k}={v}" for k, v in setting) or "every job"
+            rows.append([f"`{label}`", *(_cell(list(by_seed.get(n, {}).values())) for n in names)])
         lines += ["## References (the teachers, their ensemble; the server-only model; centralized = NON-FEDERATED)",
-                  "", "A reference computed once per setting and seed, on the reference method's job, stands for "
-                  "every method of that setting.", "", *_table(["group", *names], rows), ""]
+                  "", "Per setting (the teachers and data every method of it shares), over its seeds.", "",
+                  *_table(["setting", *names], rows), ""]
     names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.costs))
     if names:
         lines += ["## Cost and privacy (mean ± sample std over seeds; MIA: `fedkd audit`, 0.5 = nothing seen)", "",
