@@ -18,10 +18,13 @@ import yaml
 from conftest import FAST
 from hydra.errors import HydraException
 
+from fedkd.conf_dir import CONF_DIR
+from fedkd.config import compose
 from fedkd.study import Curve, StudyError, job_state, parse_study
 from fedkd.study_report import build_study_report, curve_x, plot_curve, write_results_section
 from fedkd.study_runs import MethodGroup, StudyRun, confidence_interval, paired, paper_rows, reference_of
 from fedkd.subpop_metrics import subpopulation_metrics
+from fedkd.validation import validate
 from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
 
 FEDKD = str(Path(sys.executable).parent / "fedkd")
@@ -162,6 +165,25 @@ def test_a_paper_number_stands_beside_the_method_it_names_not_a_variant_of_it():
     default, other = group(aggregator="aekd", bias="0.99"), group(aggregator="aekd", bias="0.95")
     ((where, value, match),) = paper_rows(study, [variant, other, default])
     assert match is default and value == 0.5 and where == "aggregator=aekd bias=0.99"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "study").glob("[!_]*.yaml")))
+def test_every_study_parses_and_each_of_its_cells_composes_a_valid_job(name):
+    """Each cell's first and last job, as the study sweeper makes them, composed from conf/ and validated."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    study = yaml.safe_load((CONF_DIR / "study" / f"{name}.yaml").read_text())
+    sweeper = study["hydra"]["sweeper"]
+    params = {k: str(v) for k, v in sweeper["params"].items()}
+    cells = cell_arguments(params, sweeper.get("cells") or {"grid": {}}, None, [])
+    parser = OverridesParser.create()
+    for _, arguments in cells:
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
+        for job in {tuple(jobs[0]), tuple(jobs[-1])}:
+            raw = compose([f"+study={name}", *job])
+            parse_study(raw.pop("study"))
+            validate(raw)
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
