@@ -252,7 +252,8 @@ def _study_command(sweep_dir: str, cells: bool = False) -> list[str]:
     """The aggregators study on three aggregators, as one grid or (``cells``) as two named cells making the same
     three jobs."""
     grid = (["+hydra.sweeper.cells.reference={aggregator:mean}", '+hydra.sweeper.cells.others={aggregator:"vote,'
-             'random"}'] if cells else ["aggregator=mean,vote,random"])
+             'random"}'] if cells else ["aggregator=mean,vote,random",
+                                        "+study.designed_on=[{where:{aggregator:random},seeds:[0]}]"])
     return [FEDKD, "-m", "+study=aggregators", *grid, "seed=0", "study.references=[]",
             *[o for o in FAST if not o.startswith(("aggregator=", "federation.client_cpus="))],
             f"hydra.sweep.dir={sweep_dir}"]
@@ -299,7 +300,9 @@ def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_num
         return [line.split(",", 1)[1] for line in path.read_text().splitlines()]
 
     assert sorted(rows(killed_files[1])) == sorted(rows(whole_files[1]))
-    assert "paired Δ" in whole_files[0].read_text() and "| `vote` | 1 | 0 |" in whole_files[0].read_text()
+    whole_text = whole_files[0].read_text()
+    assert "paired Δ" in whole_text and "| `vote` | 1 | 0 |" in whole_text
+    assert "| `random (design seeds: no evidence)` | 1 | 0 |" in whole_text  # its design seed, reported apart
     text = killed_files[0].read_text()
     assert "| `others aggregator=vote` | 1 | 0 |" in text and "| `reference` | 1 | 0 |" in text
     assert "(reference)" in text.split("`reference`", 1)[1].splitlines()[0]
