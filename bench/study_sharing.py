@@ -5,7 +5,9 @@
 runs the study three times from scratch, each in its own sweep folder: without the teacher store (every job trains
 its clients' teachers), with it (each seed's teachers are trained once), and with it on two joblib workers. It
 prints each wall time, the two ratios, and whether the three reports hold the same numbers (they must: a job's
-results do not depend on where its teachers came from or on how many jobs ran beside it).
+results do not depend on where its teachers came from or on how many jobs ran beside it). The study's references
+(`study.references`: the server-only and centralized models, once per setting and seed whatever the sharing) are
+left out, so that the ratios measure the teachers' sharing alone.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def main() -> None:
     seconds, reports = {}, {}
     for name, extra in VARIANTS.items():
         sweep = work / name.replace(" ", "_").replace(",", "")
-        command = [FEDKD, "-m", f"+study={args.study}", *args.overrides, *(e.format(work=work) for e in extra),
+        command = [FEDKD, "-m", f"+study={args.study}", "study.references=[]", *args.overrides,
+                   *(e.format(work=work) for e in extra),
                    f"hydra.sweep.dir={sweep}"]
         start = time.perf_counter()
         with open(work / f"{sweep.name}.log", "w") as log:
