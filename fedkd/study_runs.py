@@ -135,7 +135,7 @@ def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple
     found = read_study_file(folder)
     if found is None:
         raise FileNotFoundError(f"{folder} is not a study folder (no study.yaml): run `fedkd -m +study=<name>`")
-    study, _ = found
+    study, _, cell_order = found
     runs, skipped = load_runs(find_run_dirs([str(folder)]))
     jobs = []
     for run in runs:
@@ -153,7 +153,7 @@ def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple
         label = _label(study, job, jobs, values) + (f" {DESIGN_NOTE}" if design else "")
         groups.setdefault((*values.items(), design), MethodGroup(label, values, design=design)).runs.append(job)
     ordered = list(groups.values())
-    cells = list(dict.fromkeys(j.cell for j in jobs))
+    cells = list(dict.fromkeys([*cell_order, *(j.cell for j in jobs)]))
     ordered.sort(key=lambda g: cells.index(g.runs[0].cell))  # cells in the study's order (stable within a cell)
     return study, ordered, skipped
 
