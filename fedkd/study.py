@@ -34,10 +34,13 @@ class StudyError(ValueError):
 @dataclass(frozen=True)
 class PaperValue:
     """One number of the paper reproduced: the jobs it stands beside (``where``: override values) and its value,
-    in the units of the study's ``paper_metric`` (fractions, as fedkd reports them)."""
+    in the units of the study's ``paper_metric`` (fractions, as fedkd reports them). With ``reference`` (e.g.
+    ``teachers (mean)``, ``ensemble``, ``centralized_erm``) it stands beside that reference of the setting
+    ``where`` names instead of a method's student."""
 
     where: dict[str, Any]
     value: float
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,12 +189,13 @@ def parse_study(raw: Any) -> StudyConfig:
         _fail("paper", paper, "must be a list of {where: {axis: value, ...}, value: number}")
     values = []
     for i, row in enumerate(paper):
-        if not isinstance(row, dict) or set(row) != {"where", "value"} or not isinstance(row["where"], dict):
-            _fail(f"paper[{i}]", row, "must be {where: {axis: value, ...}, value: number}")
+        if (not isinstance(row, dict) or not {"where", "value"} <= set(row) <= {"where", "value", "reference"}
+                or not isinstance(row["where"], dict) or not isinstance(row.get("reference", ""), str)):
+            _fail(f"paper[{i}]", row, "must be {where: {axis: value, ...}, value: number} (and reference: name)")
         value = row["value"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             _fail(f"paper[{i}].value", value, "must be a finite number")
-        values.append(PaperValue(where=dict(row["where"]), value=float(value)))
+        values.append(PaperValue(where=dict(row["where"]), value=float(value), reference=row.get("reference")))
     designed_on = []
     for i, row in enumerate(raw.get("designed_on") or []):
         if (not isinstance(row, dict) or set(row) != {"where", "seeds"} or not isinstance(row["where"], dict)
@@ -269,7 +273,9 @@ def read_study_file(folder: Path) -> tuple[StudyConfig, dict, list[str]] | None:
         return None
     raw = yaml.safe_load(path.read_text())
     study = dict(raw["study"])
-    study["paper"] = [{"where": p["where"], "value": p["value"]} for p in study.get("paper") or []]
+    study["paper"] = [{"where": p["where"], "value": p["value"], **({"reference": p["reference"]}
+                                                                    if p.get("reference") else {})}
+                      for p in study.get("paper") or []]
     study["designed_on"] = [{"where": d["where"], "seeds": d["seeds"]} for d in study.get("designed_on") or []]
     study["references"] = [{"where": r["where"], "baselines": r["baselines"]} for r in study.get("references") or []]
     return parse_study(study), raw.get("grid") or {}, list(raw.get("cells") or {})

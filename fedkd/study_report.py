@@ -26,6 +26,7 @@ from fedkd.study_runs import (
     paired,
     paper_rows,
     reference_of,
+    setting_references,
 )
 
 STATS_NOTE = ("mean ± sample standard deviation (ddof=1) over seeds, then the 95 % confidence interval of the mean "
@@ -151,16 +152,8 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                                for g in groups]), ""]
     names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.references))
     if names:
-        settings: dict[tuple, list[MethodGroup]] = {}
-        for g in groups:
-            settings.setdefault(tuple(study.setting_of(g.runs[0].overrides).items()), []).append(g)
         rows = []
-        for setting, members in settings.items():
-            by_seed: dict[str, dict[int, float]] = {}
-            for g in sorted(members, key=lambda g: not study.is_reference(g.runs[0].overrides)):
-                for r in g.runs:
-                    for n, value in r.references.items():
-                        by_seed.setdefault(n, {}).setdefault(r.seed, value)
+        for setting, by_seed in setting_references(study, groups).items():
             label = " ".join(f"{k}={v}" for k, v in setting) or "every job"
             rows.append([f"`{label}`", *(_cell(list(by_seed.get(n, {}).values())) for n in names)])
         lines += ["## References (the teachers, their ensemble; the server-only model; centralized = NON-FEDERATED)",
@@ -173,8 +166,7 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                                                 for n in names)] for g in groups]), ""]
     if study.paper:
         rows, not_run = [], 0
-        for where, value, match in paper_rows(study, groups):
-            ours = list(match.by_seed(study.paper_metric).values()) if match else []
+        for where, value, ours, _ in paper_rows(study, groups):
             if not ours:
                 not_run += 1
                 continue
@@ -215,7 +207,7 @@ def plot(study: StudyConfig, groups: Sequence[MethodGroup], path: Path) -> None:
 
     metrics = [m for m in HEADLINE if any(g.by_seed(m) for g in groups)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 0.6 * len(groups) * len(metrics), 3.8), squeeze=False)
-    paper = {id(m): v for _, v, m in paper_rows(study, groups) if m is not None}
+    paper = {id(m): v for _, v, _, m in paper_rows(study, groups) if m is not None}
     for ax, metric in zip(axes[0], metrics, strict=True):
         for x, g in enumerate(groups):
             values = list(g.by_seed(metric).values())

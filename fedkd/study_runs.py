@@ -87,10 +87,33 @@ def _references(summary: dict) -> dict[str, float]:
     if "mean_accuracy" in teachers:
         out["teachers (mean) accuracy"] = teachers["mean_accuracy"]
         out["teachers (mean) WGA"] = teachers["mean_worst_group_accuracy"]
+    if "mean_two_group_worst_group_accuracy" in teachers:
+        out["teachers (mean) two-group WGA"] = teachers["mean_two_group_worst_group_accuracy"]
     for name, report in summary.get("baselines", {}).items():
         if isinstance(report, dict) and "worst_group_accuracy" in report:
             out[f"{name} accuracy"] = report["accuracy"]
             out[f"{name} WGA"] = report["worst_group_accuracy"]
+            if report.get("two_group_worst_group_accuracy") is not None:
+                out[f"{name} two-group WGA"] = report["two_group_worst_group_accuracy"]
+    return out
+
+
+REFERENCE_METRIC = {"accuracy": "accuracy", "worst_group_accuracy": "WGA",
+                    "two_group_worst_group_accuracy": "two-group WGA"}  # a metric's name among a run's references
+
+
+def setting_references(study: StudyConfig, groups: Sequence[MethodGroup]) -> dict[tuple, dict[str, dict[int, float]]]:
+    """Per setting (its override items, in the groups' order), every reference's value per seed: a reference is the
+    same for every method of a setting (their teachers and data), and those computed once sit on the reference
+    method's job, read first."""
+    out: dict[tuple, dict[str, dict[int, float]]] = {}
+    for g in groups:
+        out.setdefault(tuple(study.setting_of(g.runs[0].overrides).items()), {})
+    for g in sorted(groups, key=lambda g: not study.is_reference(g.runs[0].overrides)):
+        by_seed = out[tuple(study.setting_of(g.runs[0].overrides).items())]
+        for r in g.runs:
+            for name, value in r.references.items():
+                by_seed.setdefault(name, {}).setdefault(r.seed, value)
     return out
 
 
@@ -201,14 +224,25 @@ def paired(group: MethodGroup, reference: MethodGroup, metric: str) -> Paired | 
     return Paired(seeds, diffs, float(np.mean(diffs)), low, high)
 
 
-def paper_rows(study: StudyConfig, groups: Sequence[MethodGroup]) -> list[tuple[str, float, MethodGroup | None]]:
-    """Each paper number with the group whose overrides match its ``where`` and whose method is the one ``where``
-    names (no other method axis set: AE-KD's defaults, not a variant of it), if the study ran it."""
+def paper_rows(study: StudyConfig, groups: Sequence[MethodGroup]
+               ) -> list[tuple[str, float, list[float], MethodGroup | None]]:
+    """Each paper number with ours: the values per seed of the group whose overrides match its ``where`` and whose
+    method is the one ``where`` names (no other method axis set: AE-KD's defaults, not a variant of it), and that
+    group; or, for a reference row, that reference's values in the setting ``where`` names (no group)."""
+    references = setting_references(study, groups) if any(row.reference for row in study.paper) else {}
     out = []
     for row in study.paper:
         where = {k: str(v) for k, v in row.where.items()}
+        text = " ".join(f"{k}={v}" for k, v in where.items())
+        if row.reference:
+            key = f"{row.reference} {REFERENCE_METRIC.get(study.paper_metric, study.paper_metric)}"
+            settings = [(len(items), refs) for items, refs in references.items()
+                        if all(dict(items).get(k) == v for k, v in where.items())]
+            setting = min(settings, key=lambda s: s[0])[1] if settings else {}  # the setting ``where`` names
+            out.append((f"{text} ({row.reference})", row.value, list(setting.get(key, {}).values()), None))
+            continue
         match = next((g for g in groups if not g.design and all(g.runs[0].overrides.get(k) == v
                                                                 for k, v in where.items())
                       and set(study.method_of(g.runs[0].overrides)) <= set(where)), None)
-        out.append((" ".join(f"{k}={v}" for k, v in where.items()), row.value, match))
+        out.append((text, row.value, list(match.by_seed(study.paper_metric).values()) if match else [], match))
     return out

@@ -163,8 +163,18 @@ def test_a_paper_number_stands_beside_the_method_it_names_not_a_variant_of_it():
 
     variant = group(aggregator="aekd", **{"aggregator.tolerance": "1"}, bias="0.99")
     default, other = group(aggregator="aekd", bias="0.99"), group(aggregator="aekd", bias="0.95")
-    ((where, value, match),) = paper_rows(study, [variant, other, default])
-    assert match is default and value == 0.5 and where == "aggregator=aekd bias=0.99"
+    ((where, value, ours, match),) = paper_rows(study, [variant, other, default])
+    assert match is default and value == 0.5 and where == "aggregator=aekd bias=0.99" and ours == []
+    # a reference row: the setting's reference, whichever method's job carries it (the reference method's first)
+    study = parse_study({"name": "s", "reference": "mean", "paper_metric": "two_group_worst_group_accuracy",
+                         "paper": [{"where": {"bias": 0.99}, "reference": "centralized_erm", "value": 0.2}]})
+    key = "centralized_erm two-group WGA"
+    mean = MethodGroup("", {}, [StudyRun(None, {"aggregator": "mean", "bias": "0.99"}, s, {}, {}, {key: v})
+                                for s, v in ((0, 0.5), (1, 0.7))])
+    agre = MethodGroup("", {}, [StudyRun(None, {"aggregator": "agre", "bias": "0.99"}, 2, {}, {}, {key: 0.9})])
+    far = MethodGroup("", {}, [StudyRun(None, {"aggregator": "mean", "bias": "0.95"}, 0, {}, {}, {key: 0.1})])
+    ((where, value, ours, match),) = paper_rows(study, [agre, far, mean])
+    assert where == "bias=0.99 (centralized_erm)" and sorted(ours) == [0.5, 0.7, 0.9] and match is None
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "study").glob("[!_]*.yaml")))
