@@ -1,8 +1,10 @@
 """A study: methods x settings x seeds declared in one config file (conf/study/<name>.yaml) and run by
-``fedkd -m +study=<name>``. Hydra's sweeper expands the grid (``hydra.sweeper.params``); this module holds what the
-grid cannot say (which axis names the methods, the reference each method is paired against, the seeds a method is
-reported on, the paper's numbers) and what a rerun needs: whether a job's folder holds a finished run (skipped),
-a killed one (resumed from its checkpoint), or nothing worth keeping (started again).
+``fedkd -m +study=<name>``. The study sweeper expands the grid (``hydra.sweeper.params``, and its named cells:
+hydra_plugins/fedkd_study_sweeper); this module holds what the grid cannot say (which axes make the method, the
+reference each method is paired with in its setting, the references computed once per setting, the seeds a method
+is reported on or was designed on, the paper's numbers, the curve to draw) and what a rerun needs: whether a job's
+folder holds a finished run (skipped), a killed one (resumed from its checkpoint), or nothing worth keeping
+(started again).
 """
 
 from __future__ import annotations
