@@ -22,7 +22,6 @@ import yaml
 from fedkd.checkpoint import SERVER_CHECKPOINT
 from fedkd.results import CONFIG_FILE, SUMMARY_FILE
 
-STUDIES_DIR = "studies"
 STUDY_FILE = "study.yaml"  # the study section, beside its jobs' folders (what `fedkd report` reads)
 JOB_FILE = "job.yaml"  # the job's sweep overrides, in its run directory
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
