@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from conftest import FAST
+from sklearn.metrics import roc_auc_score
 
 from clients.app import app as client_app
 from fedkd.audit import AUDIT_FILE, AuditError, audit_run
@@ -69,6 +71,26 @@ def test_the_audit_attacks_the_teachers_the_clients_trained(tmp_path, monkeypatc
     pool = bench["pool"]
     members = pool.subset(rng.choice(len(pool), size=60, replace=False))
     assert result["student_auc"] == pytest.approx(auc(student, members), abs=1e-12)
+    # offline LiRA on teacher 0, calibrated on teachers 1 and 2: its likelihood ratio by hand, from the clients' own
+    # teachers, with the audit's non-members
+    lira = audit_run(run_dir, sample=60, lira=(1, 2))["lira"]
+    out = bench["transfer"].subset(np.random.default_rng([cfg.seed, 13]).choice(unseen, size=120, replace=False))
+    shard = data.shard(0)
+    x, y = np.concatenate([shard.x, out.x]), np.concatenate([shard.y, out.y])
+
+    def phi(pid):  # log(p_y / (1 - p_y)) of teacher pid on (x, y)
+        model = build_model(cfg.teacher.arch, bench.input_shape, bench.num_classes, seed=0)
+        model.load_state_dict(grid.contexts[pid + 1].state[STATE_PREFIX + "teacher"].to_torch_state_dict())
+        with torch.no_grad():
+            p = torch.softmax(model.eval()(torch.from_numpy(x)).double(), 1).numpy()[np.arange(len(y)), y]
+        return np.log(p) - np.log1p(-p)
+
+    shadows = np.stack([phi(1), phi(2)])
+    sigma = np.sqrt(shadows.var(0, ddof=1).mean())
+    scores = scipy.stats.norm.cdf((phi(0) - shadows.mean(0)) / sigma)
+    assert lira["auc"] == pytest.approx(roc_auc_score(np.r_[np.ones(len(shard)), np.zeros(120)], scores), abs=1e-6)
+    with pytest.raises(AuditError, match="needs 4 clients"):
+        audit_run(run_dir, sample=60, lira=(2, 2))
 
 
 def test_a_run_the_audit_cannot_attack_is_one_clear_error(tmp_path, monkeypatch):
