@@ -20,6 +20,7 @@ from hydra.errors import HydraException
 
 from fedkd.conf_dir import CONF_DIR
 from fedkd.config import compose
+from fedkd.report import main as report_main
 from fedkd.study import Curve, StudyError, job_state, parse_study
 from fedkd.study_report import build_study_report, curve_x, plot_curve, write_results_section
 from fedkd.study_runs import MethodGroup, StudyRun, confidence_interval, paired, paper_rows, reference_of
@@ -315,4 +316,8 @@ def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_num
     assert "| `random (design seeds: no evidence)` | 1 | 0 |" in whole_text  # its design seed, reported apart
     text = killed_files[0].read_text()
     assert "| `others aggregator=vote` | 1 | 0 |" in text and "| `reference` | 1 | 0 |" in text
+    results = tmp_path / "docs" / "results.md"  # the command that writes a study's section of the results file
+    assert report_main([str(killed_dir), "--out", str(tmp_path / "docs" / "killed"), "--results", str(results)]) == 0
+    assert "<!-- study:aggregators:begin -->" in results.read_text() and "(killed/report.md)" in results.read_text()
+    assert report_main([str(killed_dir / "nope"), "--results", str(results)]) == 2  # a section is a study's
     assert "(reference)" in text.split("`reference`", 1)[1].splitlines()[0]
