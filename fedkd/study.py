@@ -266,9 +266,9 @@ def write_study_file(folder: Path, study: StudyConfig, grid: dict[str, Any], cel
     tmp.replace(path)
 
 
-def read_study_file(folder: Path) -> tuple[StudyConfig, dict, list[str]] | None:
-    """The study section, grid and cell names (in the study's order) of a study folder; None for a folder that is
-    not one."""
+def read_study_file(folder: Path) -> tuple[StudyConfig, dict, dict] | None:
+    """The study section, grid and cells (in the study's order) of a study folder; None for a folder that is not
+    one."""
     path = Path(folder) / STUDY_FILE
     if not path.is_file():
         return None
@@ -279,7 +279,7 @@ def read_study_file(folder: Path) -> tuple[StudyConfig, dict, list[str]] | None:
                       for p in study.get("paper") or []]
     study["designed_on"] = [{"where": d["where"], "seeds": d["seeds"]} for d in study.get("designed_on") or []]
     study["references"] = [{"where": r["where"], "baselines": r["baselines"]} for r in study.get("references") or []]
-    return parse_study(study), raw.get("grid") or {}, list(raw.get("cells") or {})
+    return parse_study(study), raw.get("grid") or {}, dict(raw.get("cells") or {})
 
 
 NOT_IN_RESULTS = ("teacher_store_dir", "engine", "logger")  # the same bits on either engine, with or without them

@@ -81,7 +81,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def _provenance_lines(study: StudyConfig, groups: Sequence[MethodGroup]) -> list[str]:
+def _provenance_lines(study: StudyConfig, groups: Sequence[MethodGroup], planned: int) -> list[str]:
     runs = [r for g in groups for r in g.runs]
     provenances = [r.run.summary.get("provenance") for r in runs]
     known = [p for p in provenances if p]
@@ -90,7 +90,8 @@ def _provenance_lines(study: StudyConfig, groups: Sequence[MethodGroup]) -> list
     cpus = sorted({p["machine"]["cpu"] for p in known})
     dates = sorted(p["date"] for p in known)
     hours = sum(r.run.summary.get("wall_seconds", 0.0) for r in runs) / 3600
-    lines = [f"{len(runs)} runs in {len(groups)} groups, {hours:.2f} h of run time."]
+    lines = [f"{len(runs)} runs in {len(groups)} groups, {hours:.2f} h of run time; the study's whole grid holds "
+             f"{planned} jobs."]
     if known:
         lines.append(f"Code: commit {', '.join(commits)}{' with uncommitted changes' if dirty else ''}; "
                      f"machine: {'; '.join(cpus)}; dates {dates[0]} to {dates[-1]}"
@@ -103,12 +104,13 @@ def _provenance_lines(study: StudyConfig, groups: Sequence[MethodGroup]) -> list
     return lines
 
 
-def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequence[tuple[Path, str]]) -> str:
+def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequence[tuple[Path, str]],
+             planned: int) -> str:
     """report.md."""
     num_groups = len(groups[0].runs[0].run.summary["test"].get("per_group_accuracy", {})) if groups else 0
     title = {k: v.format(groups=num_groups) for k, v in TITLES.items()}
     reference = study.reference_text()
-    lines = [f"# Study `{study.name}`", "", *_provenance_lines(study, groups), "",
+    lines = [f"# Study `{study.name}`", "", *_provenance_lines(study, groups, planned), "",
              f"Each cell: {STATS_NOTE}. {PAIRED_NOTE}." + (f" Reference: `{reference}` in the same setting."
                                                          if study.reference else ""), ""]
     headline = [m for m in HEADLINE if any(g.by_seed(m) for g in groups)]
@@ -301,12 +303,12 @@ def plot_curve(study: StudyConfig, groups: Sequence[MethodGroup], path: Path) ->
 
 def build_study_report(folder: Path, out: Path) -> tuple[list[MethodGroup], list[Path]]:
     """report.md, report.csv and report.png of the study in ``folder``, written to ``out``."""
-    study, groups, skipped = load_study(folder)
+    study, groups, skipped, planned = load_study(folder)
     if not groups:
         raise FileNotFoundError(f"no finished job of study {study.name} under {folder}")
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.md", out / "report.csv", out / "report.png"]
-    files[0].write_text(markdown(study, groups, skipped))
+    files[0].write_text(markdown(study, groups, skipped, planned))
     write_csv(groups, files[1])
     plot(study, groups, files[2])
     if study.curve is not None:

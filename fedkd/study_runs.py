@@ -153,12 +153,31 @@ def _costs(summary: dict, path: Path) -> dict[str, float]:
     return out
 
 
-def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple[Path, str]]]:
-    """The study of ``folder`` (its study.yaml) and its finished jobs grouped by their overrides without the seed."""
+def planned_jobs(study: StudyConfig, grid: dict, cells: dict) -> int:
+    """How many jobs the study's whole grid holds (its cells' products, without the jobs of a method outside the
+    seeds it is reported on): what a run of the study without command-line narrowing makes."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
+
+    parser = OverridesParser.create()
+    count = 0
+    for name, arguments in cell_arguments({k: str(v) for k, v in grid.items()}, cells or {"grid": {}}, None, []):
+        for job in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]:
+            overrides = dict(o.split("=", 1) for o in job)
+            seed = int(overrides.pop("seed", 0))
+            count += study.runs_seed(study.label(overrides, name if cells else None), seed)
+    return count
+
+
+def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple[Path, str]], int]:
+    """The study of ``folder`` (its study.yaml), its finished jobs grouped by their overrides without the seed, the
+    folders left out and why, and how many jobs its whole grid holds."""
     found = read_study_file(folder)
     if found is None:
         raise FileNotFoundError(f"{folder} is not a study folder (no study.yaml): run `fedkd -m +study=<name>`")
-    study, _, cell_order = found
+    study, grid, cells = found
     runs, skipped = load_runs(find_run_dirs([str(folder)]))
     jobs = []
     for run in runs:
@@ -176,9 +195,9 @@ def load_study(folder: Path) -> tuple[StudyConfig, list[MethodGroup], list[tuple
         label = _label(study, job, jobs, values) + (f" {DESIGN_NOTE}" if design else "")
         groups.setdefault((*values.items(), design), MethodGroup(label, values, design=design)).runs.append(job)
     ordered = list(groups.values())
-    cells = list(dict.fromkeys([*cell_order, *(j.cell for j in jobs)]))
-    ordered.sort(key=lambda g: cells.index(g.runs[0].cell))  # cells in the study's order (stable within a cell)
-    return study, ordered, skipped
+    order = list(dict.fromkeys([*cells, *(j.cell for j in jobs)]))
+    ordered.sort(key=lambda g: order.index(g.runs[0].cell))  # cells in the study's order (stable within a cell)
+    return study, ordered, skipped, planned_jobs(study, grid, cells)
 
 
 def _label(study: StudyConfig, job: StudyRun, jobs: Sequence[StudyRun], values: dict[str, str]) -> str:

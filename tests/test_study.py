@@ -23,7 +23,15 @@ from fedkd.config import compose
 from fedkd.report import main as report_main
 from fedkd.study import Curve, StudyError, job_state, parse_study
 from fedkd.study_report import build_study_report, curve_x, plot_curve, write_results_section
-from fedkd.study_runs import MethodGroup, StudyRun, confidence_interval, paired, paper_rows, reference_of
+from fedkd.study_runs import (
+    MethodGroup,
+    StudyRun,
+    confidence_interval,
+    paired,
+    paper_rows,
+    planned_jobs,
+    reference_of,
+)
 from fedkd.subpop_metrics import subpopulation_metrics
 from fedkd.validation import validate
 from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
@@ -50,6 +58,9 @@ def test_a_method_designed_on_some_seeds_runs_only_on_its_fresh_ones():
     study = parse_study({"name": "s", "seeds_of": {"reliability": [3, 4]}})
     assert study.runs_seed("mean", 0) and study.runs_seed("reliability", 3)
     assert not study.runs_seed("reliability", 0)
+    assert planned_jobs(study, {"aggregator": "mean,reliability", "seed": "0,3"}, {}) == 3  # not reliability at 0
+    cells = {"base": {}, "fresh": {"aggregator": "reliability", "seed": "3,4,5"}}
+    assert planned_jobs(study, {"aggregator": "mean", "seed": "0,1"}, cells) == 2 + 3  # a cell's name is its label
 
 
 def test_a_cell_adds_and_removes_axes_and_the_command_line_wins():
@@ -314,8 +325,10 @@ def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_num
     whole_text = whole_files[0].read_text()
     assert "paired Δ" in whole_text and "| `vote` | 1 | 0 |" in whole_text
     assert "| `random (design seeds: no evidence)` | 1 | 0 |" in whole_text  # its design seed, reported apart
+    assert "the study's whole grid holds 15 jobs" in whole_text  # 5 aggregators x 3 seeds; the command ran 3
     text = killed_files[0].read_text()
     assert "| `others aggregator=vote` | 1 | 0 |" in text and "| `reference` | 1 | 0 |" in text
+    assert "the study's whole grid holds 9 jobs" in text  # (mean; vote, random) x 3 seeds
     results = tmp_path / "docs" / "results.md"  # the command that writes a study's section of the results file
     assert report_main([str(killed_dir), "--out", str(tmp_path / "docs" / "killed"), "--results", str(results)]) == 0
     assert "<!-- study:aggregators:begin -->" in results.read_text() and "(killed/report.md)" in results.read_text()
