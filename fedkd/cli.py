@@ -186,7 +186,7 @@ def _study_job(study: StudyConfig, cell: str | None, cfg: RunConfig, console: Co
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         raise StudyError(f"invalid config: study: a study is a sweep; run it with `fedkd -m +study={study.name}`")
-    overrides = sweep_overrides(list(hydra_cfg.overrides.task))
+    overrides = _job_overrides()
     sweeper = OmegaConf.to_container(hydra_cfg.sweeper)
     write_study_file(Path(hydra_cfg.sweep.dir), study, sweeper.get("params") or {}, sweeper.get("cells"))
     folder = Path(hydra_cfg.runtime.output_dir)

@@ -78,12 +78,15 @@ def test_the_audit_attacks_the_teachers_the_clients_trained(tmp_path, monkeypatc
     shard = data.shard(0)
     x, y = np.concatenate([shard.x, out.x]), np.concatenate([shard.y, out.y])
 
-    def phi(pid):  # log(p_y / (1 - p_y)) of teacher pid on (x, y)
+    def phi(pid):  # log(p_y / (1 - p_y)) of teacher pid on (x, y), in numpy: z_y - log sum_{j != y} exp(z_j)
         model = build_model(cfg.teacher.arch, bench.input_shape, bench.num_classes, seed=0)
         model.load_state_dict(grid.contexts[pid + 1].state[STATE_PREFIX + "teacher"].to_torch_state_dict())
         with torch.no_grad():
-            p = torch.softmax(model.eval()(torch.from_numpy(x)).double(), 1).numpy()[np.arange(len(y)), y]
-        return np.log(p) - np.log1p(-p)
+            z = model.eval()(torch.from_numpy(x)).numpy().astype(np.float64)
+        true = z[np.arange(len(y)), y]
+        z[np.arange(len(y)), y] = -np.inf
+        top = z.max(1)
+        return true - (top + np.log(np.exp(z - top[:, None]).sum(1)))
 
     shadows = np.stack([phi(1), phi(2)])
     sigma = np.sqrt(shadows.var(0, ddof=1).mean())
