@@ -1,5 +1,5 @@
-"""References a paper reports beside federated distillation: the teachers' ensemble itself, a one-hot student
-trained only on the server's labeled split, and a NON-FEDERATED oracle trained on the pooled client data."""
+"""References a paper reports beside federated distillation: the teachers' ensemble itself and NON-FEDERATED
+oracles trained on the pooled client data (the server-only references: ``fedkd.server_only``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from fedkd.config import RunConfig
 from fedkd.data import Benchmark
 from fedkd.device import resolve_device
-from fedkd.dfr import split_in_halves, tuned_last_layer
+from fedkd.dfr import deep_feature_reweighting
 from fedkd.models import build_model
 from fedkd.teachers import TEACHER_OBJECTIVES, TeacherModels, train_teacher
 from fedkd.training import predict_logits
@@ -51,24 +51,18 @@ def _test_report(model: torch.nn.Module, bench: Benchmark) -> dict:
     return bench.report(predict_logits(model, bench["test"].x).argmax(1).numpy())
 
 
-def one_hot_report(cfg: RunConfig, bench: Benchmark) -> dict:
-    """The student architecture trained with cross-entropy on the server's labeled split alone: what the server
-    could do without any client."""
-    return _test_report(_trained_model(cfg, bench, "val", "erm", cfg.baselines.one_hot_epochs, cfg.seed + 101), bench)
-
-
 def centralized_reports(cfg: RunConfig, bench: Benchmark) -> dict[str, dict]:
     """NON-FEDERATED references: the student architecture trained on the pooled client data with erm and with
     group_dro, for teacher.epochs x num_rounds epochs (the teachers' own budget); and the erm model with its last
-    layer retrained on the labeled server split as DFR teachers do it (half to fit, half to choose the L2
-    strength; ``student.dfr_steps`` and ``dfr_lr``): AGRE-KD's "One-hot" and "One-hot + DFR" rows (labels on the
+    layer refitted on the labeled server split as DFR teachers do it (``fedkd.dfr.deep_feature_reweighting``,
+    ``student.dfr_subsets`` subsets): AGRE-KD's "One-hot" and "One-hot + DFR" rows (labels on the
     biased training data)."""
     epochs = cfg.teacher.epochs * cfg.federation.num_rounds
     erm = _trained_model(cfg, bench, "pool", "erm", epochs, cfg.seed + 202)
     reports = {"centralized_erm": _test_report(erm, bench),
                "centralized_group_dro": _test_report(
                    _trained_model(cfg, bench, "pool", "group_dro", epochs, cfg.seed + 202), bench)}
-    fit_half, select_half = split_in_halves(bench["val"], np.random.default_rng([cfg.seed, 303]))
-    tuned_last_layer(erm, fit_half, select_half, cfg.student.dfr_steps, cfg.student.dfr_lr)
+    deep_feature_reweighting(erm, bench["val"], bench["pool"], cfg.student.dfr_subsets,
+                             np.random.default_rng([cfg.seed, 303]), balance=cfg.student.dfr_balance)
     reports["centralized_erm_dfr"] = _test_report(erm, bench)
     return {name: {**report, "non_federated": True} for name, report in reports.items()}

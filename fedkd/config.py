@@ -133,10 +133,9 @@ class StudentConfig(TrainingConfig):
     min_steps: int = field(default=0, metadata=non_negative(" (0 = exactly student.epochs)"))
     dfr: bool = False  # retrain the student's last layer on the labeled server split after distillation
     dfr_holdout: float = field(default=0.5, metadata=open_unit())  # part of the split kept for choosing heads
-    dfr_subsets: int = field(default=5, metadata=positive())
-    dfr_steps: int = field(default=200, metadata=positive())
-    dfr_lr: float = field(default=0.01, metadata=positive())
-    dfr_l2: float = field(default=0.001, metadata=non_negative())
+    dfr_subsets: int = field(default=20, metadata=positive())  # group-balanced subsets whose heads are averaged
+    # subsample: group-balanced subsets (the DFR authors'); weights: every example, groups weighted equally
+    dfr_balance: str = field(default="weights", metadata=one_of("subsample", "weights"))
     select_best_round: bool = False  # keep the round with the best validation worst-group accuracy
 
 
@@ -245,8 +244,8 @@ class BaselinesConfig:
     """References computed beside the federated run (conf/config.yaml, section ``baselines``)."""
 
     ensemble: bool
-    one_hot: bool
-    one_hot_epochs: int = field(metadata=positive())
+    server_only: bool
+    server_only_cnn_steps: int = field(metadata=positive())
     centralized: bool
 
 

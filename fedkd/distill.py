@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkd.config import StudentConfig, non_negative, positive, rule
+from fedkd.config import StudentConfig, non_negative, one_of, positive, rule
 from fedkd.data import Split
 from fedkd.device import model_device
+from fedkd.dfr import group_balanced_weights
 from fedkd.registry import Registry
 from fedkd.training import predict_logits, run_epochs
 
@@ -86,6 +87,48 @@ class KD(StudentObjective):
         self, student_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None
     ) -> torch.Tensor:
         return kd_loss(student_logits, targets, self.cfg.temperature, weights)
+
+
+@dataclass(frozen=True)
+class KDLabeledConfig(StudentConfig):
+    labeled_weight: float = field(default=1.0, metadata=non_negative())  # λ: weight of the labeled term
+    # none: the labeled minibatch's plain mean; groups: every group of the labeled split weighs the same
+    labeled_balance: str = field(default="none", metadata=one_of("none", "groups"))
+
+
+@STUDENT_OBJECTIVES.register("kd_labeled", params=KDLabeledConfig)
+class KDLabeled(StudentObjective):
+    """Distillation plus the server's own labels: ℓ_KD on a transfer minibatch + λ · CE on a minibatch of the
+    labeled server split drawn at every step, the objective of Hinton et al. (2015, Sec. 2: "a weighted average of
+    two different objective functions", the soft targets' τ²-scaled cross-entropy and the hard labels'), with the
+    hard labels from the server's split instead of the transfer points; the semi-supervised counterpart of the
+    PATE student (Papernot et al. 2017, Sec. 3.2), which learns from the few labels it has and the unlabeled
+    rest. ``labeled_balance=groups`` weights each labeled image by 1 / (G · n_g), so that every group counts the
+    same (the DFR teachers' treatment of the same split)."""
+
+
+    def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
+        super().__init__(cfg, student, val, num_classes)
+        self.student = student
+        self.val_x, self.val_y = torch.from_numpy(val.x), torch.from_numpy(val.y)
+        self.val_weights = torch.from_numpy(group_balanced_weights(val.g)) if cfg.labeled_balance == "groups" \
+            else torch.ones(len(val.y))
+        self.generator = torch.Generator().manual_seed(0)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    def loss(self, student_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        transfer = kd_loss(student_logits, targets, self.cfg.temperature, weights)
+        idx = torch.randint(len(self.val_y), (self.cfg.batch_size,), generator=self.generator)
+        device = student_logits.device
+        per_example = F.cross_entropy(self.student(self.val_x[idx].to(device)), self.val_y[idx].to(device),
+                                      reduction="none")
+        w = self.val_weights[idx].to(device)
+        return transfer + self.cfg.labeled_weight * (w * per_example).sum() / w.sum()
 
 
 def class_risks(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -74,7 +74,7 @@ class Curve:
     log_x: bool = False
 
 
-BASELINES = ("ensemble", "one_hot", "centralized")
+BASELINES = ("ensemble", "server_only", "centralized")
 REFERENCE_FREE = "baselines."  # overrides that add references to a run and change none of its results
 
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedkd.config import ClientPrivacy, TeacherConfig, non_negative, one_of, open_unit, positive
+from fedkd.config import ClientPrivacy, TeacherConfig, one_of, open_unit, positive
 from fedkd.data import Split
 from fedkd.device import model_device
-from fedkd.dfr import held_out_split, retrain_last_layer, split_in_halves, tuned_last_layer
+from fedkd.dfr import DFR_BALANCING, deep_feature_reweighting, held_out_split
 from fedkd.registry import Registry
 from fedkd.training import run_epochs, sgd
 
@@ -178,29 +178,34 @@ class GroupDRO(TeacherObjective):
 
 @dataclass(frozen=True)
 class DfrTeacherConfig(TeacherConfig):
-    # public: the head is refitted on half of the server's public labeled split and its L2 strength chosen on
-    # the other half (AGRE-KD's DFR teachers); local: on a held-out part of the client's own shard
+    # public: the head is refitted on the server's public labeled split (AGRE-KD's DFR teachers); local: on a
+    # held-out part of the client's own shard
     dfr_data: str = field(default="public", metadata=one_of("public", "local"))
     dfr_holdout: float = field(default=0.2, metadata=open_unit())  # local: fraction of the shard held out
-    dfr_subsets: int = field(default=5, metadata=positive())  # local: group-balanced subsets whose heads are averaged
-    dfr_steps: int = field(default=200, metadata=positive())  # full-batch steps per fit
-    dfr_lr: float = field(default=0.01, metadata=positive())
-    dfr_l2: float = field(default=0.001, metadata=non_negative())  # local: the L2 strength (public: chosen)
+    # group-balanced subsets whose refitted heads are averaged (the DFR authors' num_retrains)
+    dfr_subsets: int = field(default=20, metadata=positive())
+    # subsample: group-balanced subsets (the DFR authors'); weights: every example, groups weighted equally
+    dfr_balance: str = field(default="weights", metadata=one_of(*DFR_BALANCING))
 
 
 @TEACHER_OBJECTIVES.register("dfr", params=DfrTeacherConfig)
 class DFR(ERM):
-    """DFR teacher (Kirichenko et al. 2022): an ERM base, then a copy whose last layer is retrained
-    group-balanced on held-out, group-annotated data. ``dfr_data=public`` as AGRE-KD does it (Kenfack et al.,
-    Sec. 4): the base trains on the whole shard, the head on half of the server's public labeled split with
-    group-balanced weights and the L2 strength chosen by worst-group accuracy on the other half
-    (``fedkd.dfr.tuned_last_layer``). ``dfr_data=local``: the base trains on the shard minus a held-out part and
-    the head on group-balanced subsets of that part, for a client that has no public labeled data. The base is
+    """DFR teacher (Kirichenko et al. 2022): an ERM base, then a copy whose last layer is refitted on
+    group-annotated data the base did not train on, as the DFR authors fit it (``fedkd.dfr.
+    deep_feature_reweighting``: L1 logistic regression on standardised features, C chosen by worst-group accuracy
+    on halves, heads averaged over group-balanced subsets). ``dfr_data=public`` as AGRE-KD does it (Kenfack et
+    al., Sec. 4): the base trains on the whole shard, the head on the server's public labeled split.
+    ``dfr_data=local``: the base trains on the shard minus a held-out part and the head on that part, for a
+    client that has no public labeled data. The features are standardised with the statistics of the data the head
+    is refitted on (public) or of the data the base trained on (local, as the authors do); the public variant does
+    not standardise on the shard, so that with DP-SGD the head stays post-processing. ``dfr_balance``: the
+    authors' group-balanced subsets, or (the default) every example with the groups weighted equally. The base is
     kept: it is the biased model AGRE-KD needs (METHODS.md "dfr")."""
 
     @classmethod
     def covered_by_dpsgd(cls, cfg: TeacherConfig) -> bool:
-        """The public variant refits the head on public data only: post-processing of the DP-SGD base."""
+        """The public variant refits the head on public data only, its standardisation included: post-processing
+        of the DP-SGD base."""
         return cfg.dfr_data == "public"
 
     def fit_private(self, models: TeacherModels, shard: Split, privacy: ClientPrivacy,
@@ -210,16 +215,20 @@ class DFR(ERM):
         if models.base is not None:
             models.teacher = models.base
         loss = fit_dpsgd(models, shard, self.cfg, privacy)
-        self._refit_head_on_public(models, generator)
+        self._refit_head(models, self._public(), self._public(), generator)
         return loss
 
-    def _refit_head_on_public(self, models: TeacherModels, generator: np.random.Generator) -> None:
+    def _public(self) -> Split:
         if self.public is None:
             raise ValueError("teacher.dfr_data=public needs the server's public labeled split")
+        return self.public
+
+    def _refit_head(self, models: TeacherModels, labeled: Split, train: Split,
+                    generator: np.random.Generator) -> None:
         models.teacher = copy.deepcopy(models.base)
-        fit_half, select_half = split_in_halves(self.public, generator)
-        l2 = tuned_last_layer(models.teacher, fit_half, select_half, self.cfg.dfr_steps, self.cfg.dfr_lr)
-        models.extra["dfr_l2"] = torch.tensor(l2)
+        c = deep_feature_reweighting(models.teacher, labeled, train, self.cfg.dfr_subsets, generator,
+                                     balance=self.cfg.dfr_balance)
+        models.extra["dfr_c"] = torch.tensor(c)
 
     def fit(self, models: TeacherModels, shard: Split, keep_base: bool, generator: np.random.Generator,
             new_model: Callable[[], nn.Module]) -> float:
@@ -228,14 +237,11 @@ class DFR(ERM):
         if self.cfg.dfr_data == "local":
             train_part, held_out = held_out_split(shard, self.cfg.dfr_holdout)
             loss = fit_on(models.base, train_part, self.loss, self.cfg, generator)
-            models.teacher = copy.deepcopy(models.base)
-            retrain_last_layer(models.teacher, held_out, self.cfg.dfr_subsets, self.cfg.dfr_steps, self.cfg.dfr_lr,
-                               self.cfg.dfr_l2, generator)
+            self._refit_head(models, held_out, train_part, generator)
             return loss
-        if self.public is None:
-            raise ValueError("teacher.dfr_data=public needs the server's public labeled split")
+        public = self._public()
         loss = fit_on(models.base, shard, self.loss, self.cfg, generator)
-        self._refit_head_on_public(models, generator)
+        self._refit_head(models, public, public, generator)
         return loss
 
 

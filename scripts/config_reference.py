@@ -67,7 +67,7 @@ TOP_LEVEL_NOTES = {
     "resume": "[fault-tolerance.md](fault-tolerance.md)",
     "experiment": "later overrides still win over it; `agre_table1` is AGRE-KD's Colored MNIST setting "
                   "([results.md](results.md))",
-    "baselines.one_hot_epochs": "epochs of the `one_hot` student",
+    "baselines.server_only_cnn_steps": "SGD steps of the network recipe at least",
 }
 TOP_LEVEL_RULES = {
     "seed": f"a whole number in 0..{MAX_SEED}",

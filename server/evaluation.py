@@ -12,15 +12,16 @@ import numpy as np
 import torch
 from flwr.serverapp import Grid
 
-from fedkd.baselines import centralized_reports, ensemble_report, one_hot_report
+from fedkd.baselines import centralized_reports, ensemble_report
 from fedkd.config import RunConfig
 from fedkd.data import Benchmark
 from fedkd.device import cpu_state
-from fedkd.dfr import held_out_split, retrain_last_layer
+from fedkd.dfr import deep_feature_reweighting, held_out_split
 from fedkd.display import RunDisplay
 from fedkd.metrics import worst_group_accuracy
 from fedkd.provenance import provenance
 from fedkd.results import RunDirectory
+from fedkd.server_only import server_only_reports
 from fedkd.training import predict_logits
 
 if TYPE_CHECKING:
@@ -75,8 +76,8 @@ class Evaluation:
             return self.student, "distilled"
         fit_part, select_part = held_out_split(self.data["val"], cfg.dfr_holdout)
         candidate = copy.deepcopy(self.student)
-        retrain_last_layer(candidate, fit_part, cfg.dfr_subsets, cfg.dfr_steps, cfg.dfr_lr, cfg.dfr_l2,
-                           np.random.default_rng([self.cfg.seed, 3]))
+        deep_feature_reweighting(candidate, fit_part, self.data["transfer"], cfg.dfr_subsets,
+                                 np.random.default_rng([self.cfg.seed, 3]), balance=cfg.dfr_balance)
         scores = {}
         for name, model in (("dfr", candidate), ("distilled", self.student)):
             pred = predict_logits(model, select_part.x).argmax(1).numpy()
@@ -103,9 +104,9 @@ class Evaluation:
                                           f"privacy={self.cfg.privacy.name} accounting"}
         elif cfg.ensemble:
             out["ensemble"] = ensemble_report(queries.split_logits(grid, server_round, "test"), self.data)
-        if cfg.one_hot:
-            self.display.phase(server_round, "baseline: one-hot student on the labeled server split")
-            out["one_hot"] = one_hot_report(self.cfg, self.data)
+        if cfg.server_only:
+            self.display.phase(server_round, "baseline: server-only models on the labeled server split")
+            out.update(server_only_reports(self.cfg, self.data))
         if cfg.centralized:
             self.display.phase(server_round, "baseline: NON-FEDERATED centralized erm and group_dro")
             out.update(centralized_reports(self.cfg, self.data))

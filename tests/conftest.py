@@ -26,6 +26,7 @@ FAST = [
     "teacher.epochs=1",
     "student.epochs=1",
     f"federation.client_cpus={WORKER_THREADS}",  # in-process clients on the worker's cores (engine-independent)
+    "baselines.server_only=false",  # cross-validates seven recipes; tests/test_server_only.py and the demo run it
 ]
 
 

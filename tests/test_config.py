@@ -75,10 +75,10 @@ def test_defaults_are_valid_and_round_trip_to_clients():
 
 def test_client_job_round_trips_with_component_parameters():
     """Each section of the job comes back as its component's own parameter class, values included."""
-    cfg = load_run_config(["teacher=dfr", "teacher.dfr_steps=7", "partition=dirichlet", "partition.alpha=2.0",
+    cfg = load_run_config(["teacher=dfr", "teacher.dfr_subsets=7", "partition=dirichlet", "partition.alpha=2.0",
                            "dataset=mnist_lt", "dataset.imbalance=5"])
     job = parse_client_job(client_job(cfg).to_yaml())
-    assert (type(job.teacher).__name__, job.teacher.dfr_steps) == ("DfrTeacherConfig", 7)
+    assert (type(job.teacher).__name__, job.teacher.dfr_subsets) == ("DfrTeacherConfig", 7)
     assert (type(job.partition).__name__, job.partition.alpha) == ("DirichletConfig", 2.0)
     assert (type(job.dataset).__name__, job.dataset.imbalance) == ("MnistLongTailConfig", 5.0)
     assert job == client_job(cfg)

@@ -15,7 +15,8 @@ from fedkd.console import FLOWER_LOG_ENV, RUN_SIMULATION_DEPRECATION
 pytestmark = pytest.mark.e2e
 
 TINY = ["aggregator=mean", "teacher=erm", "federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1",
-        "student.epochs=1", "teacher.arch=mlp", "student.arch=mlp", "baselines.ensemble=false"]
+        "student.epochs=1", "teacher.arch=mlp", "student.arch=mlp", "baselines.ensemble=false",
+        "baselines.server_only=false"]
 FLOWER_DEBUG = re.compile(r"^(\x1b\[\d+m)?DEBUG\b", re.MULTILINE)  # Flower's console handler (colours or not)
 ROOT_DEBUG = ":DEBUG:"  # the root handler's format (logging.basicConfig, which opacus calls at import)
 

@@ -18,7 +18,7 @@ from server.app import run_federation
 from server.inprocess import InProcessGrid
 
 TINY = ["federation.num_clients=3", "federation.num_rounds=1", "teacher.epochs=1", "student.epochs=1",
-        "baselines.ensemble=false"]
+        "baselines.ensemble=false", "baselines.server_only=false"]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ def test_preset_holds_the_papers_setting():
     assert (cfg.aggregator.name, cfg.aggregator.biased) == ("agre", "random_client")  # one random ERM teacher
     assert cfg.student.objective == "kd"  # no labels: alpha = 1
     assert cfg.baselines.ensemble and cfg.baselines.centralized
+    # DFR as its authors' code runs it (conf/teacher_preset), where every other run weights the groups
+    assert (cfg.teacher.dfr_balance, cfg.student.dfr_balance) == ("subsample", "subsample")
+    assert validate(compose(["teacher=dfr"])).teacher.dfr_balance == "weights"
     other = validate(compose(["experiment=agre_table1", "teacher=erm", "aggregator=mean", "seed=2"]))
     assert (other.teacher.objective, other.teacher.arch, other.aggregator.name) == ("erm", "cnn_wide", "mean")
     assert other.name == "agre_table1_erm_mean_b0.99_s2"
@@ -29,7 +32,7 @@ def test_preset_holds_the_papers_setting():
 
 def test_preset_runs_with_every_teacher_on_the_whole_pool(tmp_path):
     cfg = load_run_config(["experiment=agre_table1", "dataset.source=mnist5k", "dataset.test_per_class=30",
-                           "dataset.val_per_class=20", "federation.num_clients=2", "teacher.dfr_steps=20",
+                           "dataset.val_per_class=20", "federation.num_clients=2", "teacher.dfr_subsets=2",
                            "student.epochs=1", "baselines.centralized=false", f"runs_dir={tmp_path}"])
     summary = run_federation(InProcessGrid(client_app, 2), cfg)
     (record,) = read_metrics(summary["run_dir"])

@@ -272,7 +272,7 @@ def test_dpsgd_dfr_teacher_is_the_dp_base_with_a_head_refitted_on_public_data():
     rounds = {}
     for teacher in ("erm", "dfr"):
         cfg = load_run_config([*FAST, "privacy=dpsgd", "privacy.epsilon=4", "federation.num_rounds=2",
-                               f"teacher={teacher}", *(["teacher.dfr_steps=20"] if teacher == "dfr" else [])])
+                               f"teacher={teacher}", *(["teacher.dfr_subsets=2"] if teacher == "dfr" else [])])
         job = client_job(cfg)
         state, _ = train_local_teacher(job, 0, 1, None)
         rounds[teacher] = train_local_teacher(job, 0, 2, state)
@@ -439,7 +439,7 @@ def test_a_private_run_is_reproducible(tmp_path):
 def test_reliability_under_dpsgd_teachers_costs_no_more_epsilon(tmp_path):
     """DP-SGD covers every answer of a teacher, on the labeled split too: reliability runs, weighs the teachers
     from their labeled answers, and spends exactly the ε of the same teachers distilled by the mean."""
-    overrides = ["privacy=dpsgd", "teacher=dfr", "teacher.dfr_steps=5", "federation.num_rounds=1",
+    overrides = ["privacy=dpsgd", "teacher=dfr", "teacher.dfr_subsets=2", "federation.num_rounds=1",
                  "baselines.ensemble=false"]
     _, (mean,) = _run([*overrides, "aggregator=mean"], tmp_path / "mean")
     _, (reliable,) = _run([*overrides, "aggregator=reliability"], tmp_path / "reliability")

@@ -85,14 +85,18 @@ def test_ensemble_report_is_the_argmax_of_the_mean_probability():
 
 def test_baselines_land_in_the_summary_marked(tmp_path):
     cfg = load_run_config(["federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1",
-                           "student.epochs=1", "baselines.one_hot=true", "baselines.one_hot_epochs=2",
+                           "student.epochs=1", "baselines.server_only=true", "baselines.server_only_cnn_steps=2",
                            "baselines.centralized=true", f"runs_dir={tmp_path}"])
     summary = run_federation(InProcessGrid(client_app, 2), cfg)
     baselines = read_summary(summary["run_dir"])["baselines"]
-    assert set(baselines) == {"ensemble", "one_hot", "centralized_erm", "centralized_group_dro", "centralized_erm_dfr"}
+    assert set(baselines) == {"ensemble", "server_only", "server_only_balanced", "centralized_erm",
+                              "centralized_group_dro", "centralized_erm_dfr"}
     assert all(baselines[f"centralized_{n}"]["non_federated"] for n in ("erm", "group_dro", "erm_dfr"))
     assert baselines["centralized_erm_dfr"]["per_group_accuracy"] != baselines["centralized_erm"]["per_group_accuracy"]
-    assert "non_federated" not in baselines["ensemble"] and "non_federated" not in baselines["one_hot"]
+    assert not any("non_federated" in baselines[n] for n in ("ensemble", "server_only", "server_only_balanced"))
+    for name in ("server_only", "server_only_balanced"):  # the chosen recipe is the best cross-validated one
+        scores = baselines[name]["cross_validation"]
+        assert baselines[name]["recipe"] == max(scores, key=scores.get) and len(scores) == 7
     for report in baselines.values():  # WGA is the least of the per-group accuracies, the accuracy their weighted mean
         per_group, counts = report["per_group_accuracy"], report["group_counts"]
         assert report["worst_group_accuracy"] == min(per_group.values()) == per_group[report["worst_group"]]
@@ -142,3 +146,34 @@ def test_min_steps_raises_the_epochs_over_a_small_pool_to_whole_epochs():
     distill_student(model, sgd(model, 0.01, 0.0, 0.0), KD(cfg, model, None, 10), x, counter,
                     np.random.default_rng(0))
     assert len(counter.batches) == 12 and sum(counter.batches) == 300
+
+
+@pytest.mark.parametrize("balance", ["none", "groups"])
+def test_kd_labeled_adds_the_weighted_cross_entropy_of_a_labeled_minibatch(balance):
+    """KD on the transfer batch + λ · CE on the labeled images its seeded generator draws, recomputed by hand: the
+    plain mean, or with every group of the labeled split weighing the same (weights 1 / (G · n_g))."""
+    from fedkd.distill import KDLabeled, KDLabeledConfig, kd_loss
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 0, 0, 1, 1, 2])
+    g = np.array([0, 0, 0, 1, 1, 2])  # group sizes 3, 2, 1
+    val = Split(x=rng.normal(size=(6, 1, 2, 2)).astype(np.float32), y=y, g=g, a=np.zeros(6, int),
+                source_index=np.arange(6))
+    student = build_model("mlp", (1, 2, 2), 3, seed=0)
+    cfg = KDLabeledConfig(objective="kd_labeled", arch="mlp", epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0,
+                          batch_size=4, pretrained_path="", temperature=2.0, labeled_weight=0.5,
+                          labeled_balance=balance)
+    objective = KDLabeled(cfg, student, val, 3)
+    logits = torch.randn(5, 3)
+    targets = torch.softmax(torch.randn(5, 3), 1)
+    got = objective.loss(logits, targets, None)
+
+    idx = torch.randint(6, (4,), generator=torch.Generator().manual_seed(0)).numpy()
+    with torch.no_grad():
+        probs = torch.softmax(student(torch.from_numpy(val.x[idx])), 1).numpy()
+    ce = -np.log(probs[np.arange(4), y[idx]])
+    w = np.ones(4) if balance == "none" else 1.0 / (3 * np.bincount(g)[g[idx]])
+    want = float(kd_loss(logits, targets, 2.0)) + 0.5 * float((w * ce).sum() / w.sum())
+    assert float(got.detach()) == pytest.approx(want, rel=1e-5)
+    if balance == "groups":  # the draw holds images of groups of different sizes, so the weights matter
+        assert len(set(w.tolist())) > 1

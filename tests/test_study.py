@@ -65,10 +65,10 @@ def test_a_method_designed_on_some_seeds_runs_only_on_its_fresh_ones():
 
 def test_a_cell_adds_and_removes_axes_and_the_command_line_wins():
     params = {"aggregator": "mean", "dataset.bias_ratio": "0.98", "seed": "0,1,2"}
-    cells = {"base": {"baselines.one_hot": True}, "lt": {"dataset": "mnist_lt", "dataset.bias_ratio": None},
+    cells = {"base": {"baselines.server_only": True}, "lt": {"dataset": "mnist_lt", "dataset.bias_ratio": None},
              "agre": {"aggregator": "agre"}}
     got = dict(cell_arguments(params, cells, None, ["seed=0"]))
-    assert got["base"] == ["aggregator=mean", "dataset.bias_ratio=0.98", "seed=0,1,2", "baselines.one_hot=True",
+    assert got["base"] == ["aggregator=mean", "dataset.bias_ratio=0.98", "seed=0,1,2", "baselines.server_only=True",
                            "seed=0"]  # Hydra's product keeps the last value of a key: the command line's
     assert got["lt"] == ["aggregator=mean", "seed=0,1,2", "dataset=mnist_lt", "seed=0"]  # null: the axis removed
     assert got["agre"][0] == "aggregator=agre"  # the cell's value replaces the shared one in place
@@ -100,7 +100,7 @@ def test_a_method_of_several_axes_is_paired_with_the_reference_in_its_own_settin
     assert reference_of(study, base, groups) is None  # the reference itself
     assert study.label({"aggregator": "mean", "student": "robust_kd", "bias": "0.98"}) == \
         "aggregator=mean student=robust_kd"
-    assert study.setting_of({"aggregator": "agre", "baselines.one_hot": "true", "bias": "0.99"}) == {"bias": "0.99"}
+    assert study.setting_of({"aggregator": "agre", "baselines.server_only": "true", "bias": "0.99"}) == {"bias": "0.99"}
     with pytest.raises(StudyError, match="study.reference"):
         parse_study({"name": "s", "method": ["aggregator"], "reference": {"teacher": "dfr"}})
 
@@ -116,16 +116,16 @@ def test_the_seeds_a_method_was_designed_on_are_named():
 
 def test_the_references_are_computed_on_the_reference_methods_jobs_where_a_rule_says():
     study = parse_study({"name": "s", "method": ["aggregator", "student"], "reference": {"aggregator": "mean"},
-                         "references": [{"where": {}, "baselines": {"one_hot": True}},
+                         "references": [{"where": {}, "baselines": {"server_only": True}},
                                         {"where": {"partition": None}, "baselines": {"centralized": True}},
-                                        {"where": {"bias": "0.95"}, "baselines": {"one_hot": False}}]})
-    assert study.baselines_of({"aggregator": "mean", "bias": "0.99"}) == {"one_hot": True, "centralized": True}
-    assert study.baselines_of({"aggregator": "mean", "partition": "dirichlet"}) == {"one_hot": True}  # null: absent
-    assert study.baselines_of({"aggregator": "mean", "bias": "0.95"}) == {"one_hot": False, "centralized": True}
+                                        {"where": {"bias": "0.95"}, "baselines": {"server_only": False}}]})
+    assert study.baselines_of({"aggregator": "mean", "bias": "0.99"}) == {"server_only": True, "centralized": True}
+    assert study.baselines_of({"aggregator": "mean", "partition": "dirichlet"}) == {"server_only": True}  # null: absent
+    assert study.baselines_of({"aggregator": "mean", "bias": "0.95"}) == {"server_only": False, "centralized": True}
     assert study.baselines_of({"aggregator": "mean", "student": "robust_kd"}) == {}  # not the reference method
     assert study.baselines_of({"aggregator": "agre"}) == {}
     with pytest.raises(StudyError, match="study.references"):
-        parse_study({"name": "s", "references": [{"where": {}, "baselines": {"one_hot": True}}]})  # no reference
+        parse_study({"name": "s", "references": [{"where": {}, "baselines": {"server_only": True}}]})  # no reference
     with pytest.raises(StudyError, match=r"study.references\[0\]"):
         parse_study({"name": "s", "reference": "mean", "references": [{"where": {}, "baselines": {"oracle": True}}]})
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -11,12 +10,13 @@ import torch
 
 from fedkd.data import Split
 from fedkd.dfr import (
-    DFR_L2_GRID,
+    ABSENT_CLASS_MARGIN,
+    DFR_C_GRID,
+    deep_feature_reweighting,
     group_balanced_indices,
     group_balanced_weights,
     held_out_split,
     split_in_halves,
-    tuned_last_layer,
 )
 from fedkd.models import build_model
 from fedkd.teachers import GroupDRO, LogitAdjusted, TeacherModels, class_priors, train_teacher
@@ -136,7 +136,7 @@ def test_public_dfr_base_is_the_erm_teacher_trained_on_the_whole_shard():
                   public=public)
     for p_erm, p_base in zip(erm.teacher.parameters(), dfr.base.parameters(), strict=True):
         assert torch.equal(p_erm, p_base)
-    assert float(dfr.extra["dfr_l2"]) in DFR_L2_GRID
+    assert float(dfr.extra["dfr_c"]) in DFR_C_GRID
 
 
 def test_public_dfr_needs_the_public_split():
@@ -165,38 +165,91 @@ class _Identity(torch.nn.Module):
         return x.flatten(1)
 
 
-def test_tuned_last_layer_keeps_the_head_with_the_best_selection_wga():
-    """Recomputed independently: every penalty's head fitted on the first half, scored by WGA on the second; the
-    chosen strength is the argmax and the model carries exactly its head."""
-    from fedkd.dfr import _balanced_head
-    from fedkd.metrics import worst_group_accuracy
+def _spurious(n, rng, classes=2, minority=0.2):
+    """Features [signal of the class, strong spurious cue, two noise columns]: the cue agrees with the class except
+    in the minority groups (g = 2 y + minority)."""
+    y = rng.integers(0, classes, n)
+    flip = rng.random(n) < minority
+    cue = np.where(flip, (y + 1) % classes, y)
+    x = np.stack([(2 * y - 1) * 0.6 + rng.normal(size=n), 3.0 * (2 * cue - 1) + rng.normal(size=n),
+                  rng.normal(size=n), rng.normal(size=n)], 1)
+    return Split(x=x.reshape(n, 1, 2, 2).astype(np.float32), y=y, g=y * 2 + flip, a=cue,
+                 source_index=np.arange(n))
+
+
+def _authors_dfr(labeled_x, labeled, fit_x, fit, select_x, select, train_x, retrains, rng, num_classes, balance):
+    """The DFR authors' dfr_on_validation_tune / _eval (deep_feature_reweighting's source), written again from
+    their text with scikit-learn, one binary classifier per class by hand: the same draws from ``rng`` in the same
+    order, nothing shared with fedkd.dfr but the group-balanced subset and weights. ``balance="weights"``: every
+    row, weighted 1 / (G n_g) times the row count, one fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def binary(x, y, c, w):
+        fitted = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", random_state=0).fit(x, y, sample_weight=w)
+        return fitted.coef_[0], fitted.intercept_[0]
+
+    def fit_ovr(x, y, c, w=None):
+        if num_classes == 2:  # one classifier: class 1's score against class 0's zero
+            coef, intercept = binary(x, y, c, w)
+            return np.stack([np.zeros_like(coef), coef]), np.array([0.0, intercept])
+        heads = [binary(x, (y == k).astype(int), c, w) for k in range(num_classes)]
+        return np.stack([h[0] for h in heads]), np.array([h[1] for h in heads])
+
+    def rows(split):
+        if balance == "subsample":
+            return group_balanced_indices(split.g, rng), None
+        return np.arange(len(split)), group_balanced_weights(split.g) * len(split)
+
+    idx, w_fit = rows(fit)
+    scaler = StandardScaler().fit(fit_x[idx])
+    wga = []
+    for c in DFR_C_GRID:
+        w, b = fit_ovr(scaler.transform(fit_x[idx]), fit.y[idx], c, w_fit)
+        pred = (scaler.transform(select_x) @ w.T + b).argmax(1)
+        wga.append(min((pred == select.y)[select.g == k].mean() for k in np.unique(select.g)))
+    c = DFR_C_GRID[int(np.argmax(wga))]
+    scaler = StandardScaler().fit(train_x)
+    heads = [fit_ovr(scaler.transform(labeled_x[i]), labeled.y[i], c, w)
+             for i, w in (rows(labeled) for _ in range(retrains if balance == "subsample" else 1))]
+    return c, wga, scaler, np.mean([h[0] for h in heads], 0), np.mean([h[1] for h in heads], 0)
+
+
+@pytest.mark.parametrize(("classes", "balance"), [(2, "subsample"), (3, "subsample"), (3, "weights")])
+def test_dfr_equals_the_authors_procedure_written_again(classes, balance):
+    """deep_feature_reweighting against the authors' procedure recomputed on the same features (an identity body):
+    the same C, chosen by worst-group accuracy over the grid (and the choice matters here), and the refitted head
+    equal to the averaged classifiers with the standardisation of the training data's features folded in."""
     from fedkd.models import FeatureClassifier
 
     rng = np.random.default_rng(0)
+    labeled, train = _spurious(240, rng, classes), _spurious(400, rng, classes, 0.02)
+    test = _spurious(300, rng, classes)
+    model = FeatureClassifier(_Identity(), 4, classes)
+    c = deep_feature_reweighting(model, labeled, train, retrains=4, generator=np.random.default_rng(7),
+                                 balance=balance)
 
-    def data(n):
-        y = rng.integers(0, 2, n)
-        minority = rng.random(n) < 0.2
-        spurious = np.where(minority, 1 - y, y)
-        x = np.stack([(2 * y - 1) * 0.4 + rng.normal(size=n), 3.0 * (2 * spurious - 1) + rng.normal(size=n),
-                      rng.normal(size=n), rng.normal(size=n)], 1)
-        return Split(x=x.reshape(n, 1, 2, 2).astype(np.float32), y=y, g=y * 2 + minority, a=spurious,
-                     source_index=np.arange(n))
+    flat = lambda split: split.x.reshape(len(split), -1).astype(np.float64)  # noqa: E731
+    expected_rng = np.random.default_rng(7)
+    fit, select = split_in_halves(labeled, expected_rng)
+    want_c, wga, scaler, w, b = _authors_dfr(flat(labeled), labeled, flat(fit), fit, flat(select), select,
+                                             flat(train), 4, expected_rng, classes, balance)
+    assert len(set(wga)) > 1, wga  # the choice of C matters on this case
+    assert c == want_c
+    ours = model(torch.from_numpy(test.x)).detach().double().numpy()
+    theirs = scaler.transform(flat(test)) @ w.T + b
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
-    fit, select = data(60), data(200)
-    model = FeatureClassifier(_Identity(), 4, 2)
-    start = copy.deepcopy(model.head)
-    grid = (3.0, 0.3, 0.0)
-    chosen = tuned_last_layer(model, fit, select, steps=300, lr=0.05, grid=grid)
-    x_fit, y_fit = torch.from_numpy(fit.x).flatten(1), torch.from_numpy(fit.y)
-    weights = torch.from_numpy(group_balanced_weights(fit.g))
-    scores, heads = [], []
-    for l2 in grid:
-        head = _balanced_head(start, x_fit, y_fit, weights, 300, 0.05, l2)
-        pred = head(torch.from_numpy(select.x).flatten(1)).argmax(1).numpy()
-        scores.append(worst_group_accuracy(pred, select.y, select.g))
-        heads.append(head)
-    assert len(set(scores)) > 1, scores  # the choice matters on this case
-    best = int(np.argmax(scores))
-    assert chosen == grid[best]
-    assert torch.allclose(model.head.weight, heads[best].weight)
+
+def test_dfr_head_never_predicts_a_class_absent_from_its_refit_data():
+    """A class missing from the held-out data (a label-skewed client) gets no weights and a bias ABSENT_CLASS_MARGIN
+    below every score the present classes take there."""
+    from fedkd.models import FeatureClassifier
+
+    rng = np.random.default_rng(1)
+    labeled = _spurious(200, rng, 2)
+    model = FeatureClassifier(_Identity(), 4, 3)  # class 2 never appears
+    deep_feature_reweighting(model, labeled, labeled, retrains=3, generator=np.random.default_rng(0))
+    logits = model(torch.from_numpy(labeled.x)).detach().double()
+    assert torch.all(model.head.weight[2] == 0)
+    assert float(logits[:, 2].max()) <= float(logits[:, :2].min()) - ABSENT_CLASS_MARGIN + 1e-3
