@@ -2,7 +2,7 @@
 Flower's simulation engine, records on the wire, each client rebuilding its state per message) and this
 script's loop, which calls the same fedkd functions for the science (each client's teacher training and
 evaluation, its answers on the transfer pool and its ERM base's, the aggregator, the student's distillation and
-evaluation, the ensemble on test) in one process, every step on 2 torch threads (the demo's clients run on
+evaluation, the ensemble on test, the server-only references) in one process, every step on 2 torch threads (the demo's clients run on
 ``federation.client_cpus`` threads each, two at a time): no Flower, no Ray, no records, the data built once. Both
 are timed as fresh processes, imports included. The students agree to float order (the thread counts differ)
 and to the demo's choice of the best round on the labeled split (the loop keeps the last).
@@ -30,6 +30,7 @@ from fedkd.aggregators import AGGREGATORS
 from fedkd.baselines import ensemble_report
 from fedkd.data import federated_data
 from fedkd.local import query_local_teacher, train_local_teacher
+from fedkd.server_only import server_only_reports
 from fedkd.soft_labels import AggregationInputs
 from fedkd.training import predict_logits
 from fedkd.validation import client_job, load_run_config
@@ -65,9 +66,11 @@ for server_round in range(1, cfg.federation.num_rounds + 1):
 test = np.arange(len(bench["test"]))
 ensemble = ensemble_report(torch.from_numpy(np.stack(
     [query_local_teacher(job, pid, states[pid], test, False, "test", server_round)[0] for pid in range(m)])), bench)
+references = server_only_reports(cfg, bench) if cfg.baselines.server_only else {{}}
 final = bench.report(predict_logits(student.model, bench["test"].x).argmax(1).numpy())
 print(json.dumps({{"accuracy": final["accuracy"], "worst_group_accuracy": final["worst_group_accuracy"],
-                  "ensemble_accuracy": ensemble["accuracy"]}}))
+                  "ensemble_accuracy": ensemble["accuracy"],
+                  "server_only_accuracy": references.get("server_only", {{}}).get("accuracy")}}))
 """
 
 
