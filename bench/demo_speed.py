@@ -1,11 +1,11 @@
-"""The default run end to end against the same work as a plain loop, in one invocation: `fedkd` (the demo:
-Flower's simulation engine, records on the wire, each client rebuilding its state per message) and this
-script's loop, which calls the same fedkd functions for the science (each client's teacher training and
-evaluation, its answers on the transfer pool and its ERM base's, the aggregator, the student's distillation and
-evaluation, the ensemble on test, the server-only references) in one process, every step on 2 torch threads (the demo's clients run on
+"""The default run end to end against the same work as a plain loop, in one invocation: `fedkd` (the demo: Flower's
+simulation engine, records on the wire, each client rebuilding its state per message) and this script's loop, which
+calls the same fedkd functions for the science (each client's teacher training and evaluation, its answers on the
+transfer pool and its ERM base's, the aggregator, the student's distillation and evaluation, the ensemble on test,
+the server-only references) in one process, every step on 2 torch threads (the demo's clients run on
 ``federation.client_cpus`` threads each, two at a time): no Flower, no Ray, no records, the data built once. Both
-are timed as fresh processes, imports included. The students agree to float order (the thread counts differ)
-and to the demo's choice of the best round on the labeled split (the loop keeps the last).
+are timed as fresh processes, imports included. The students agree to float order (the thread counts differ) and to
+the demo's choice of the best round on the labeled split (the loop keeps the last).
 
     python bench/demo_speed.py [hydra overrides ...]
 """
