@@ -84,7 +84,8 @@ class DatasetConfig(ComponentConfig):
     data_root: str = field(default="data", metadata=rule(
         lambda v: bool(v.strip()), "must name the folder of the datasets on disk (e.g. data)"))
     test_per_class: int = field(default=100, metadata=positive())  # test images per class, balanced
-    val_per_class: int = field(default=20, metadata=positive())  # the server's labeled split: images per class
+    # the server's labeled split: images per class (0: none; the methods that need it are refused)
+    val_per_class: int = field(default=20, metadata=non_negative())
     transfer_fraction: float = field(default=0.25, metadata=open_unit())  # share of the training images made public
     # held_out: the transfer set is a part of the training images no client holds; pool: the transfer set is the
     # clients' pool itself, pool and transfer merged (AGRE-KD distils the student on the teachers' training set)

@@ -56,6 +56,7 @@ class StudentObjective(ABC):
     look at the student and the server's labeled validation split."""
 
     needs_val_softlabels: bool = False  # ask the teachers about the labeled server split every round
+    uses_labeled_split: bool = False  # reads the server's labeled split (its labels or the teachers' answers there)
     state_keys: tuple[str, ...] = ()  # attributes that carry over between rounds (saved in checkpoints)
 
     def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
@@ -106,6 +107,8 @@ class KDLabeled(StudentObjective):
     rest. ``labeled_balance=groups`` weights each labeled image by 1 / (G · n_g), so that every group counts the
     same (the DFR teachers' treatment of the same split)."""
 
+
+    uses_labeled_split = True
 
     def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
         super().__init__(cfg, student, val, num_classes)
@@ -164,6 +167,8 @@ class RobustKD(StudentObjective):
     per-class calibration of the teacher being key) but not the equations; R_y and the λ update stay our reading.
     """
 
+    uses_labeled_split = True
+
     def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
         super().__init__(cfg, student, val, num_classes)
         self.student, self.val, self.num_classes = student, val, num_classes
@@ -218,6 +223,7 @@ class ReliabilitySoftened(StudentObjective):
     """
 
     needs_val_softlabels = True
+    uses_labeled_split = True
 
     def __init__(self, cfg: StudentConfig, student: nn.Module, val: Split, num_classes: int) -> None:
         super().__init__(cfg, student, val, num_classes)

@@ -53,6 +53,11 @@ class TeacherObjective(ABC):
         """Whether privacy=dpsgd covers everything this objective, so configured, does with the shard."""
         return cls.dpsgd_compatible
 
+    @classmethod
+    def uses_labeled_split(cls, cfg: TeacherConfig) -> bool:
+        """Whether this objective, so configured, trains on the server's public labeled split."""
+        return False
+
     def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
                  public: Split | None = None) -> None:
         self.cfg = cfg
@@ -201,6 +206,10 @@ class DFR(ERM):
     not standardise on the shard, so that with DP-SGD the head stays post-processing. ``dfr_balance``: the
     authors' group-balanced subsets, or (the default) every example with the groups weighted equally. The base is
     kept: it is the biased model AGRE-KD needs (METHODS.md "dfr")."""
+
+    @classmethod
+    def uses_labeled_split(cls, cfg: TeacherConfig) -> bool:
+        return cfg.dfr_data == "public"
 
     @classmethod
     def covered_by_dpsgd(cls, cfg: TeacherConfig) -> bool:

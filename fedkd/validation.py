@@ -85,6 +85,22 @@ def components_of(cfg: RunConfig) -> Components:
                       teacher_model=MODELS.traits(cfg.teacher.arch), student_model=MODELS.traits(cfg.student.arch))
 
 
+def labeled_split_users(cfg: RunConfig, parts: Components) -> list[str]:
+    """The settings of ``cfg`` that read the server's labeled split, each as the override that names it."""
+    student = cfg.student
+    uses = {
+        f"teacher={cfg.teacher.objective}": parts.teacher.uses_labeled_split(cfg.teacher),
+        f"aggregator={cfg.aggregator.name}": parts.aggregator.needs_labeled_answers,
+        f"student={student.objective}": parts.student.uses_labeled_split,
+        f"query={cfg.query.name}": parts.query.needs_teacher_error,
+        "student.dfr=true": student.dfr,
+        "student.select_best_round=true": student.select_best_round,
+        "baselines.server_only=true": cfg.baselines.server_only,
+        "baselines.centralized=true": cfg.baselines.centralized,  # its ERM + DFR reference
+    }
+    return [name for name, used in uses.items() if used]
+
+
 def validate(raw: dict[str, Any]) -> RunConfig:
     """Check every key of a composed config and return the typed ``RunConfig``."""
     if raw.get("resume") is not None:
@@ -123,6 +139,9 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     parts = components_of(cfg)
     for section in COMPONENT_SECTIONS:
         getattr(cfg, section).check(section, cfg, parts)
+    if cfg.dataset.val_per_class == 0 and (users := labeled_split_users(cfg, parts)):
+        fail("dataset.val_per_class", 0, "gives the server no labeled split, which these settings read: "
+             f"{', '.join(users)} (give the server labeled images, or turn them off)")
     return cfg
 
 

@@ -64,9 +64,12 @@ class Evaluation:
         return self.data.report(pred, split), pred
 
     def validation_columns(self, model: torch.nn.Module) -> dict:
-        """The round model on the server's labeled split: what selecting a round by validation reads."""
+        """``val``: the round model on the server's labeled split, what selecting a round by validation reads
+        (nothing when the server has no labeled split)."""
+        if len(self.data["val"]) == 0:
+            return {}
         report = self.evaluate(model, "val")[0]
-        return {k: report[k] for k in ("accuracy", "worst_group_accuracy", "mean_group_accuracy")}
+        return {"val": {k: report[k] for k in ("accuracy", "worst_group_accuracy", "mean_group_accuracy")}}
 
     def round_model(self) -> tuple[torch.nn.Module, str]:
         """The distilled student, or with student DFR a copy whose last layer is retrained on part of the

@@ -133,7 +133,7 @@ class FederatedDistillation:
         record = {
             "round": server_round,
             "test": test_report,
-            "val": self.evaluation.validation_columns(model),
+            **self.evaluation.validation_columns(model),
             "student_model": student_choice,
             "distill_loss": loss,
             "aggregator": self.cfg.aggregator.name,

@@ -71,3 +71,40 @@ def test_it_at_least_matches_logistic_regression_on_the_pixels(per_class):
     assert reports["server_only"]["accuracy"] >= float(np.mean(linear == test.y))
     assert reports["server_only"]["labeled"] == 10 * per_class
     assert reports["server_only_balanced"]["selected_by"] == "worst_group_accuracy"
+
+
+LABEL_FREE = ["dataset.val_per_class=0", "teacher=erm", "aggregator=mean", "student=kd",
+              "baselines.server_only=false"]
+
+
+@pytest.mark.parametrize("setting", ["teacher=dfr", "aggregator=reliability", "student=kd_labeled",
+                                     "student=robust_kd", "student=softened", "query=rad", "student.dfr=true",
+                                     "student.select_best_round=true", "baselines.server_only=true",
+                                     "baselines.centralized=true"])
+def test_without_a_labeled_split_every_setting_that_reads_it_is_refused_by_name(setting):
+    from fedkd.config import ConfigError
+
+    extra = ["query.per_round=0.5"] if setting == "query=rad" else []
+    with pytest.raises(ConfigError, match=r"dataset\.val_per_class = 0: .*" + setting.replace(".", r"\.")):
+        load_run_config([*LABEL_FREE, setting, *extra])
+
+
+def test_without_a_labeled_split_a_label_free_pipeline_runs_and_records_no_validation(tmp_path):
+    from conftest import FAST
+
+    from clients.app import app as client_app
+    from fedkd.results import read_metrics
+    from server.app import run_federation
+    from server.inprocess import InProcessGrid
+
+    cfg = load_run_config([*FAST, *LABEL_FREE, f"runs_dir={tmp_path}"])
+    summary = run_federation(InProcessGrid(client_app, cfg.federation.num_clients), cfg)
+    records = read_metrics(summary["run_dir"])
+    assert len(records) == cfg.federation.num_rounds and all("val" not in r for r in records)
+    assert "server_only" not in summary["baselines"]
+    # the images a labeled split would hold go to the clients' pool and the transfer pool instead
+    with_labels = build_benchmark(load_run_config([*LABEL_FREE[1:]]).dataset, cfg.seed)
+    without = build_benchmark(cfg.dataset, cfg.seed)
+    assert len(without["val"]) == 0 and len(with_labels["val"]) == 10 * 20
+    assert len(without["pool"]) + len(without["transfer"]) == len(with_labels["pool"]) + len(
+        with_labels["transfer"]) + 10 * 20
