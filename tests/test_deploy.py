@@ -26,7 +26,8 @@ from make_certs import write_credentials  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-FAST = ["teacher=erm", "teacher.epochs=1", "student.epochs=1", "baselines.ensemble=false"]
+FAST = ["teacher=erm", "teacher.epochs=1", "student.epochs=1", "baselines.ensemble=false",
+        "baselines.server_only=false"]
 
 
 def _started_pids(home: Path) -> dict[str, int]:

@@ -45,14 +45,15 @@ def _check_consistent(summary: dict, rounds: int) -> None:
 def test_long_tailed_dirichlet_federation(tmp_path):
     # label skew: the plain mean (AGRE-KD, the default, collapses under Dirichlet shards; docs/results.md)
     summary = _fedkd(tmp_path, "aggregator=mean", "teacher=erm", "dataset=mnist_lt", "partition=dirichlet",
-                     "partition.alpha=0.3", "federation.num_clients=5")
+                     "partition.alpha=0.3", "federation.num_clients=5", "baselines.server_only=false")
     _check_consistent(summary, rounds=3)
     assert summary["num_clients"] == 5
     assert summary["test"]["accuracy"] > 0.5  # 10 balanced classes: chance is 0.1
 
 
 def test_colored_mnist_default_run_is_non_degenerate(tmp_path):
-    summary = _fedkd(tmp_path, "federation.num_clients=4", "federation.num_rounds=2")
+    # the default pipeline; its server-only references are tested in tests/test_server_only.py and by the demo
+    summary = _fedkd(tmp_path, "federation.num_clients=4", "federation.num_rounds=2", "baselines.server_only=false")
     _check_consistent(summary, rounds=2)
     assert summary["test"]["accuracy"] > 0.3  # chance 0.1
     assert len(summary["test"]["group_counts"]) == 20
@@ -69,7 +70,8 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
     `fedkd resume=<run dir>`: the metrics equal, bit for bit, those of the uninterrupted job on the in-process
     grid (which the Ray engine reproduces: clients run on federation.client_cpus threads everywhere), so one
     comparison checks the resume and the engines' agreement."""
-    overrides = ["teacher=erm", "federation.num_clients=2", "federation.num_rounds=4", "teacher.epochs=1",
+    overrides = ["teacher=erm", "baselines.server_only=false", "federation.num_clients=2", "federation.num_rounds=4",
+                 "teacher.epochs=1",
                  "student.epochs=1", "query=random", "query.per_round=300"]
     from fedkd.validation import load_run_config
     from server.app import run_federation
@@ -122,7 +124,8 @@ def test_resume_refuses_other_overrides_and_finished_runs(tmp_path):
     from server.app import run_federation
     from server.inprocess import InProcessGrid
 
-    cfg = load_run_config(["federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1",
+    cfg = load_run_config(["baselines.server_only=false", "federation.num_clients=2", "federation.num_rounds=1",
+                           "teacher.epochs=1",
                            "student.epochs=1", f"runs_dir={tmp_path}"])
     summary = run_federation(InProcessGrid(client_app, 2), cfg)
     for args, message in (([f"resume={summary['run_dir']}", "seed=3"], "drop the other overrides ['seed=3']"),
@@ -162,7 +165,8 @@ def test_a_killed_ray_worker_takes_no_healthy_client_with_it(tmp_path, monkeypat
     from server.app import run_federation
     from server.inprocess import InProcessGrid
 
-    overrides = ["aggregator=mean", "teacher=erm", "federation.num_clients=3", "federation.num_rounds=3",
+    overrides = ["aggregator=mean", "teacher=erm", "baselines.server_only=false", "federation.num_clients=3",
+                 "federation.num_rounds=3",
                  "federation.min_clients=2", "teacher.epochs=1", "student.epochs=1"]
     whole = run_federation(InProcessGrid(client_app, 3),
                            load_run_config([*overrides, f"runs_dir={tmp_path / 'inprocess'}"]))

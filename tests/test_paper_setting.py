@@ -33,6 +33,7 @@ def test_preset_holds_the_papers_setting():
 def test_preset_runs_with_every_teacher_on_the_whole_pool(tmp_path):
     cfg = load_run_config(["experiment=agre_table1", "dataset.source=mnist5k", "dataset.test_per_class=30",
                            "dataset.val_per_class=20", "federation.num_clients=2", "teacher.dfr_subsets=2",
+                           "baselines.server_only=false",
                            "student.epochs=1", "baselines.centralized=false", f"runs_dir={tmp_path}"])
     summary = run_federation(InProcessGrid(client_app, 2), cfg)
     (record,) = read_metrics(summary["run_dir"])

@@ -20,7 +20,8 @@ from fedkd.results import SUMMARY_FILE
 # after the parallel part, so that another worker's load does not decide it
 pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
-RUN = ["teacher=erm", "federation.num_clients=3", "federation.num_rounds=3", "teacher.epochs=1", "student.epochs=1"]
+RUN = ["teacher=erm", "federation.num_clients=3", "federation.num_rounds=3", "teacher.epochs=1", "student.epochs=1",
+       "baselines.server_only=false"]
 STOP_SECONDS = 10.0
 
 

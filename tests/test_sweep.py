@@ -12,7 +12,8 @@ import yaml
 
 from fedkd.results import read_metrics, read_summary
 
-FAST = ["teacher=erm", "federation.num_clients=2", "federation.num_rounds=2", "teacher.epochs=1",
+FAST = ["teacher=erm", "baselines.server_only=false", "federation.num_clients=2", "federation.num_rounds=2",
+        "teacher.epochs=1",
         "baselines.ensemble=false"]
 
 
