@@ -22,14 +22,12 @@ setup: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/fedkd $(OVERRIDES)
 
-## the linters (ruff; import-linter's layer contracts in pyproject.toml), the test suite (unit, contract,
-## in-process and Flower end-to-end runs; two pytest-xdist workers of one thread each, tests/conftest.py, then
-## the timing-sensitive ones alone), and
-## README.md's expected results against a fresh demo run
+## the linters (ruff; import-linter's layer contracts in pyproject.toml) and the test suite (unit, contract,
+## in-process and Flower end-to-end runs, README.md's expected results against a fresh demo run; two pytest-xdist
+## workers of one thread each, tests/conftest.py, then the timing-sensitive ones alone)
 test: lint
 	$(BIN)/pytest -q -n 2 -m "not serial"
 	$(BIN)/pytest -q -m serial
-	$(BIN)/python scripts/expected_results.py --check
 
 ## rewrite README.md's expected-results block from a fresh demo run
 expected-results: $(INSTALLED)

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from fedkd.config import RunConfig
+from fedkd.config import RunConfig, TeacherConfig
 from fedkd.data import Benchmark
 from fedkd.device import resolve_device
 from fedkd.dfr import deep_feature_reweighting
@@ -34,16 +34,28 @@ def _short(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("per_group_accuracy", "group_counts")}
 
 
+def student_network(cfg: RunConfig, bench: Benchmark, seed: int) -> torch.nn.Module:
+    """The student's architecture at its seeded initialisation (pretrained where ``student.pretrained_path`` is
+    given), on the run's device: the network every reference trains."""
+    return build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed,
+                       pretrained_path=cfg.student.pretrained_path).to(resolve_device(cfg.device))
+
+
+def teachers_schedule(cfg: RunConfig, objective: str, **changes: object) -> TeacherConfig:
+    """The run's teacher settings (SGD schedule included) as ``objective``'s parameters, with ``changes``: the
+    references train on the teachers' budget."""
+    params = TEACHER_OBJECTIVES.params(objective)
+    shared = {f.name: getattr(cfg.teacher, f.name) for f in dataclasses.fields(params) if hasattr(cfg.teacher, f.name)}
+    return params(**{**shared, "objective": objective, **changes})
+
+
 def _trained_model(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int,
                    seed: int) -> torch.nn.Module:
-    params = TEACHER_OBJECTIVES.params(objective)  # the run's teacher settings where that objective has them
-    shared = {f.name: getattr(cfg.teacher, f.name) for f in dataclasses.fields(params) if hasattr(cfg.teacher, f.name)}
-    teacher_cfg = params(**{**shared, "objective": objective, "epochs": epochs})
-    model = build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed,
-                        pretrained_path=cfg.student.pretrained_path).to(resolve_device(cfg.device))
+    model = student_network(cfg, bench, seed)
     torch.manual_seed(seed)
     train_teacher(TeacherModels(teacher=model, base=None), bench[split], bench.num_classes, bench.num_groups,
-                  teacher_cfg, False, np.random.default_rng([seed, 5]), lambda: model)
+                  teachers_schedule(cfg, objective, epochs=epochs), False, np.random.default_rng([seed, 5]),
+                  lambda: model)
     return model
 
 

@@ -9,7 +9,6 @@ accuracy."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 
@@ -20,12 +19,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from fedkd.config import RunConfig, TeacherConfig
+from fedkd.baselines import student_network, teachers_schedule
+from fedkd.config import RunConfig
 from fedkd.data import Benchmark, Split
-from fedkd.device import resolve_device
 from fedkd.dfr import features, group_balanced_weights
 from fedkd.metrics import worst_group_accuracy
-from fedkd.models import build_model
 from fedkd.teachers import fit_on
 from fedkd.training import predict_logits
 
@@ -64,14 +62,12 @@ def _cnn(cfg: RunConfig, bench: Benchmark, seed: int) -> Recipe:
     """The student's architecture trained with cross-entropy (group-weighted when balanced) on the teachers'
     SGD schedule, for ``baselines.server_only_cnn_steps`` steps at least: on a few images an epoch is one step."""
     def fit_predict(train: Split, evaluate: Split, balanced: bool) -> np.ndarray:
-        model = build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed,
-                            pretrained_path=cfg.student.pretrained_path).to(resolve_device(cfg.device))
-        shared = {f.name: getattr(cfg.teacher, f.name) for f in dataclasses.fields(TeacherConfig)}
+        model = student_network(cfg, bench, seed)
         steps_per_epoch = math.ceil(len(train) / cfg.teacher.batch_size)
         epochs = max(cfg.teacher.epochs, math.ceil(cfg.baselines.server_only_cnn_steps / steps_per_epoch))
         # batches of equal size: on 33 images a last batch of one diverges at the teachers' learning rate
-        schedule = TeacherConfig(**{**shared, "objective": "erm", "arch": cfg.student.arch, "epochs": epochs,
-                                    "batch_size": math.ceil(len(train) / steps_per_epoch)})
+        schedule = teachers_schedule(cfg, "erm", arch=cfg.student.arch, epochs=epochs,
+                                     batch_size=math.ceil(len(train) / steps_per_epoch))
         weight_of_group = None
         if balanced:
             weights = _weights(train, True)
@@ -94,8 +90,7 @@ def _cnn(cfg: RunConfig, bench: Benchmark, seed: int) -> Recipe:
 def recipes(cfg: RunConfig, bench: Benchmark) -> dict[str, Recipe]:
     """The candidates, simplest first (a tie keeps the first)."""
     seed = cfg.seed + 101
-    network = build_model(cfg.student.arch, bench.input_shape, bench.num_classes, seed=seed,
-                          pretrained_path=cfg.student.pretrained_path).to(resolve_device(cfg.device))
+    network = student_network(cfg, bench, seed)
     pixels = lambda split: split.x.reshape(len(split), -1)  # noqa: E731
     network_features = lambda split: features(network, split)  # noqa: E731
     out: dict[str, Recipe] = {f"logreg_pixels_C={c}": _logreg(pixels, c, False) for c in LOGREG_C_GRID}

@@ -1,7 +1,7 @@
 """scripts/expected_results.py: the README block is rendered from summary.json and metrics.jsonl, replaced in
 place; the check passes a figure that moved within its band, and fails on one that moved beyond it or on any
-changed count or label. Hand-written summaries, no run, except the last test: the real demo with a broken
-aggregator must fail the check."""
+changed count or label. Hand-written summaries, no run, except the last two tests: the real demo must pass the
+check against README.md, and with a broken aggregator fail it."""
 
 from __future__ import annotations
 
@@ -170,6 +170,11 @@ _cosine = agre.cosine
 # a sign slip: AGRE-KD now favours the teachers that agree with the biased model
 agre.cosine = lambda a, b: -_cosine(a, b)
 '''
+
+
+def test_the_readme_block_matches_a_fresh_demo_run(capsys):
+    """`make test`'s check of README.md's expected results: the demo now, against the committed block."""
+    assert er.main(["--check"]) == 0, capsys.readouterr().err
 
 
 def test_a_broken_aggregator_fails_the_check(tmp_path, monkeypatch, capsys):
