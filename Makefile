@@ -23,10 +23,11 @@ demo: $(INSTALLED)
 	$(BIN)/fedkd $(OVERRIDES)
 
 ## the linters (ruff; import-linter's layer contracts in pyproject.toml) and the test suite (unit, contract,
-## in-process and Flower end-to-end runs, README.md's expected results against a fresh demo run; two pytest-xdist
-## workers of one thread each, tests/conftest.py, then the timing-sensitive ones alone)
+## in-process and Flower end-to-end runs, README.md's expected results against a fresh demo run; three pytest-xdist
+## workers of one thread each on the two cores, whose runs wait on process starts and Ray, tests/conftest.py, then
+## the timing-sensitive ones alone)
 test: lint
-	$(BIN)/pytest -q -n 2 -m "not serial"
+	$(BIN)/pytest -q -n 3 --dist worksteal -m "not serial"
 	$(BIN)/pytest -q -m serial
 
 ## rewrite README.md's expected-results block from a fresh demo run

@@ -10,9 +10,10 @@ import torch
 from fedkd.config import RunConfig
 from fedkd.validation import load_run_config
 
-# Under pytest-xdist (`make test` runs two workers), each worker and the processes it starts use one core: two
-# workers on two threads each would only contend, while one thread each lets a worker's waits (process starts,
-# timeouts, heartbeats) overlap the other's computing. Results are compared within a worker, so they agree.
+# Under pytest-xdist (`make test` runs three workers on two cores), each worker and the processes it starts use one
+# thread: workers on two threads each would only contend (a thread that loses its core stalls the other at every
+# barrier), while one thread each lets a worker's waits (process starts, Ray, timeouts, heartbeats) overlap the
+# others' computing. Results are compared within a worker, so they agree.
 WORKER_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 if WORKER_THREADS == 1:
     os.environ["OMP_NUM_THREADS"] = "1"
