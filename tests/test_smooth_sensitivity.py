@@ -1,5 +1,6 @@
-"""The smooth-sensitivity release of PATE's data-dependent cost (fedkd.smooth_sensitivity) against the authors' code,
-their test files, the conditions it must refuse, and invariants checked by brute force on small ensembles.
+"""The smooth-sensitivity release of PATE's data-dependent cost (fedkd.local_sensitivity, fedkd.smooth_sensitivity)
+against the authors' code, their test files, the conditions it must refuse, and invariants checked by brute force on
+small ensembles.
 
 Reference numbers come from running the authors' code, tensorflow/privacy at commit
 03035d5d4a271ac795dab80f5bc1cef82fc3d462, research/pate_2018 (core.py, smooth_sensitivity.py,
@@ -63,6 +64,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from fedkd import local_sensitivity as lsm
 from fedkd import smooth_sensitivity as ssm
 from fedkd.accounting import (
     ORDERS,
@@ -140,13 +142,13 @@ VOTES, NOISE = _synthetic(300, TEACHERS, 10, 2018)
 def test_one_query_matches_authors_code(hist, ref):
     rdp, gnmax_at, gnmax_sum, gnmax_ss, thr_at, thr_sum, thr_ss = ref
     v = np.array(hist)
-    assert ssm.gnmax_rdp_at_order(gnmax_log_q(v, SIGMA), SIGMA, ORDER) == pytest.approx(rdp, rel=RTOL)
-    g = ssm.gnmax_local_sensitivity_bounds(v, TEACHERS, SIGMA, ORDER)
+    assert lsm.gnmax_rdp_at_order(gnmax_log_q(v, SIGMA), SIGMA, ORDER) == pytest.approx(rdp, rel=RTOL)
+    g = lsm.gnmax_local_sensitivity_bounds(v, TEACHERS, SIGMA, ORDER)
     assert g.shape == (TEACHERS,)
     np.testing.assert_allclose(g[[0, 5, 40, 80, 120, 249]], gnmax_at, rtol=RTOL, atol=0)
     assert g.sum() == pytest.approx(gnmax_sum, rel=RTOL)
     assert ssm.smooth_sensitivity(g, BETA) == pytest.approx(gnmax_ss, rel=RTOL)
-    t = ssm.threshold_local_sensitivity_bounds(v, TEACHERS, 150.0, 30.0, ORDER)
+    t = lsm.threshold_local_sensitivity_bounds(v, TEACHERS, 150.0, 30.0, ORDER)
     np.testing.assert_allclose(t[[0, 20, 60, 249]], thr_at, rtol=RTOL, atol=0)
     assert t.sum() == pytest.approx(thr_sum, rel=RTOL)
     assert ssm.smooth_sensitivity(t, BETA) == pytest.approx(thr_ss, rel=RTOL)
@@ -193,7 +195,7 @@ def test_parameter_search_matches_authors_on_expected_cost():
     cost, each answer weighted by Pr[answered]; (β, SS_β, σ_ss) of their last iteration, and the expected release
     at the MNIST row's (β, σ_ss)."""
     weights = np.exp(threshold_log_pr_answered(VOTES, 200.0, 150.0))
-    rdp, ls = ssm.data_dependent_cost(VOTES, SIGMA, ORDER, answered=weights, threshold=200.0, threshold_sigma=150.0)
+    rdp, ls = lsm.data_dependent_cost(VOTES, SIGMA, ORDER, answered=weights, threshold=200.0, threshold_sigma=150.0)
     assert rdp == pytest.approx(0.6160873385663151, rel=RTOL)
     rel = ssm.release_epsilon(VOTES, SIGMA, ORDER, BETA, SIGMA_SS, DELTA, answered=weights, threshold=200.0,
                               threshold_sigma=150.0)
@@ -232,10 +234,10 @@ AUTHORS_THRESHOLD = [
 def test_gnmax_bounds_reproduce_authors_test_file():
     """smooth_sensitivity_test.py, test_compute_local_sensitivity_bounds_gnmax: "going right" from [10, 0, 0]
     (σ = 0.5, λ = 1.5) and "going left" from [1000, 500, 300, 200, 0] (σ = 250, λ = 10, 2000 teachers)."""
-    right = ssm.gnmax_local_sensitivity_bounds(np.array([10, 0, 0]), 10, 0.5, 1.5)
+    right = lsm.gnmax_local_sensitivity_bounds(np.array([10, 0, 0]), 10, 0.5, 1.5)
     np.testing.assert_allclose(right, [3.13503646e-17, 1.60178280e-08, 5.90681786e-03] + [5.99981308e+00] * 7,
                                rtol=RTOL, atol=0)
-    left = ssm.gnmax_local_sensitivity_bounds(np.array([1000, 500, 300, 200, 0]), 2000, 250.0, 10.0)
+    left = lsm.gnmax_local_sensitivity_bounds(np.array([1000, 500, 300, 200, 0]), 2000, 250.0, 10.0)
     np.testing.assert_allclose(left, [0.0] * 298 + [2.77693450548e-7, 2.10853979548e-6] + [2.73113623988e-6] * 1700,
                                rtol=RTOL, atol=0)
 
@@ -244,7 +246,7 @@ def test_gnmax_bounds_reproduce_authors_test_file():
 def test_threshold_bounds_reproduce_authors_test_file_as_running_maximum(counts, threshold, answer):
     answer = np.array(answer, dtype=np.float64)
     assert np.any(np.diff(answer) < 0)  # theirs drop with d: the top count moved by exactly ±d
-    out = ssm.threshold_local_sensitivity_bounds(np.array(counts, dtype=np.float64), 30, threshold, 2.0, 10.0)
+    out = lsm.threshold_local_sensitivity_bounds(np.array(counts, dtype=np.float64), 30, threshold, 2.0, 10.0)
     np.testing.assert_allclose(out, np.maximum.accumulate(answer), rtol=5e-8, atol=0)
 
 
@@ -257,7 +259,7 @@ def test_threshold_bounds_reproduce_authors_test_file_as_running_maximum(counts,
     (5.0, 10, 3.0, (True, True)),
 ])
 def test_conditions_c5_c6_agree_with_authors(sigma, num_classes, order, expected):
-    assert ssm.check_gnmax_conditions(sigma, num_classes, order) == expected
+    assert lsm.check_gnmax_conditions(sigma, num_classes, order) == expected
 
 
 # ------------------------------------------------------------------------------------------------- refusals
@@ -315,8 +317,8 @@ def test_theorem23_formula_and_monotonicity():
 
 def test_bounds_non_decreasing_and_smooth_sensitivity_between_its_ends():
     for v in VOTES[:60]:
-        for ls in (ssm.gnmax_local_sensitivity_bounds(v, TEACHERS, SIGMA, ORDER),
-                   ssm.threshold_local_sensitivity_bounds(v, TEACHERS, 150.0, 30.0, ORDER)):
+        for ls in (lsm.gnmax_local_sensitivity_bounds(v, TEACHERS, SIGMA, ORDER),
+                   lsm.threshold_local_sensitivity_bounds(v, TEACHERS, 150.0, 30.0, ORDER)):
             assert np.all(np.diff(ls) >= 0)
             sss = [ssm.smooth_sensitivity(ls, beta) for beta in (0.0, 0.01, BETA, 0.1)]
             assert sss[0] == ls.max()
@@ -337,10 +339,10 @@ def test_bounds_cover_every_histogram_within_distance_d(kind):
     hists = _histograms(n, m)
     index = {tuple(h): i for i, h in enumerate(hists)}
     if kind == "gnmax":
-        assert ssm.check_gnmax_conditions(2.0, m, 2.0) == (True, True)
-        f = np.array([ssm.data_dependent_cost(h[None], 2.0, 2.0)[0] for h in hists])
+        assert lsm.check_gnmax_conditions(2.0, m, 2.0) == (True, True)
+        f = np.array([lsm.data_dependent_cost(h[None], 2.0, 2.0)[0] for h in hists])
     else:
-        f = np.array([ssm.threshold_rdp_at_order(scipy.special.log_ndtr(-(8.0 - h.max()) / 2.0), 2.0, 3.0)
+        f = np.array([lsm.threshold_rdp_at_order(scipy.special.log_ndtr(-(8.0 - h.max()) / 2.0), 2.0, 3.0)
                       for h in hists])
     local = np.zeros(len(hists))
     for i, h in enumerate(hists):
@@ -353,8 +355,8 @@ def test_bounds_cover_every_histogram_within_distance_d(kind):
     assert local.max() > 0.1
     distance = np.maximum(hists[None, :, :] - hists[:, None, :], 0).sum(-1)
     for i, x in enumerate(hists):
-        bounds = (ssm.gnmax_local_sensitivity_bounds(x, n, 2.0, 2.0) if kind == "gnmax"
-                  else ssm.threshold_local_sensitivity_bounds(x, n, 8.0, 2.0, 3.0))
+        bounds = (lsm.gnmax_local_sensitivity_bounds(x, n, 2.0, 2.0) if kind == "gnmax"
+                  else lsm.threshold_local_sensitivity_bounds(x, n, 8.0, 2.0, 3.0))
         needed = np.array([local[distance[i] <= d].max() for d in range(n)])
         assert np.all(bounds >= needed * (1 - 1e-12)), (x, bounds - needed)
 
@@ -364,17 +366,17 @@ def test_single_order_costs_agree_with_the_ledger_curves():
     for log_q in (-0.5, -3.0, -12.0, -60.0, -400.0):
         for sigma in (2.0, 40.0):
             curve = gnmax_rdp_data_dependent(log_q, sigma)
-            got = [ssm.gnmax_rdp_at_order(log_q, sigma, order) for order in ORDERS]
+            got = [lsm.gnmax_rdp_at_order(log_q, sigma, order) for order in ORDERS]
             np.testing.assert_allclose(got, curve, rtol=1e-12)
     for log_pr in (-1e-9, -0.01, -0.7, -5.0, -40.0):
         curve = threshold_rdp_data_dependent(log_pr, 30.0)
-        got = [ssm.threshold_rdp_at_order(log_pr, 30.0, order) for order in ORDERS]
+        got = [lsm.threshold_rdp_at_order(log_pr, 30.0, order) for order in ORDERS]
         np.testing.assert_allclose(got, curve, rtol=1e-12)
 
 
 def test_data_independent_steps_carry_no_sensitivity():
     """σ = 200 with 250 teachers: Theorem 6 never beats λ/σ², so the cost is the constant count·λ/σ² and SS = 0."""
-    assert ssm.gnmax_data_independent_always(TEACHERS, 10, 200.0, ORDER)
+    assert lsm.gnmax_data_independent_always(TEACHERS, 10, 200.0, ORDER)
     rel = ssm.release_epsilon(VOTES[:50], 200.0, ORDER, BETA, SIGMA_SS, DELTA)
     assert rel.rdp == pytest.approx(50 * ORDER / 200.0**2, rel=1e-12)
     assert rel.smooth_sensitivity == 0.0 and rel.noise_std == 0.0
@@ -387,12 +389,12 @@ def test_data_independent_steps_carry_no_sensitivity():
 
 def test_realised_release_sums_answers_only_and_sanitised_epsilon_adds_the_noise():
     answered = VOTES[:40].max(1) + 150.0 * NOISE[:40] >= 200.0
-    full, _ = ssm.data_dependent_cost(VOTES[:40], SIGMA, ORDER, answered=np.ones(40, dtype=bool), threshold=200.0,
+    full, _ = lsm.data_dependent_cost(VOTES[:40], SIGMA, ORDER, answered=np.ones(40, dtype=bool), threshold=200.0,
                                       threshold_sigma=150.0)
-    part, _ = ssm.data_dependent_cost(VOTES[:40], SIGMA, ORDER, answered=answered, threshold=200.0,
+    part, _ = lsm.data_dependent_cost(VOTES[:40], SIGMA, ORDER, answered=answered, threshold=200.0,
                                       threshold_sigma=150.0)
     checks = 40 * ORDER / (2 * 150.0**2)  # data-independent at λ = 14 for this threshold
-    per_answer = [ssm.gnmax_rdp_at_order(gnmax_log_q(v, SIGMA), SIGMA, ORDER) for v in VOTES[:40]]
+    per_answer = [lsm.gnmax_rdp_at_order(gnmax_log_q(v, SIGMA), SIGMA, ORDER) for v in VOTES[:40]]
     assert part == pytest.approx(checks + sum(np.array(per_answer)[answered]), rel=1e-12)
     assert full == pytest.approx(checks + sum(per_answer), rel=1e-12)
     rel = ssm.release_epsilon(VOTES[:40], SIGMA, ORDER, BETA, SIGMA_SS, DELTA, answered=answered, threshold=200.0,
