@@ -4,8 +4,8 @@ accountant history, and PATE's Confident GNMax with its data-dependent bounds (P
 with Proposition 7 for the noisy argmax, the same theorem on the threshold check), the RDP curves written here by
 hand: no maintained library ships them (the authors' analysis, tensorflow/privacy research/pate_2018 core.py, is
 research code, not a package); the data-independent cost they fall back to is Opacus' Gaussian curve. The
-smooth-sensitivity release of the data-dependent ε (the paper's Section 4.2) is not implemented: that ε is
-reported beside the run's guarantee, never instead of it.
+data-dependent ε is reported beside the run's guarantee, never instead of it; its smooth-sensitivity release (the
+paper's Section 4.2), the form that may be published, is ``fedkd.smooth_sensitivity``.
 """
 
 from __future__ import annotations

@@ -68,6 +68,9 @@ class Release:
     rdp: np.ndarray
     rdp_data_dependent: np.ndarray
     stats: dict = field(default_factory=dict)
+    # gnmax with the smooth-sensitivity release: the data-dependent RDP at its fixed order and the bounds A(d) on
+    # that RDP's local sensitivity, summed over this batch's threshold checks and answers
+    smooth: tuple[float, np.ndarray] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ mechanisms
@@ -97,6 +100,10 @@ class PrivacyMechanism:
     def query_rdp(self, plan: PrivacyPlan, count: int) -> np.ndarray:
         """Worst-case (data-independent) RDP of answering ``count`` more queries."""
         return np.zeros_like(ORDERS)
+
+    def data_problem(self, plan: PrivacyPlan, num_classes: int) -> str | None:
+        """What makes this setting unsound on data of ``num_classes`` classes, or None."""
+        return None
 
 
 class ServerRelease(PrivacyMechanism, ABC):
@@ -256,6 +263,22 @@ class GNMaxVoting(ServerRelease):
             rdp = rdp + gaussian_rdp(self.cfg.threshold_sigma, count)
         return rdp
 
+    def data_problem(self, plan: PrivacyPlan, num_classes: int) -> str | None:
+        """Conditions C5-C6 of the smooth-sensitivity analysis (Papernot et al. 2018, App. B.4.2) at (σ, classes,
+        λ): without them Algorithm 3 does not bound the local sensitivity."""
+        if not self.cfg.smooth_sensitivity:
+            return None
+        from fedkd.local_sensitivity import check_gnmax_conditions
+
+        order = self.cfg.smooth_sensitivity_order
+        c5, c6 = check_gnmax_conditions(plan.noise_multiplier, num_classes, order)
+        if c5 and c6:
+            return None
+        failed = " and ".join(name for name, holds in (("C5", c5), ("C6", c6)) if not holds)
+        return (f"the smooth-sensitivity release's condition {failed} fails at σ = {plan.noise_multiplier}, "
+                f"{num_classes} classes, λ = {order} (Papernot et al. 2018, App. B.4.2): choose a lower "
+                "privacy.smooth_sensitivity_order or a larger privacy.noise_multiplier")
+
     def release(self, plan: PrivacyPlan, inputs: AggregationInputs, aggregator: Aggregator, student: torch.nn.Module,
                 x: torch.Tensor, generator: torch.Generator, rng: np.random.Generator) -> Release:
         num_classes = inputs.teacher_logits.shape[-1]
@@ -273,10 +296,22 @@ class GNMaxVoting(ServerRelease):
         rdp = threshold_rdp + (gaussian_rdp(plan.noise_multiplier / SQRT2, num_answered) if num_answered else zero)
         rdp_dd = threshold_rdp_dd + sum((gnmax_rdp_data_dependent(lq, plan.noise_multiplier)
                                          for lq in answers.log_q[answers.answered]), zero)
+        smooth = None
+        if self.cfg.smooth_sensitivity:
+            from fedkd.local_sensitivity import data_dependent_cost  # scipy.optimize: only PATE's server needs it
+
+            teachers, order = inputs.teacher_logits.shape[0], self.cfg.smooth_sensitivity_order
+            if self.cfg.threshold is not None:  # every threshold check, and the answers among them
+                smooth = data_dependent_cost(votes, plan.noise_multiplier, order, answered=answers.answered,
+                                             threshold=self.cfg.threshold, threshold_sigma=self.cfg.threshold_sigma,
+                                             num_teachers=teachers, check_conditions=False)
+            else:
+                smooth = data_dependent_cost(votes[answers.answered], plan.noise_multiplier, order,
+                                             num_teachers=teachers, check_conditions=False)
         targets = torch.nn.functional.one_hot(torch.from_numpy(answers.labels[answers.answered]), num_classes).float()
         plurality = votes.argmax(1)
         agree = answers.labels[answers.answered] == plurality[answers.answered]
-        return Release(targets=targets, answered=answers.answered, rdp=rdp, rdp_data_dependent=rdp_dd,
+        return Release(targets=targets, answered=answers.answered, rdp=rdp, rdp_data_dependent=rdp_dd, smooth=smooth,
                        stats={"answered": num_answered, "refused": int(len(votes) - num_answered),
                               "agree_with_plurality": float(agree.mean()) if num_answered else None,
                               "per_group": _answers_per_group(answers.answered, answers.labels, inputs)})

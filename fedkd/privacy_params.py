@@ -74,6 +74,15 @@ class DpSgdConfig(GaussianPrivacyConfig):
 class GNMaxConfig(NoisyPrivacyConfig):
     threshold: float | None = None  # T: answer only when the top vote count + N(0, σ1²) reaches it (None: plain GNMax)
     threshold_sigma: float | None = None  # σ1 of the threshold check
+    # the smooth-sensitivity release of the data-dependent ε (Papernot et al. 2018, Sec. 4.2): its fixed order λ,
+    # smoothness β and noise σ_ss, all three or none (none: that ε is reported, not releasable)
+    smooth_sensitivity_order: float | None = None
+    smooth_sensitivity_beta: float | None = None
+    smooth_sensitivity_sigma: float | None = None
+
+    @property
+    def smooth_sensitivity(self) -> bool:
+        return self.smooth_sensitivity_order is not None
 
     def check(self, section: str, run: RunConfig, parts: Components) -> None:
         if not parts.aggregator.plurality_vote:
@@ -81,6 +90,7 @@ class GNMaxConfig(NoisyPrivacyConfig):
                  "votes; it replaces the aggregator: use aggregator=vote (a weighted vote has no bounded "
                  "sensitivity)")
         super().check(section, run, parts)
+        self._check_smooth_sensitivity(section)
         if self.threshold is None:
             if self.threshold_sigma is not None:
                 fail(f"{section}.threshold_sigma", self.threshold_sigma, "σ1 is the noise of confident GNMax's "
@@ -101,3 +111,24 @@ class GNMaxConfig(NoisyPrivacyConfig):
         if self.noise_multiplier is None:
             fail(f"{section}.noise_multiplier", None, "confident GNMax is not calibrated from a target ε here: give σ "
                  "(privacy.noise_multiplier) and σ1 (privacy.threshold_sigma); privacy.epsilon then caps the run")
+
+    def _check_smooth_sensitivity(self, section: str) -> None:
+        values = {"order": self.smooth_sensitivity_order, "beta": self.smooth_sensitivity_beta,
+                  "sigma": self.smooth_sensitivity_sigma}
+        missing = [k for k, v in values.items() if v is None]
+        if len(missing) == len(values):
+            return
+        if missing:
+            fail(f"{section}.smooth_sensitivity_{missing[0]}", None, "the smooth-sensitivity release needs its order "
+                 "λ, smoothness β and noise σ_ss together (privacy.smooth_sensitivity_order, _beta, _sigma), or "
+                 "none of them")
+        if self.noise_multiplier is None:
+            fail(f"{section}.noise_multiplier", None, "the smooth-sensitivity release is computed at the vote noise σ: "
+                 "give privacy.noise_multiplier")
+        from fedkd.smooth_sensitivity import smooth_sensitivity_gaussian_rdp  # scipy.optimize: not in every client
+
+        try:
+            smooth_sensitivity_gaussian_rdp(self.smooth_sensitivity_beta, self.smooth_sensitivity_sigma,
+                                            self.smooth_sensitivity_order)
+        except ValueError as err:
+            fail(f"{section}.smooth_sensitivity_beta", self.smooth_sensitivity_beta, str(err))

@@ -205,9 +205,12 @@ def check_against_data(cfg: RunConfig) -> None:
     if cfg.privacy.delta >= 1.0 / n:
         fail("privacy.delta", cfg.privacy.delta, f"must be below 1/n = {1.0 / n:.3g} with n = {n} {unit}; e.g. 1e-5")
     try:
-        mechanism.plan(cfg, len(bench["transfer"]), shard_sizes, parts.aggregator)
+        plan = mechanism.plan(cfg, len(bench["transfer"]), shard_sizes, parts.aggregator)
     except PrivacyBudgetError as err:
         fail("privacy.epsilon", getattr(cfg.privacy, "epsilon", None), str(err))
+    problem = mechanism.data_problem(plan, bench.num_classes)
+    if problem:
+        fail("privacy.smooth_sensitivity_order", getattr(cfg.privacy, "smooth_sensitivity_order", None), problem)
 
 
 def first_files_bytes(cfg: RunConfig, bench: Any) -> int:

@@ -5,6 +5,7 @@ reads ε from it for metrics.jsonl and the summary."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,6 +17,7 @@ from fedkd.aggregators import Aggregator
 from fedkd.checkpoint import restore_rng, rng_state
 from fedkd.config import RunConfig
 from fedkd.privacy import PRIVACY_MECHANISMS, ReleasedTargets, ServerRelease
+from fedkd.smooth_sensitivity import smooth_sensitivity, smooth_sensitivity_gaussian_rdp
 from fedkd.soft_labels import AggregationInputs
 from server.federation import FederationError
 
@@ -35,11 +37,16 @@ class PrivacySession:
         self.noise_generator = torch.Generator().manual_seed(cfg.seed * 7919 + 5)
         self.rng = np.random.default_rng([cfg.seed, 5])
         self.client_epsilon = 0.0
+        # gnmax's smooth-sensitivity release: the data-dependent RDP at its order and the summed bounds A(d) on its
+        # local sensitivity, d = 0 … num_clients − 1 (a round with fewer teachers keeps its last, largest, bound)
+        self.smooth_rdp = 0.0
+        self.smooth_bounds = np.zeros(cfg.federation.num_clients)
 
     def state_dict(self) -> dict:
         return {"ledger": self.ledger.state_dict(), "released": self.released.state_dict(),
                 "client_epsilon": self.client_epsilon, "rng": rng_state(self.rng),
-                "noise": self.noise_generator.get_state()}
+                "noise": self.noise_generator.get_state(),
+                "smooth": {"rdp": self.smooth_rdp, "bounds": self.smooth_bounds.copy()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.ledger.load_state_dict(state["ledger"])
@@ -47,6 +54,8 @@ class PrivacySession:
         self.client_epsilon = state["client_epsilon"]
         restore_rng(self.rng, state["rng"])
         self.noise_generator.set_state(state["noise"])
+        smooth = state.get("smooth", {"rdp": 0.0, "bounds": self.smooth_bounds})  # checkpoints written before it
+        self.smooth_rdp, self.smooth_bounds = smooth["rdp"], smooth["bounds"].copy()
 
     @property
     def active(self) -> bool:
@@ -89,6 +98,11 @@ class PrivacySession:
         release = self.mechanism.release(self.plan, inputs, aggregator, student, x, self.noise_generator, self.rng)
         self.released.add(chosen[release.answered], release.targets)
         self.ledger.add(release.rdp, len(chosen), release.rdp_data_dependent)
+        if release.smooth is not None:
+            rdp, bounds = release.smooth
+            self.smooth_rdp += rdp
+            if len(bounds):
+                self.smooth_bounds += np.pad(bounds, (0, len(self.smooth_bounds) - len(bounds)), mode="edge")
         return release.stats
 
     def account_client_noise(self, count: int) -> None:
@@ -110,8 +124,27 @@ class PrivacySession:
                 f"{actual:.4g} > the {planned:.4g} the noise was calibrated for; the run stops rather than release "
                 "under-noised targets (set federation.min_clients=federation.num_clients to stop at the first drop)")
 
-    def columns(self) -> dict:
-        """``epsilon_spent`` and ``delta`` (None: no privacy, ε = ∞), and the mechanism's details."""
+    def smooth_sensitivity_columns(self, final: bool) -> dict:
+        """The smooth-sensitivity release of the data-dependent ε (Papernot et al. 2018, Sec. 4.2, at the fixed
+        order, classic conversion, every threshold check charged as it came out): its expected value, the std of
+        its noise, and, at the end of the run only (``final``), the one noisy value that may be published."""
+        p = self.cfg.privacy
+        release_rdp = smooth_sensitivity_gaussian_rdp(p.smooth_sensitivity_beta, p.smooth_sensitivity_sigma,
+                                                      p.smooth_sensitivity_order)
+        ss = smooth_sensitivity(self.smooth_bounds, p.smooth_sensitivity_beta)
+        expected = self.smooth_rdp + release_rdp + math.log(1 / p.delta) / (p.smooth_sensitivity_order - 1)
+        out = {"order": p.smooth_sensitivity_order, "beta": p.smooth_sensitivity_beta,
+               "sigma_ss": p.smooth_sensitivity_sigma, "data_dependent_rdp": self.smooth_rdp,
+               "smooth_sensitivity": ss, "release_rdp": release_rdp, "epsilon_expected": expected,
+               "noise_std": ss * p.smooth_sensitivity_sigma, "conversion": "classic", "threshold_charged": "realised"}
+        if final:  # drawn once, from its own seeded generator: a second draw would be a second release
+            out["epsilon_released"] = expected + out["noise_std"] * float(
+                np.random.default_rng([self.cfg.seed, 11]).standard_normal())
+        return out
+
+    def columns(self, final: bool = False) -> dict:
+        """``epsilon_spent`` and ``delta`` (None: no privacy, ε = ∞), and the mechanism's details; ``final``: the
+        run's summary, which alone holds the smooth-sensitivity release's noisy ε."""
         if not self.active:
             return {"epsilon_spent": None, "delta": None, "privacy": {"mechanism": "none"}}
         p = self.cfg.privacy
@@ -125,6 +158,8 @@ class PrivacySession:
         if self.mechanism.data_dependent_accounting:
             details["epsilon_data_dependent"] = self.ledger.epsilon_data_dependent()
             details["epsilon_classic"], details["epsilon_data_dependent_classic"] = self.ledger.epsilon_classic()
+            if getattr(p, "smooth_sensitivity", False):
+                details["smooth_sensitivity"] = self.smooth_sensitivity_columns(final)
         if self.mechanism.unit == "example":
             details["client_noise_multipliers"] = self.plan.client_noise_multipliers
             del details["invocations"]  # DP-SGD steps are counted by each client's own accountant

@@ -103,7 +103,7 @@ class FederatedDistillation:
         baselines = self.evaluation.baselines(grid, self.cfg.federation.num_rounds, self.queries)
         self.run_dir.write_queried(np.flatnonzero(self.queries.pool.queried))
         run_columns = {"dropped_clients": self.federation.dropped, "resumed_after_rounds": self.resumed_after,
-                       **self.privacy.columns(),
+                       **self.privacy.columns(final=True),
                        "communication": self.federation.communication_totals(self.queries.pool.num_queries)}
         return self.evaluation.finish(record, baselines, run_columns,
                                       self.earlier_wall_seconds + time.perf_counter() - start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from fedkd.accounting import (
     threshold_rdp_data_dependent,
 )
 from fedkd.aggregators import AGGREGATORS
+from fedkd.checkpoint import SERVER_CHECKPOINT, load
 from fedkd.config import ConfigError
 from fedkd.data import federated_data
 from fedkd.local import train_local_teacher
@@ -347,6 +349,38 @@ def test_gnmax_run_counts_answered_and_refused_queries(tmp_path):
     assert all(t["class_counts"] == [0] * 10 and t["group_counts"] == [0] * 20 for t in records[-1]["teachers"])
 
 
+def test_gnmax_releases_its_data_dependent_epsilon_through_smooth_sensitivity(tmp_path):
+    """Confident GNMax with the smooth-sensitivity release: each round reports the release's expected ε, the std of
+    its noise and its own cost, never a noisy value; the summary holds the one noisy ε that may be published. The
+    data-dependent RDP the release sums at its order equals the ledger's data-dependent curve there, computed by
+    fedkd.accounting on every answer (a second computation), and the expected ε is that RDP plus the release's cost
+    plus ln(1/δ)/(λ − 1)."""
+    order, beta, sigma_ss = 2.0, 0.1, 3.0
+    summary, records = _run([*BUDGET, "aggregator=vote", "privacy=gnmax", "privacy.epsilon=null",
+                             "privacy.noise_multiplier=1", "privacy.threshold=2.5", "privacy.threshold_sigma=0.5",
+                             f"privacy.smooth_sensitivity_order={order}", f"privacy.smooth_sensitivity_beta={beta}",
+                             f"privacy.smooth_sensitivity_sigma={sigma_ss}"], tmp_path)
+    rounds = [r["privacy"]["smooth_sensitivity"] for r in records]
+    assert all("epsilon_released" not in r for r in rounds)
+    assert [r["data_dependent_rdp"] for r in rounds] == sorted(r["data_dependent_rdp"] for r in rounds)
+    final = summary["privacy"]["smooth_sensitivity"]
+    delta = summary["delta"]
+    ledger = load(Path(summary["run_dir"]) / SERVER_CHECKPOINT)["parts"]["privacy"]["ledger"]
+    assert ORDERS[np.searchsorted(ORDERS, order)] == order
+    at_order = ledger["rdp_data_dependent"][int(np.searchsorted(ORDERS, order))]
+    assert final["data_dependent_rdp"] == pytest.approx(at_order, rel=1e-9)
+    release_rdp = order * math.exp(2 * beta) / sigma_ss**2 + (beta * order - 0.5 * math.log(1 - 2 * order * beta)) / (
+        order - 1)  # Theorem 23 by hand
+    assert final["release_rdp"] == pytest.approx(release_rdp, rel=1e-12)
+    assert final["epsilon_expected"] == pytest.approx(
+        final["data_dependent_rdp"] + release_rdp + math.log(1 / delta) / (order - 1), rel=1e-12)
+    assert final["smooth_sensitivity"] > 0
+    assert final["noise_std"] == pytest.approx(final["smooth_sensitivity"] * sigma_ss)
+    z = np.random.default_rng([0, 11]).standard_normal()
+    assert final["epsilon_released"] == pytest.approx(final["epsilon_expected"] + final["noise_std"] * z)
+    assert (final["conversion"], final["threshold_charged"]) == ("classic", "realised")
+
+
 @pytest.mark.parametrize(("override", "key"), [
     (["privacy=central_gaussian", "privacy.epsilon=0"], "privacy.epsilon"),
     (["privacy=central_gaussian", "privacy.epsilon=-1"], "privacy.epsilon"),
@@ -378,6 +412,14 @@ def test_gnmax_run_counts_answered_and_refused_queries(tmp_path):
     (["privacy=gnmax", "aggregator=vote", "privacy.threshold=2", "privacy.threshold_sigma=1"],
      "privacy.noise_multiplier"),
     (["privacy=gnmax", "aggregator=vote", "federation.num_clients=100000"], "federation.num_clients"),
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.smooth_sensitivity_order=3"],
+     "privacy.smooth_sensitivity_beta"),  # λ, β and σ_ss go together
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.smooth_sensitivity_order=14",
+      "privacy.smooth_sensitivity_beta=0.1", "privacy.smooth_sensitivity_sigma=6"],
+     "privacy.smooth_sensitivity_beta"),  # Theorem 23 needs λ < 1/(2β) = 5
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=20", "privacy.smooth_sensitivity_order=25",
+      "privacy.smooth_sensitivity_beta=0.01", "privacy.smooth_sensitivity_sigma=6"],
+     "privacy.smooth_sensitivity_order"),  # condition C6 fails at σ = 20, 10 classes, λ = 25 (the authors' check)
     (["privacy=central_gaussian", "aggregator=reliability"], "aggregator.name"),  # reads unreleased answers
     (["privacy=local_gaussian", "aggregator=reliability"], "aggregator.name"),
     (["aggregator=reliability", "aggregator.min_agreement=1.5"], "aggregator.min_agreement"),  # a share of weight
