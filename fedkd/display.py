@@ -66,6 +66,11 @@ def summary_table(summary: dict) -> Table:
     if summary.get("epsilon_spent") is not None:
         table.add_row(f"privacy {summary['privacy']['mechanism']}: ε spent (δ)",
                       f"{summary['epsilon_spent']:.3f} ({summary['delta']:.0e})")
+        smooth = summary["privacy"].get("smooth_sensitivity")
+        if smooth is not None and "epsilon_released" in smooth:
+            table.add_row("data-dependent ε released by smooth sensitivity (expected ± noise std)",
+                          f"{smooth['epsilon_released']:.3f} ({smooth['epsilon_expected']:.3f} ± "
+                          f"{smooth['noise_std']:.3f})")
     for name, report in summary.get("baselines", {}).items():
         label = name.replace("_", " ") + (", NON-FEDERATED" if report.get("non_federated") else "")
         if "skipped" in report:

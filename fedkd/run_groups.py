@@ -52,7 +52,11 @@ METRICS = (
     Metric("mean_group_accuracy", "mean-group acc.", ".4f", lambda s: s["test"].get("mean_group_accuracy")),
     Metric("two_group_worst_group_accuracy", "WGA (aligned / conflicting)", ".4f",
            lambda s: s["test"].get("two_group_worst_group_accuracy")),
-    Metric("epsilon_spent", "ε spent", ".3g", lambda s: s.get("epsilon_spent")),
+    Metric("epsilon_spent", "ε spent", ".3g", lambda s: s.get("epsilon_spent")),  # the data-independent guarantee
+    Metric("epsilon_data_dependent_classic", "ε data-dependent (classic; not releasable)", ".3g",
+           lambda s: (s.get("privacy") or {}).get("epsilon_data_dependent_classic")),
+    Metric("epsilon_released", "ε released (smooth sensitivity)", ".3g",
+           lambda s: ((s.get("privacy") or {}).get("smooth_sensitivity") or {}).get("epsilon_released")),
     Metric("soft_labels_queried", "soft labels", ".0f",
            lambda s: s.get("communication", {}).get("soft_labels_queried")),
     Metric("uplink_ratio_to_fedavg", "uplink / FedAvg", ".3g",

@@ -39,6 +39,7 @@ from fedkd.membership import attack_metrics, lira_offline_scores, logit_confiden
 from fedkd.noise import project_to_simplex
 from fedkd.privacy import GNMaxVoting, PrivacyPlan
 from fedkd.results import read_metrics
+from fedkd.run_groups import METRIC
 from fedkd.soft_labels import AggregationInputs, clip_rows
 from fedkd.teachers import DPSGD_HISTORY
 from fedkd.validation import client_job, load_run_config
@@ -379,6 +380,12 @@ def test_gnmax_releases_its_data_dependent_epsilon_through_smooth_sensitivity(tm
     z = np.random.default_rng([0, 11]).standard_normal()
     assert final["epsilon_released"] == pytest.approx(final["epsilon_expected"] + final["noise_std"] * z)
     assert (final["conversion"], final["threshold_charged"]) == ("classic", "realised")
+    # `fedkd report` names each ε for what it is: the guarantee, the data-dependent one, the released one
+    assert METRIC["epsilon_spent"].read(summary) == summary["epsilon_spent"]
+    details = summary["privacy"]
+    assert METRIC["epsilon_data_dependent_classic"].read(summary) == details["epsilon_data_dependent_classic"]
+    assert METRIC["epsilon_released"].read(summary) == final["epsilon_released"]
+    assert METRIC["epsilon_released"].read(records[-1]) is None  # a round's line holds no noisy draw
 
 
 @pytest.mark.parametrize(("override", "key"), [
