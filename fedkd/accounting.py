@@ -152,7 +152,7 @@ def dpsgd_history_epsilon(history: list[tuple[float, float, int]], delta: float,
 # ----------------------------------------------------------------------------------------------------- GNMax
 
 
-def _log_normal_sf(x: np.ndarray, scale: float) -> np.ndarray:
+def log_normal_sf(x: np.ndarray, scale: float) -> np.ndarray:
     """ln Pr[N(0, scale²) ≥ x]: scipy.stats.norm.logsf to the bit, without importing scipy.stats (half a second of
     every client process's start)."""
     return scipy.special.log_ndtr(-(np.asarray(x, dtype=np.float64) / scale))
@@ -163,7 +163,7 @@ def gnmax_log_q(votes: np.ndarray, sigma: float) -> float:
     q ≤ Σ_{j≠j*} Pr[N(0, 2σ²) ≥ n_{j*} − n_j], capped at 1 − 1/C."""
     top = int(np.argmax(votes))
     gaps = (votes[top] - np.delete(votes, top)).astype(np.float64)
-    log_q = float(scipy.special.logsumexp(_log_normal_sf(gaps, SQRT2 * sigma)))
+    log_q = float(scipy.special.logsumexp(log_normal_sf(gaps, SQRT2 * sigma)))
     return min(log_q, math.log(1.0 - 1.0 / len(votes)))
 
 
@@ -205,7 +205,7 @@ def gnmax_rdp_data_dependent(log_q: float, sigma: float) -> np.ndarray:
 def threshold_log_pr_answered(votes: np.ndarray, threshold: float, threshold_sigma: float) -> np.ndarray:
     """ln Pr[max_j n_j + N(0, σ₁²) ≥ T] per query (rows of ``votes``): the threshold check's probability of
     passing, the top count rounded to a whole vote as in the authors' analysis."""
-    return _log_normal_sf(threshold - np.rint(votes.max(1)), threshold_sigma)
+    return log_normal_sf(threshold - np.rint(votes.max(1)), threshold_sigma)
 
 
 def threshold_rdp_data_dependent(log_pr_answered: float, threshold_sigma: float) -> np.ndarray:

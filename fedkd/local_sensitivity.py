@@ -40,6 +40,8 @@ import numpy as np
 import scipy.optimize
 import scipy.special
 
+from fedkd.accounting import log_normal_sf, threshold_log_pr_answered
+
 SQRT2 = math.sqrt(2.0)
 LOG2 = math.log(2.0)
 
@@ -253,7 +255,7 @@ def _threshold_rdp_by_top_count(num_teachers: int, threshold: float, threshold_s
                                 order: float) -> np.ndarray:
     """The threshold check's data-dependent RDP at ``order`` for every top count 0 … num_teachers."""
     top = np.arange(num_teachers + 1, dtype=np.float64)
-    log_pr = scipy.special.log_ndtr(-(threshold - top) / threshold_sigma)
+    log_pr = log_normal_sf(threshold - top, threshold_sigma)
     return np.asarray(threshold_rdp_at_order(log_pr, threshold_sigma, order))
 
 
@@ -365,8 +367,7 @@ def data_dependent_cost(votes: np.ndarray, sigma: float, order: float, *, answer
         if threshold_data_independent_always(num_teachers, threshold, threshold_sigma, order):
             rdp += n_queries * order / (2 * threshold_sigma**2)
         else:
-            top = np.rint(votes.max(1))
-            rdp += float(np.sum(threshold_rdp_at_order(scipy.special.log_ndtr(-(threshold - top) / threshold_sigma),
+            rdp += float(np.sum(threshold_rdp_at_order(threshold_log_pr_answered(votes, threshold, threshold_sigma),
                                                        threshold_sigma, order)))
             by_top = _threshold_ls_by_top_count(num_teachers, threshold, threshold_sigma, order)
             for v in votes:

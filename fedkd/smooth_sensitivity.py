@@ -78,13 +78,21 @@ def release_epsilon(votes: np.ndarray, sigma: float, order: float, beta: float, 
                     check_conditions: bool = True) -> SmoothSensitivityRelease:
     """The GNSS release of Confident GNMax's data-dependent cost (the paper's Section 4.2, Table 2): the arguments
     of ``data_dependent_cost``, GNSS's (β, σ_ss) and δ. Theorem 23's conditions are checked first."""
-    release_rdp = smooth_sensitivity_gaussian_rdp(beta, sigma_ss, order)
+    smooth_sensitivity_gaussian_rdp(beta, sigma_ss, order)  # Theorem 23's conditions, before the votes are read
     if not 0 < delta < 1:
         raise ValueError(f"δ must be in (0, 1), got {delta}")
     rdp, ls = data_dependent_cost(votes, sigma, order, answered=answered, threshold=threshold,
                                   threshold_sigma=threshold_sigma, num_teachers=num_teachers,
                                   check_conditions=check_conditions)
-    ss = smooth_sensitivity(ls, beta)
+    return release_of(rdp, ls, order, beta, sigma_ss, delta)
+
+
+def release_of(rdp: float, local_sensitivity_bounds: np.ndarray, order: float, beta: float, sigma_ss: float,
+               delta: float) -> SmoothSensitivityRelease:
+    """The GNSS release of a data-dependent RDP at ``order`` already summed, with its summed bounds A(d) (a run
+    sums them release by release)."""
+    release_rdp = smooth_sensitivity_gaussian_rdp(beta, sigma_ss, order)
+    ss = smooth_sensitivity(local_sensitivity_bounds, beta)
     return SmoothSensitivityRelease(order=order, delta=delta, beta=beta, sigma_ss=sigma_ss, rdp=rdp,
                                     smooth_sensitivity=ss, release_rdp=release_rdp,
                                     epsilon=rdp + release_rdp + math.log(1 / delta) / (order - 1),

@@ -5,7 +5,6 @@ reads ε from it for metrics.jsonl and the summary."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -17,7 +16,7 @@ from fedkd.aggregators import Aggregator
 from fedkd.checkpoint import restore_rng, rng_state
 from fedkd.config import RunConfig
 from fedkd.privacy import PRIVACY_MECHANISMS, ReleasedTargets, ServerRelease
-from fedkd.smooth_sensitivity import smooth_sensitivity, smooth_sensitivity_gaussian_rdp
+from fedkd.smooth_sensitivity import release_of
 from fedkd.soft_labels import AggregationInputs
 from server.federation import FederationError
 
@@ -129,17 +128,14 @@ class PrivacySession:
         order, classic conversion, every threshold check charged as it came out): its expected value, the std of
         its noise, and, at the end of the run only (``final``), the one noisy value that may be published."""
         p = self.cfg.privacy
-        release_rdp = smooth_sensitivity_gaussian_rdp(p.smooth_sensitivity_beta, p.smooth_sensitivity_sigma,
-                                                      p.smooth_sensitivity_order)
-        ss = smooth_sensitivity(self.smooth_bounds, p.smooth_sensitivity_beta)
-        expected = self.smooth_rdp + release_rdp + math.log(1 / p.delta) / (p.smooth_sensitivity_order - 1)
-        out = {"order": p.smooth_sensitivity_order, "beta": p.smooth_sensitivity_beta,
-               "sigma_ss": p.smooth_sensitivity_sigma, "data_dependent_rdp": self.smooth_rdp,
-               "smooth_sensitivity": ss, "release_rdp": release_rdp, "epsilon_expected": expected,
-               "noise_std": ss * p.smooth_sensitivity_sigma, "conversion": "classic", "threshold_charged": "realised"}
+        release = release_of(self.smooth_rdp, self.smooth_bounds, p.smooth_sensitivity_order,
+                             p.smooth_sensitivity_beta, p.smooth_sensitivity_sigma, p.delta)
+        out = {"order": release.order, "beta": release.beta, "sigma_ss": release.sigma_ss,
+               "data_dependent_rdp": release.rdp, "smooth_sensitivity": release.smooth_sensitivity,
+               "release_rdp": release.release_rdp, "epsilon_expected": release.epsilon,
+               "noise_std": release.noise_std, "conversion": "classic", "threshold_charged": "realised"}
         if final:  # drawn once, from its own seeded generator: a second draw would be a second release
-            out["epsilon_released"] = expected + out["noise_std"] * float(
-                np.random.default_rng([self.cfg.seed, 11]).standard_normal())
+            out["epsilon_released"] = release.sanitized_epsilon(np.random.default_rng([self.cfg.seed, 11]))
         return out
 
     def columns(self, final: bool = False) -> dict:
