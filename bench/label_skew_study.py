@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from studies import MEAN_STD_NOTE, ROOT, format_mean_std, read_rows, run_cell, study_main, write_section  # noqa: E402
 
-from fedkd.config import compose  # noqa: E402
+from fedkd.conf_dir import compose  # noqa: E402
 from fedkd.teacher_store import training_job  # noqa: E402
 from fedkd.validation import client_job, validate  # noqa: E402
 from server.inprocess import TrainedTeacherCache  # noqa: E402

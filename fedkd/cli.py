@@ -26,7 +26,8 @@ from rich.console import Console
 
 from fedkd import stopping
 from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, CheckpointError, load
-from fedkd.config import CONF_DIR, ConfigError, RunConfig
+from fedkd.conf_dir import CONF_DIR
+from fedkd.config import ConfigError, RunConfig
 from fedkd.console import flower_console
 from fedkd.results import SUMMARY_FILE, RunDirectory, read_summary
 from fedkd.study import JOB_FILE, StudyConfig, StudyError, job_state, parse_study, sweep_overrides, write_study_file

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import yaml
 
-from fedkd.conf_dir import CONF_DIR
 from fedkd.field_types import as_field_value, field_types, mismatch
 
 ENGINES = ("simulation", "inprocess")
@@ -138,6 +137,14 @@ class StudentConfig(TrainingConfig):
     # subsample: group-balanced subsets (the DFR authors'); weights: every example, groups weighted equally
     dfr_balance: str = field(default="weights", metadata=one_of("subsample", "weights"))
     select_best_round: bool = False  # keep the round with the best validation worst-group accuracy
+    # the term on the transfer points without a target (fedkd.semi_supervised): none, virtual adversarial training
+    # (Miyato et al. 2018), or VAT plus the entropy of the student's predictions (their VAT + EntMin)
+    unlabeled: str = field(default="none", metadata=one_of("none", "vat", "vat_entropy"))
+    unlabeled_weight: float = field(default=1.0, metadata=non_negative())  # α: the term's weight in the loss
+    unlabeled_batch_size: int = field(default=128, metadata=positive())  # points drawn per step (the authors' 128)
+    vat_epsilon: float = field(default=0.3, metadata=positive())  # ε: L2 norm of the virtual adversarial perturbation
+    vat_xi: float = field(default=1e-6, metadata=positive())  # ξ: the finite-difference step of the power iteration
+    vat_power_iterations: int = field(default=1, metadata=positive())  # K: power iterations per step
 
 
 @dataclass(frozen=True)
@@ -331,30 +338,6 @@ class Components:
 
 COMPONENT_SECTIONS = ("dataset", "partition", "teacher", "aggregator", "student", "query", "privacy")
 RUN_SECTIONS = {"federation": FederationConfig, "baselines": BaselinesConfig}
-
-
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Compose conf/ with Hydra overrides (as on the command line) into a plain resolved dict."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf, open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
-    hydra_config = HydraConfig.instance()
-    previous = hydra_config.cfg
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-        hydra_config.set_config(cfg)  # ${hydra:runtime.choices...} (the run name) resolves as under @hydra.main
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"cannot compose the config from conf/ with overrides {list(overrides)}: {err}") from err
-    finally:
-        hydra_config.cfg = previous
 
 
 def parse_section(section: str, raw: Any, cls: type, registries: dict[str, Any] | None = None) -> Any:

@@ -24,6 +24,7 @@ from fedkd.training import predict_logits, run_epochs
 
 if TYPE_CHECKING:
     from fedkd.aggregators import Aggregator
+    from fedkd.semi_supervised import VirtualAdversarial
 
 STUDENT_OBJECTIVES = Registry("student objective", section="student", key="objective", params=StudentConfig)
 
@@ -296,11 +297,13 @@ def distill_student(
     x: np.ndarray,
     aggregator: Aggregator,
     generator: np.random.Generator,
+    unlabeled: VirtualAdversarial | None = None,
 ) -> float:
     """``cfg.epochs`` epochs of the student objective on transfer inputs ``x``, or more whole epochs until at least
     ``cfg.min_steps`` minibatch steps ran (so a small queried pool gets the same compute as the full one); the
-    aggregator gives the targets of every minibatch (it may look at the current student, as AGRE-KD does). The
-    minibatches go to the student's device; the aggregators keep their soft labels on the CPU."""
+    aggregator gives the targets of every minibatch (it may look at the current student, as AGRE-KD does), and
+    ``unlabeled`` adds its term on points without a target at every step. The minibatches go to the student's
+    device; the aggregators keep their soft labels on the CPU."""
     inputs = torch.from_numpy(x)
     device = model_device(model)
 
@@ -308,7 +311,8 @@ def distill_student(
         xb = inputs[idx].to(device)
         logits = model(xb)
         targets, weights = aggregator.targets(idx, model, xb, logits)
-        return objective.loss(logits, targets.to(device), None if weights is None else weights.to(device))
+        loss = objective.loss(logits, targets.to(device), None if weights is None else weights.to(device))
+        return loss if unlabeled is None else loss + unlabeled.loss(model)
 
     cfg = objective.cfg
     return run_epochs(model, optimizer, len(x), batch_loss, distill_epochs(cfg, len(x)), cfg.batch_size, generator)

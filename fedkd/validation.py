@@ -18,6 +18,7 @@ import yaml
 from fedkd.aggregators import AGGREGATORS
 from fedkd.checkpoint import SERVER_CHECKPOINT, CheckpointError, load
 from fedkd.compression import COMPRESSIONS
+from fedkd.conf_dir import compose
 from fedkd.config import (
     COMPONENT_SECTIONS,
     DEVICE_PATTERN,
@@ -29,7 +30,6 @@ from fedkd.config import (
     ConfigError,
     RunConfig,
     check_choice,
-    compose,
     fail,
     parse_section,
 )

@@ -13,6 +13,7 @@ from fedkd.data import Benchmark
 from fedkd.distill import STUDENT_OBJECTIVES, distill_student
 from fedkd.models import build_model
 from fedkd.privacy import ReleasedTargets
+from fedkd.semi_supervised import VirtualAdversarial
 from fedkd.training import sgd
 
 
@@ -28,12 +29,16 @@ class StudentTraining:
         self.optimizer = sgd(self.model, s.lr, s.momentum, s.weight_decay)
         self.objective = STUDENT_OBJECTIVES[s.objective](s, self.model, data["val"], data.num_classes)
         self.generator = np.random.default_rng([cfg.seed, 1])
+        self.unlabeled = None if s.unlabeled == "none" else VirtualAdversarial(s, seed=cfg.seed)
 
     def state_dict(self) -> dict:
         """Also torch's global generator: distillation reseeds it each round, everything after draws from it."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "objective": self.objective.state_dict(), "rng": rng_state(self.generator),
-                "torch_rng": torch.get_rng_state()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "objective": self.objective.state_dict(), "rng": rng_state(self.generator),
+                 "torch_rng": torch.get_rng_state()}
+        if self.unlabeled is not None:
+            state["unlabeled"] = self.unlabeled.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -41,6 +46,8 @@ class StudentTraining:
         self.objective.load_state_dict(state["objective"])
         restore_rng(self.generator, state["rng"])
         torch.set_rng_state(state["torch_rng"])
+        if self.unlabeled is not None:
+            self.unlabeled.load_state_dict(state["unlabeled"])
 
     @property
     def needs_val_softlabels(self) -> bool:
@@ -58,4 +65,7 @@ class StudentTraining:
         torch.manual_seed(self.cfg.seed * 7919 + server_round)
         if not len(indices):
             return None
-        return distill_student(self.model, self.optimizer, self.objective, x[indices], targets, self.generator)
+        if self.unlabeled is not None:
+            self.unlabeled.observe_pool(x)
+        return distill_student(self.model, self.optimizer, self.objective, x[indices], targets, self.generator,
+                               self.unlabeled)

@@ -172,8 +172,8 @@ def test_central_privacy_stops_rather_than_release_with_too_little_noise(tmp_pat
 RESUMED_CONFIGS = {
     "agre-robust-budget": ["aggregator=agre", "student=robust_kd", "query=random", "query.per_round=100",
                            "student.min_steps=15", "student.robust_period=4", "student.select_best_round=true"],
-    "central-dp": ["privacy=central_gaussian", "privacy.epsilon=8", "privacy.delta=1e-3", "query=margin",
-                   "query.per_round=30"],
+    "central-dp-vat": ["privacy=central_gaussian", "privacy.epsilon=8", "privacy.delta=1e-3", "query=margin",
+                       "query.per_round=30", "student.unlabeled=vat_entropy", "student.unlabeled_batch_size=16"],
 }
 
 

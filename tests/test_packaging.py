@@ -77,7 +77,7 @@ def test_the_unpacked_wheel_composes_its_config_from_fedkd_conf(wheel, tmp_path)
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(site)
-    code = ("import fedkd.config as c; print(c.CONF_DIR); print(c.compose()['name']); "
+    code = ("import fedkd.conf_dir as c; print(c.CONF_DIR); print(c.compose()['name']); "
             "from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
             "print(sorted(p.__name__ for p in Plugins.instance().discover(Sweeper)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from clients.app import app as client_app
-from fedkd.config import compose
+from fedkd.conf_dir import compose
 from fedkd.models import build_model
 from fedkd.results import read_metrics
 from fedkd.validation import load_run_config, validate

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from hydra.core.hydra_config import HydraConfig
 
-from fedkd.config import compose
+from fedkd.conf_dir import compose
 from fedkd.validation import load_run_config
 
 

@@ -18,8 +18,7 @@ import yaml
 from conftest import FAST
 from hydra.errors import HydraException
 
-from fedkd.conf_dir import CONF_DIR
-from fedkd.config import compose
+from fedkd.conf_dir import CONF_DIR, compose
 from fedkd.report import main as report_main
 from fedkd.study import Curve, StudyError, job_state, parse_study
 from fedkd.study_report import build_study_report, curve_x, plot_curve, write_results_section
