@@ -85,10 +85,18 @@ class DatasetConfig(ComponentConfig):
     test_per_class: int = field(default=100, metadata=positive())  # test images per class, balanced
     # the server's labeled split: images per class (0: none; the methods that need it are refused)
     val_per_class: int = field(default=20, metadata=non_negative())
+    # images per class held back for that split whatever its size (0: val_per_class), so that a labeled budget
+    # changes neither the clients' shards nor the transfer pool (the split takes the first val_per_class of them)
+    val_reserve_per_class: int = field(default=0, metadata=non_negative())
     transfer_fraction: float = field(default=0.25, metadata=open_unit())  # share of the training images made public
     # held_out: the transfer set is a part of the training images no client holds; pool: the transfer set is the
     # clients' pool itself, pool and transfer merged (AGRE-KD distils the student on the teachers' training set)
     transfer_from: str = field(default="held_out", metadata=one_of("held_out", "pool"))
+
+    def check(self, section: str, run: RunConfig, parts: Components) -> None:
+        if 0 < self.val_reserve_per_class < self.val_per_class:
+            fail(f"{section}.val_reserve_per_class", self.val_reserve_per_class,
+                 f"holds fewer images than {section}.val_per_class = {self.val_per_class} takes from it")
 
 
 @dataclass(frozen=True)

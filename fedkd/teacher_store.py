@@ -55,9 +55,14 @@ def code_digest() -> str:
 
 def training_job(job: ClientJob) -> ClientJob:
     """The job as far as the client's training goes: whether it keeps an ERM base matters only to the objectives
-    that keep one on request (erm and dfr keep theirs anyway)."""
-    if not TEACHER_OBJECTIVES[job.teacher.objective].base_on_request:
-        return dataclasses.replace(job, erm_base=False)
+    that keep one on request (erm and dfr keep theirs anyway); the size of the server's labeled split only to the
+    objectives that train on it, or where no reserve keeps it from moving the clients' shards."""
+    objective = TEACHER_OBJECTIVES[job.teacher.objective]
+    if not objective.base_on_request:
+        job = dataclasses.replace(job, erm_base=False)
+    reserve = job.dataset.val_reserve_per_class
+    if reserve and not objective.uses_labeled_split(job.teacher):
+        job = dataclasses.replace(job, dataset=dataclasses.replace(job.dataset, val_per_class=reserve))
     return job
 
 

@@ -116,3 +116,20 @@ def test_transfer_from_pool_merges_pool_and_transfer_into_one_training_set():
         assert np.array_equal(merged["pool"].a[at], held_out[split].a)
     for split in ("val", "test"):
         assert np.array_equal(merged[split].x, held_out[split].x)
+
+
+@pytest.mark.parametrize("name", ["cmnist", "mnist_lt"])
+def test_a_reserve_keeps_every_other_split_when_the_labeled_budget_moves(name):
+    small = build_benchmark(BENCHMARKS.config(name, val_per_class=2, val_reserve_per_class=20), 0)
+    large = build_benchmark(BENCHMARKS.config(name, val_per_class=20, val_reserve_per_class=20), 0)
+    for split in ("pool", "transfer", "test"):
+        for field in ("x", "y", "g", "a", "source_index"):
+            assert np.array_equal(getattr(small[split], field), getattr(large[split], field)), (split, field)
+    assert np.bincount(small["val"].y).tolist() == [2] * 10 and np.bincount(large["val"].y).tolist() == [20] * 10
+    assert set(small["val"].source_index) < set(large["val"].source_index)  # the first 2 of the same 20
+    # a reserve of 20 is what val_per_class=20 alone holds back; without a reserve the budget moves the pool
+    plain = build_benchmark(BENCHMARKS.config(name, val_per_class=20), 0)
+    assert np.array_equal(plain["pool"].source_index, large["pool"].source_index)
+    unreserved = build_benchmark(BENCHMARKS.config(name, val_per_class=2), 0)
+    assert not np.array_equal(unreserved["pool"].source_index, small["pool"].source_index)
+

@@ -91,6 +91,17 @@ def test_the_identity_names_what_training_depends_on():
     assert isinstance(job, ClientJob)
 
 
+def test_with_a_reserve_the_labeled_budget_names_only_the_teachers_that_train_on_it():
+    def identities(teacher: str, reserve: int) -> set[str]:
+        return {teacher_identity(load_run_config([*FAST, f"teacher={teacher}", f"dataset.val_per_class={v}",
+                                                  f"dataset.val_reserve_per_class={reserve}"]).client_job(), 0, 1)
+                for v in (2, 20)}
+
+    assert len(identities("erm", 20)) == 1  # the shards do not move: the ERM teachers are shared across budgets
+    assert len(identities("erm", 0)) == 2  # without a reserve the budget moves the pool, and so the shards
+    assert len(identities("dfr", 20)) == 2  # DFR's head trains on the labeled split itself
+
+
 def _run(overrides: list[str], store: Path | None, tmp_path: Path, monkeypatch) -> dict:
     if store is None:
         monkeypatch.delenv("FEDKD_TEACHER_STORE_DIR", raising=False)

@@ -17,7 +17,7 @@ import numpy as np
 from fedkd.config import DatasetConfig, non_negative, one_of, open_unit, positive, registered, rule
 from fedkd.data.ondisk import GroupTable, load_images, read_celeba, read_cifar, read_waterbirds
 from fedkd.data.sources import ImageSource, load_source
-from fedkd.data.splits import SPLITS, Benchmark, Split, split_per_class
+from fedkd.data.splits import SPLITS, Benchmark, Split, held_for_val, split_per_class
 from fedkd.registry import Registry
 
 BENCHMARKS = Registry("dataset", section="dataset", params=DatasetConfig)
@@ -195,7 +195,7 @@ def _long_tail_benchmark(
     training images), val and test are balanced; groups are the classes. ``images_at(idx)`` gives float32
     [n, C, H, W] inputs, so that only the images a split keeps are converted."""
     train = labels if official_test is None else labels[~official_test]
-    n_max = min(np.bincount(train)) - (cfg.test_per_class + cfg.val_per_class if official_test is None else 0)
+    n_max = min(np.bincount(train)) - (cfg.test_per_class + held_for_val(cfg) if official_test is None else 0)
     counts = long_tail_counts(n_max, len(group_names), imbalance)
     indices = split_per_class(labels, cfg, _rng(seed, f"{name}/split"), lambda c, n: counts[c], official_test)
     splits = {}

@@ -67,6 +67,11 @@ class Benchmark:
         return group_report(pred, data.y, data.g, self.group_names, aligned)
 
 
+def held_for_val(cfg: DatasetConfig) -> int:
+    """Images per class kept from the pool for the server's labeled split: its reserve, or its size."""
+    return cfg.val_reserve_per_class or cfg.val_per_class
+
+
 def split_per_class(
     labels: np.ndarray,
     cfg: DatasetConfig,
@@ -76,14 +81,15 @@ def split_per_class(
 ) -> dict[str, np.ndarray]:
     """Source indices of each split, drawn class by class.
 
-    test and val take ``test_per_class`` / ``val_per_class`` images of every class (balanced); of the rest,
+    test and val take ``test_per_class`` / ``val_per_class`` images of every class (balanced; val the first of a
+    reserve of ``val_reserve_per_class`` when one is set, so that its size moves no other split); of the rest,
     ``keep(c, n_rest)`` images are kept (all by default; the long-tail profile otherwise) and a fraction
     ``transfer_fraction`` of them becomes the public transfer pool, the remainder the client pool. With an
     ``official_test`` mask (a dataset's own train/test split), test and val come from the official test images
     and pool and transfer from the training images, so that no test image is ever trained on.
     """
     out: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    need = cfg.test_per_class + cfg.val_per_class
+    need = cfg.test_per_class + held_for_val(cfg)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         if official_test is None:
@@ -93,11 +99,12 @@ def split_per_class(
         if len(held) < need or len(rest) == 0:
             where = "images" if official_test is None else "official test images"
             raise ValueError(
-                f"class {c} has {len(held)} {where}, not enough for test_per_class + val_per_class = {need}"
+                f"class {c} has {len(held)} {where}, not enough for test_per_class + the labeled split's "
+                f"{held_for_val(cfg)} = {need}"
                 + (" and a training pool" if official_test is None else "")
             )
         out["test"].append(held[: cfg.test_per_class])
-        out["val"].append(held[cfg.test_per_class : need])
+        out["val"].append(held[cfg.test_per_class : cfg.test_per_class + cfg.val_per_class])
         if keep is not None:
             rest = rest[: keep(int(c), len(rest))]
         n_transfer = int(round(cfg.transfer_fraction * len(rest)))
