@@ -223,7 +223,7 @@ class GNMaxAnswers:
 
     answered: np.ndarray  # bool [n]
     labels: np.ndarray  # int [n], −1 where refused
-    log_q: np.ndarray  # float [n], PATE's bound on the answer's error probability (answered queries)
+    log_q: np.ndarray  # float [n], PATE's bound on the error probability of the query's answer (refused ones too)
     log_pr_answered: np.ndarray  # float [n], ln Pr[the threshold check passes] (0 without a check)
 
 
@@ -241,5 +241,5 @@ def gnmax(votes: np.ndarray, sigma: float, threshold: float | None, threshold_si
         log_pr_answered = np.zeros(n)
     noisy = votes + rng.normal(0.0, sigma, votes.shape)
     labels = np.where(answered, noisy.argmax(1), -1)
-    log_q = np.array([gnmax_log_q(v, sigma) if a else 0.0 for v, a in zip(votes, answered, strict=True)])
+    log_q = np.array([gnmax_log_q(v, sigma) for v in votes])
     return GNMaxAnswers(answered=answered, labels=labels, log_q=log_q, log_pr_answered=log_pr_answered)

@@ -294,15 +294,17 @@ class GNMaxVoting(ServerRelease):
         else:
             threshold_rdp = threshold_rdp_dd = zero
         rdp = threshold_rdp + (gaussian_rdp(plan.noise_multiplier / SQRT2, num_answered) if num_answered else zero)
-        rdp_dd = threshold_rdp_dd + sum((gnmax_rdp_data_dependent(lq, plan.noise_multiplier)
-                                         for lq in answers.log_q[answers.answered]), zero)
+        # the answers' data-dependent charge: each answer given, or every query's answer by Pr[answered]
+        charge = np.exp(answers.log_pr_answered) if self.cfg.threshold_charge == "expected" else answers.answered
+        rdp_dd = threshold_rdp_dd + sum((w * gnmax_rdp_data_dependent(lq, plan.noise_multiplier)
+                                         for w, lq in zip(charge, answers.log_q, strict=True) if w > 0), zero)
         smooth = None
         if self.cfg.smooth_sensitivity:
             from fedkd.local_sensitivity import data_dependent_cost  # scipy.optimize: only PATE's server needs it
 
             teachers, order = inputs.teacher_logits.shape[0], self.cfg.smooth_sensitivity_order
             if self.cfg.threshold is not None:  # every threshold check, and the answers among them
-                smooth = data_dependent_cost(votes, plan.noise_multiplier, order, answered=answers.answered,
+                smooth = data_dependent_cost(votes, plan.noise_multiplier, order, answered=charge,
                                              threshold=self.cfg.threshold, threshold_sigma=self.cfg.threshold_sigma,
                                              num_teachers=teachers, check_conditions=False)
             else:

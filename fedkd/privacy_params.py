@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedkd.config import Components, PrivacyConfig, RunConfig, fail, non_negative, positive
+from fedkd.config import Components, PrivacyConfig, RunConfig, fail, non_negative, one_of, positive
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ class GNMaxConfig(NoisyPrivacyConfig):
     smooth_sensitivity_order: float | None = None
     smooth_sensitivity_beta: float | None = None
     smooth_sensitivity_sigma: float | None = None
+    # the data-dependent ε's charge for the answers behind the threshold: realised (each answer given) or expected
+    # (Pr[answered] x its cost, on every query; the authors' Table 2, rdp_cumulative.py and smooth_sensitivity_table.py)
+    threshold_charge: str = field(default="realised", metadata=one_of("realised", "expected"))
 
     @property
     def smooth_sensitivity(self) -> bool:
@@ -92,6 +95,9 @@ class GNMaxConfig(NoisyPrivacyConfig):
         super().check(section, run, parts)
         self._check_smooth_sensitivity(section)
         if self.threshold is None:
+            if self.threshold_charge == "expected":
+                fail(f"{section}.threshold_charge", "expected", "charges the answers by their chance of passing the "
+                     "threshold check, and privacy.threshold is null (plain GNMax answers every query)")
             if self.threshold_sigma is not None:
                 fail(f"{section}.threshold_sigma", self.threshold_sigma, "σ1 is the noise of confident GNMax's "
                      "threshold check, and privacy.threshold is null (plain GNMax): set privacy.threshold too, or "

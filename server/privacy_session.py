@@ -133,7 +133,7 @@ class PrivacySession:
         out = {"order": release.order, "beta": release.beta, "sigma_ss": release.sigma_ss,
                "data_dependent_rdp": release.rdp, "smooth_sensitivity": release.smooth_sensitivity,
                "release_rdp": release.release_rdp, "epsilon_expected": release.epsilon,
-               "noise_std": release.noise_std, "conversion": "classic", "threshold_charged": "realised"}
+               "noise_std": release.noise_std, "conversion": "classic", "threshold_charged": p.threshold_charge}
         if final:  # drawn once, from its own seeded generator: a second draw would be a second release
             out["epsilon_released"] = release.sanitized_epsilon(np.random.default_rng([self.cfg.seed, 11]))
         return out

@@ -416,6 +416,10 @@ def test_gnmax_releases_its_data_dependent_epsilon_through_smooth_sensitivity(tm
      "privacy.threshold_sigma"),
     (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold_sigma=2"],
      "privacy.threshold_sigma"),  # σ1 without a threshold does nothing
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold_charge=expected"],
+     "privacy.threshold_charge"),  # no threshold: every query is answered
+    (["privacy=gnmax", "aggregator=vote", "privacy.noise_multiplier=4", "privacy.threshold=2",
+      "privacy.threshold_sigma=1", "privacy.threshold_charge=mean"], "privacy.threshold_charge"),
     (["privacy=gnmax", "aggregator=vote", "privacy.threshold=2", "privacy.threshold_sigma=1"],
      "privacy.noise_multiplier"),
     (["privacy=gnmax", "aggregator=vote", "federation.num_clients=100000"], "federation.num_clients"),

@@ -401,3 +401,41 @@ def test_realised_release_sums_answers_only_and_sanitised_epsilon_adds_the_noise
                               threshold_sigma=150.0)
     z = np.random.default_rng(3).standard_normal()
     assert rel.sanitized_epsilon(np.random.default_rng(3)) == pytest.approx(rel.epsilon + rel.noise_std * z)
+
+
+@pytest.mark.parametrize("charge", ["realised", "expected"])
+def test_the_mechanism_charges_its_answers_realised_or_expected_as_the_authors_table(charge):
+    """privacy=gnmax's release on the seeded votes (250 one-hot teachers per query), the paper's MNIST parameters:
+    with ``threshold_charge=expected`` its data-dependent RDP at λ = 14 and its smooth-sensitivity sums are the
+    authors' Table 2 cost above (every query, each answer by Pr[answered]); realised, those of the answers it gave.
+    The ledger's curve (fedkd.accounting) and the release's sums (fedkd.local_sensitivity) agree at λ."""
+    import torch
+
+    from fedkd.privacy import GNMaxVoting, PrivacyPlan
+    from fedkd.privacy_params import GNMaxConfig
+    from fedkd.soft_labels import AggregationInputs
+
+    cfg = GNMaxConfig(name="gnmax", epsilon=None, noise_multiplier=SIGMA, threshold=200.0, threshold_sigma=150.0,
+                      smooth_sensitivity_order=ORDER, smooth_sensitivity_beta=BETA, smooth_sensitivity_sigma=SIGMA_SS,
+                      threshold_charge=charge)
+    top = np.stack([np.repeat(np.arange(10), row.astype(int)) for row in VOTES], axis=1)  # [teacher, query]
+    inputs = AggregationInputs(teacher_logits=torch.nn.functional.one_hot(torch.from_numpy(top), 10).float(),
+                               temperature=1.0, class_counts=torch.zeros(TEACHERS, 10))
+    plan = PrivacyPlan(noise_multiplier=SIGMA, releases_per_query=1, planned_queries=300, planned_epsilon=None,
+                       cap=None)
+    release = GNMaxVoting(cfg).release(plan, inputs, None, None, None, torch.Generator(),
+                                       np.random.default_rng(0))
+    rdp, bounds = release.smooth
+    at_order = release.rdp_data_dependent[int(np.searchsorted(ORDERS, ORDER))]
+    assert at_order == pytest.approx(rdp, rel=1e-9)
+    if charge == "expected":
+        weights = np.exp(threshold_log_pr_answered(VOTES, 200.0, 150.0))
+    else:
+        weights = release.answered
+        assert 0 < weights.sum() < 300
+    expected_rdp, expected_bounds = lsm.data_dependent_cost(VOTES, SIGMA, ORDER, answered=weights, threshold=200.0,
+                                                            threshold_sigma=150.0)
+    assert rdp == pytest.approx(expected_rdp, rel=RTOL)
+    np.testing.assert_allclose(bounds, expected_bounds, rtol=RTOL, atol=0)
+    if charge == "expected":
+        assert rdp == pytest.approx(0.6160873385663151, rel=RTOL)  # the authors' expected cost, above
