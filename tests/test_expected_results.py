@@ -6,6 +6,7 @@ check against README.md, and with a broken aggregator fail it."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 from pathlib import Path
@@ -92,20 +93,43 @@ def test_missing_or_misordered_markers_are_an_error(text):
         er.read_block(text)
 
 
+def _band(tmp_path: Path, block: str, **others: str) -> Path:
+    """A band file: the demo's seed under every kernel, ``block`` natively, ``others`` by kernel (else ``block``)."""
+    path = tmp_path / "band.jsonl"
+    path.write_text("".join(json.dumps({"kernel": k, "seed": 0, "block": others.get(k, block)}) + "\n"
+                            for k in er.KERNELS))
+    return path
+
+
 def test_check_exits_1_naming_the_figure_out_of_band_with_the_diff(tmp_path, monkeypatch, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(er.replace_block(README, er.render_block(SUMMARY, ROUNDS)))
+    band = _band(tmp_path, er.render_block(SUMMARY, ROUNDS))
     monkeypatch.setattr(er, "run_demo", lambda: (SUMMARY, ROUNDS))
-    assert er.main(["--check", "--readme", str(readme)]) == 0
+    assert er.main(["--check", "--readme", str(readme), "--band", str(band)]) == 0
     changed = copy.deepcopy(SUMMARY)
     changed["test"]["accuracy"] = 0.7
     monkeypatch.setattr(er, "run_demo", lambda: (changed, ROUNDS))
-    assert er.main(["--check", "--readme", str(readme)]) == 1
+    assert er.main(["--check", "--readme", str(readme), "--band", str(band)]) == 1
     err = capsys.readouterr().err
-    assert "student accuracy · value: 0.7000 against 0.5910 committed" in err
+    assert "student accuracy · value: 0.7000 against 0.5910 committed, outside 0.5910" in err
     assert "+| student accuracy | 0.7000 |" in err
-    assert er.main(["--readme", str(readme)]) == 0
+    assert er.main(["--readme", str(readme), "--band", str(band)]) == 0
     assert "| student accuracy | 0.7000 |" in readme.read_text()
+    assert "the check needs the band of the new block" in capsys.readouterr().out
+
+
+def test_check_refuses_a_band_measured_for_another_block(tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(er.replace_block(README, er.render_block(SUMMARY, ROUNDS)))
+    monkeypatch.setattr(er, "run_demo", lambda: pytest.fail("the demo runs only once the band is known good"))
+    other = _band(tmp_path, _moved(("test", "accuracy"), 0.6))
+    assert er.main(["--check", "--readme", str(readme), "--band", str(other)]) == 2
+    assert "no native seed-0 run equal to the committed block" in capsys.readouterr().err
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(json.dumps({"kernel": "native", "seed": 0, "block": er.render_block(SUMMARY, ROUNDS)}) + "\n")
+    assert er.main(["--check", "--readme", str(readme), "--band", str(partial)]) == 2
+    assert "no seed-0 run under the kernels" in capsys.readouterr().err
 
 
 def _moved(path: tuple, value: float) -> str:
@@ -118,22 +142,36 @@ def _moved(path: tuple, value: float) -> str:
     return er.render_block(changed, ROUNDS)
 
 
-def test_the_band_passes_a_figure_within_its_tolerance_and_names_one_beyond_it():
+def test_the_band_passes_a_figure_within_its_margin_and_names_one_beyond_it():
     block = er.render_block(SUMMARY, ROUNDS)
     assert er.band_problems(block, block) == []
-    split, group = er.TOLERANCE_SPLIT, er.TOLERANCE_GROUP
+    split, group = er.MARGIN_SPLIT, er.MARGIN_GROUP
     assert split < group
     # the student's accuracy is a whole-split figure, its worst-group accuracy a one-group figure
     assert er.band_problems(block, _moved(("test", "accuracy"), 0.591 + 0.9 * split)) == []
     (problem,) = er.band_problems(block, _moved(("test", "accuracy"), 0.591 + 1.5 * split))
-    assert problem.startswith("student accuracy · value:") and f"> {split:.2f}" in problem
+    assert problem.startswith("student accuracy · value:") and f"by more than {split:.2f}" in problem
     assert er.band_problems(block, _moved(("test", "worst_group_accuracy"), 1 / 3 + 0.9 * group)) == []
     problems = er.band_problems(block, _moved(("test", "worst_group_accuracy"), 1 / 3 - 1.5 * group))
-    assert problems and all(f"> {group:.2f}" in p for p in problems)
+    assert problems and all(f"by more than {group:.2f}" in p for p in problems)
     # the ensemble's row holds one figure of each kind
     ensemble = ("baselines", "ensemble")
     assert er.band_problems(block, _moved((*ensemble, "worst_group_accuracy"), 0.4667 + 1.5 * split)) == []
     assert er.band_problems(block, _moved((*ensemble, "accuracy"), 0.623 + 1.5 * split))
+
+
+def test_the_band_is_the_range_measured_across_kernels_widened_by_the_margin():
+    block, split = er.render_block(SUMMARY, ROUNDS), er.MARGIN_SPLIT
+    other_kernel = _moved(("test", "accuracy"), 0.631)  # another kernel's run gave 0.631
+    assert er.band_problems(block, _moved(("test", "accuracy"), 0.631 + 0.9 * split), (other_kernel,)) == []
+    assert er.band_problems(block, _moved(("test", "accuracy"), 0.591 - 0.9 * split), (other_kernel,)) == []
+    (problem,) = er.band_problems(block, _moved(("test", "accuracy"), 0.631 + 1.5 * split), (other_kernel,))
+    assert "outside 0.5910 to 0.6310 (measured across 2 kernels)" in problem
+    assert er.band_problems(block, _moved(("test", "accuracy"), 0.591 - 1.5 * split), (other_kernel,))
+    recounted = copy.deepcopy(SUMMARY)
+    recounted["test"]["group_counts"]["digit1-aligned"] = 11
+    with pytest.raises(ValueError, match="measure the band again"):
+        er.band_problems(block, block, (er.render_block(recounted, ROUNDS),))
 
 
 def test_the_band_ignores_which_group_is_worst_but_not_a_changed_count_or_setting():
@@ -155,12 +193,20 @@ def test_check_passes_within_the_band_and_rewrites_nothing(tmp_path, monkeypatch
     readme = tmp_path / "README.md"
     readme.write_text(er.replace_block(README, er.render_block(SUMMARY, ROUNDS)))
     before = readme.read_text()
+    band = _band(tmp_path, er.render_block(SUMMARY, ROUNDS))
     nearby = copy.deepcopy(SUMMARY)
     nearby["test"]["accuracy"] = 0.592
     monkeypatch.setattr(er, "run_demo", lambda: (nearby, ROUNDS))
-    assert er.main(["--check", "--readme", str(readme)]) == 0
+    assert er.main(["--check", "--readme", str(readme), "--band", str(band)]) == 0
     assert "within the band" in capsys.readouterr().out
     assert readme.read_text() == before
+
+
+def test_the_committed_band_belongs_to_the_committed_block():
+    """README.md's block and docs/expected_results_band.jsonl move together: the band's native run of the demo's
+    seed is the block, and every kernel has its run."""
+    measured = er.measured_band(er.BAND, er.read_block(er.README.read_text()), er.DEMO_SEED)
+    assert len(measured) == len(er.KERNELS) - 1
 
 
 BREAK_AGGREGATOR = '''
