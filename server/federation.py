@@ -23,8 +23,8 @@ from fedkd.stopping import check_stop
 
 NODE_WAIT_SECONDS = 120.0
 PULL_INTERVAL_SECONDS = 0.1
-RETRY_PAUSE_SECONDS = 1.0
-INFRASTRUCTURE_RETRIES = 2
+RETRY_PAUSE_SECONDS = 1.0  # before the first retry; it doubles with each (a restarting Ray actor may take seconds)
+INFRASTRUCTURE_RETRIES = 4
 # error codes of a reply that failed on the way rather than in the ClientApp: Flower's simulation answers UNKNOWN
 # when the Ray worker running a client died (ActorDiedError), a SuperLink answers NODE_UNAVAILABLE for a node it
 # lost, a SuperNode CLIENT_APP_CRASHED for a ClientApp process that died; the ClientApp's own exceptions come back
@@ -101,9 +101,9 @@ class Federation:
             phase: str) -> list[Message]:
         """Send ``content`` to every node still in and return the good replies, in node order. A reply that
         failed on the way (the worker running the client died, the node's process was lost) is asked again,
-        ``INFRASTRUCTURE_RETRIES`` times within ``round_timeout``; a client that answers with its own error or
-        stays silent is dropped (and logged with its client id), and the round goes on while ``min_clients``
-        remain. A stop signal ends the wait at once."""
+        ``INFRASTRUCTURE_RETRIES`` times within ``round_timeout``, after 1, 2, 4, … seconds; a client that answers
+        with its own error or stays silent is dropped (and logged with its client id), and the round goes on while
+        ``min_clients`` remain. A stop signal ends the wait at once."""
         nodes = list(self.nodes)
         self.display.phase(server_round, phase, 0, len(nodes))
         timeout = self.cfg.round_timeout
@@ -135,10 +135,12 @@ class Federation:
                     good[node] = reply
                     continue
                 reason = f"error reply (code {reply.error.code}): {reply.error.reason}"
+                pause = RETRY_PAUSE_SECONDS * 2**attempt
                 if (reply.error.code in INFRASTRUCTURE_ERRORS and attempt < INFRASTRUCTURE_RETRIES
-                        and time.monotonic() + RETRY_PAUSE_SECONDS < deadline):
-                    self._note(server_round, node, f"failed on the way while {phase}, asking again: {reason}")
-                    retry_at.append((time.monotonic() + RETRY_PAUSE_SECONDS, node, attempt + 1))
+                        and time.monotonic() + pause < deadline):
+                    self._note(server_round, node, f"failed on the way while {phase}, asking again in {pause:g} s: "
+                               f"{reason}")
+                    retry_at.append((time.monotonic() + pause, node, attempt + 1))
                     continue
                 failed[node] = reason + (f" (after {attempt} retries)" if attempt else "")
             if not (pending or retry_at) or time.monotonic() >= deadline:

@@ -135,13 +135,16 @@ def test_a_silent_client_times_out_and_is_recorded(tmp_path):
     assert records[1]["participants"] == [0, 1]
 
 
-def test_an_offline_node_is_named_by_the_message_its_error_reply_answers(tmp_path):
+def test_an_offline_node_is_named_by_the_message_its_error_reply_answers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("server.federation.RETRY_PAUSE_SECONDS", 0.05)
     cfg = _cfg(tmp_path, "federation.min_clients=2")
     summary = run_federation(OfflineNodeGrid(3, node=3, server_round=2), cfg)
     (failure,) = summary["dropped_clients"]
     assert (failure["node_id"], failure["partition"], failure["round"]) == (3, 1, 2)
-    # a lost node is asked again (it may come back within the round), then dropped
-    assert failure["reason"] == "error reply (code 5): Error: Node Unavailable (after 2 retries)"
+    # a lost node is asked again (it may come back within the round), each time after twice the pause, then dropped
+    assert failure["reason"] == "error reply (code 5): Error: Node Unavailable (after 4 retries)"
+    out = capsys.readouterr().out
+    assert [f"asking again in {p:g} s" in out for p in (0.05, 0.1, 0.2, 0.4)] == [True] * 4
 
 
 def test_fewer_than_min_clients_stops_the_run_with_the_reason_and_the_resume_command(tmp_path):
