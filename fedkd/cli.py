@@ -30,7 +30,16 @@ from fedkd.conf_dir import CONF_DIR
 from fedkd.config import ConfigError, RunConfig
 from fedkd.console import flower_console
 from fedkd.results import SUMMARY_FILE, RunDirectory, read_summary
-from fedkd.study import JOB_FILE, StudyConfig, StudyError, job_state, parse_study, sweep_overrides, write_study_file
+from fedkd.study import (
+    JOB_FILE,
+    StudyConfig,
+    StudyError,
+    job_state,
+    parse_study,
+    register_job_dir_resolver,
+    sweep_overrides,
+    write_study_file,
+)
 from fedkd.teacher_store import TEACHER_STORE_ENV
 from fedkd.validation import check_against_data, resume_target, validate
 
@@ -290,6 +299,9 @@ def write_error(err: OSError, run_dir: RunDirectory | None) -> str:
     where = err.filename or (run_dir.path if run_dir else "the run directory")
     return (f"cannot write {where}: {err.strerror or err}; free space or choose another runs_dir (nothing was "
             f"overwritten); {resume_hint(run_dir)}")
+
+
+register_job_dir_resolver()  # here, not in main(): a parallel launcher's workers import this module to run a job
 
 
 def _register_study_sweeper() -> None:

@@ -10,6 +10,7 @@ folder holds a finished run (skipped), a killed one (resumed from its checkpoint
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -23,6 +24,8 @@ from fedkd.checkpoint import SERVER_CHECKPOINT
 from fedkd.results import CONFIG_FILE, SUMMARY_FILE
 
 STUDY_FILE = "study.yaml"  # the study section, beside its jobs' folders (what `fedkd report` reads)
+JOB_DIR_RESOLVER = "fedkd_job_dir"  # ${fedkd_job_dir:${hydra.job.override_dirname}}: conf/study/_sweep.yaml
+JOB_DIR_BYTES = 200  # a job folder's name at most (file systems allow 255 bytes)
 JOB_FILE = "job.yaml"  # the job's sweep overrides, in its run directory
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SCALAR = (str, int, float, bool)
@@ -309,3 +312,22 @@ def job_state(folder: Path, config: dict) -> str:
     if (folder / SERVER_CHECKPOINT).exists():
         return "resume"
     return "restart"
+
+
+def job_dir_name(overrides: str) -> str:
+    """A job's folder name: its overrides (Hydra's ``override_dirname``), or where they would not fit a file name,
+    their start and a digest of them all; the job's own job.yaml holds them whole, and the report reads that."""
+    if len(overrides.encode()) <= JOB_DIR_BYTES:
+        return overrides
+    digest = hashlib.sha256(overrides.encode()).hexdigest()[:16]
+    head = overrides.encode()[: JOB_DIR_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
+def register_job_dir_resolver() -> None:
+    """Make ``${fedkd_job_dir:...}`` known to OmegaConf (once per process, before Hydra names a job's folder)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
+        OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
+

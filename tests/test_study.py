@@ -207,6 +207,28 @@ def test_every_study_parses_and_each_of_its_cells_composes_a_valid_job(name):
             validate(raw)
 
 
+def test_a_job_folder_name_fits_the_file_system_and_stays_one_per_job(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fedkd.study import JOB_DIR_BYTES, job_dir_name
+
+    short = "aggregator=vote,privacy=none,seed=0"
+    assert job_dir_name(short) == short
+    smooth = ",".join(f"privacy.smooth_sensitivity_{k}={v}" for k, v in (("beta", 0.0329), ("order", 14)))
+    long = f"aggregator=vote,dataset.imbalance=1,privacy.epsilon=null,{smooth},{'x' * 150}"
+    other = long.replace("order=14", "order=15")
+    names = {job_dir_name(long), job_dir_name(other)}
+    assert len(names) == 2 and all(len(n.encode()) <= JOB_DIR_BYTES for n in names)
+    assert job_dir_name(long) == job_dir_name(long) and job_dir_name(long).startswith("aggregator=vote,")
+    (tmp_path / job_dir_name(long)).mkdir()  # a folder the file system takes
+    # the study sweep names its job folders through it (conf/study/_sweep.yaml)
+    import fedkd.cli  # noqa: F401  (registers the resolver, as it does in a launcher's worker)
+
+    sweep = yaml.safe_load((CONF_DIR / "study" / "_sweep.yaml").read_text())["hydra"]["sweep"]
+    cfg = OmegaConf.create({"hydra": {"job": {"override_dirname": long}, "sweep": sweep}})
+    assert cfg.hydra.sweep.subdir == job_dir_name(long)
+
+
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
     config = {"seed": 0, "aggregator": {"name": "mean"}, "teacher_store_dir": "a"}
     folder = tmp_path / "job"
