@@ -24,7 +24,7 @@ from fedkd.stopping import check_stop
 NODE_WAIT_SECONDS = 120.0
 PULL_INTERVAL_SECONDS = 0.1
 RETRY_PAUSE_SECONDS = 1.0  # before the first retry; it doubles with each (a restarting Ray actor may take seconds)
-INFRASTRUCTURE_RETRIES = 4
+INFRASTRUCTURE_RETRIES = 6  # 63 s in all: a Ray actor restarting on a loaded machine took over 15 s
 # error codes of a reply that failed on the way rather than in the ClientApp: Flower's simulation answers UNKNOWN
 # when the Ray worker running a client died (ActorDiedError), a SuperLink answers NODE_UNAVAILABLE for a node it
 # lost, a SuperNode CLIENT_APP_CRASHED for a ClientApp process that died; the ClientApp's own exceptions come back
@@ -101,7 +101,7 @@ class Federation:
             phase: str) -> list[Message]:
         """Send ``content`` to every node still in and return the good replies, in node order. A reply that
         failed on the way (the worker running the client died, the node's process was lost) is asked again,
-        ``INFRASTRUCTURE_RETRIES`` times within ``round_timeout``, after 1, 2, 4, … seconds; a client that answers
+        ``INFRASTRUCTURE_RETRIES`` times within ``round_timeout``, after 1, 2, 4, … 32 seconds; a client that answers
         with its own error or stays silent is dropped (and logged with its client id), and the round goes on while
         ``min_clients`` remain. A stop signal ends the wait at once."""
         nodes = list(self.nodes)

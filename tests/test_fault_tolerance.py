@@ -142,9 +142,9 @@ def test_an_offline_node_is_named_by_the_message_its_error_reply_answers(tmp_pat
     (failure,) = summary["dropped_clients"]
     assert (failure["node_id"], failure["partition"], failure["round"]) == (3, 1, 2)
     # a lost node is asked again (it may come back within the round), each time after twice the pause, then dropped
-    assert failure["reason"] == "error reply (code 5): Error: Node Unavailable (after 4 retries)"
+    assert failure["reason"] == "error reply (code 5): Error: Node Unavailable (after 6 retries)"
     out = capsys.readouterr().out
-    assert [f"asking again in {p:g} s" in out for p in (0.05, 0.1, 0.2, 0.4)] == [True] * 4
+    assert [f"asking again in {p:g} s" in out for p in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)] == [True] * 6
 
 
 def test_fewer_than_min_clients_stops_the_run_with_the_reason_and_the_resume_command(tmp_path):
