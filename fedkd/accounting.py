@@ -27,6 +27,7 @@ OPACUS_DEFAULT_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 6
 ORDERS = np.unique(np.concatenate([np.array(OPACUS_DEFAULT_ORDERS, dtype=np.float64),
                                    np.round(np.geomspace(64, 512, 24))]))
 SQRT2 = math.sqrt(2.0)
+LOG2 = math.log(2.0)
 
 
 class PrivacyBudgetError(ValueError):
@@ -162,16 +163,22 @@ def gnmax_log_q(votes: np.ndarray, sigma: float) -> float:
     """Upper bound on ln Pr[GNMax answer ≠ plurality class] (Papernot et al. 2018, Proposition 7):
     q ≤ Σ_{j≠j*} Pr[N(0, 2σ²) ≥ n_{j*} − n_j], capped at 1 − 1/C."""
     top = int(np.argmax(votes))
-    gaps = (votes[top] - np.delete(votes, top)).astype(np.float64)
+    return gnmax_log_q_of_gaps((votes[top] - np.delete(votes, top)).astype(np.float64), sigma)
+
+
+def gnmax_log_q_of_gaps(gaps: np.ndarray, sigma: float) -> float:
+    """Proposition 7's ln q from the gaps n_{j*} − n_j between the plurality count and every other class's (the
+    C − 1 of them): callers that keep the votes sorted pass ``votes[0] − votes[1:]``."""
     log_q = float(scipy.special.logsumexp(log_normal_sf(gaps, SQRT2 * sigma)))
-    return min(log_q, math.log(1.0 - 1.0 / len(votes)))
+    return min(log_q, math.log(1.0 - 1.0 / (len(gaps) + 1)))
 
 
-def _log1mexp(x: float) -> float:
-    """log(1 − e^x) for x ≤ 0, stable at both ends (−∞ at 0)."""
-    if x == 0:
-        return -math.inf
-    return math.log1p(-math.exp(x)) if x < -1 else math.log(-math.expm1(x))
+def log1mexp(x: float | np.ndarray) -> float | np.ndarray:
+    """log(1 − e^x) for x ≤ 0, stable at both ends (−∞ at 0); a float for a float, an array for an array."""
+    arr = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        out = np.where(arr < -LOG2, np.log1p(-np.exp(np.minimum(arr, -LOG2))), np.log(-np.expm1(np.minimum(arr, 0.0))))
+    return float(out) if out.ndim == 0 else out
 
 
 def gnmax_rdp_data_dependent(log_q: float, sigma: float) -> np.ndarray:
@@ -193,8 +200,8 @@ def gnmax_rdp_data_dependent(log_q: float, sigma: float) -> np.ndarray:
     mask = mu1 > ORDERS
     if not (mask.any() and increasing and -log_q > eps2):
         return data_independent
-    log_1mq = _log1mexp(log_q)
-    log_a = (ORDERS - 1) * (log_1mq - _log1mexp((log_q + eps2) * (1 - 1 / mu2)))
+    log_1mq = log1mexp(log_q)
+    log_a = (ORDERS - 1) * (log_1mq - log1mexp((log_q + eps2) * (1 - 1 / mu2)))
     log_b = (ORDERS - 1) * (eps1 - log_q / (mu1 - 1))
     bound = np.logaddexp(log_1mq + log_a, log_q + log_b) / (ORDERS - 1)
     out = data_independent.copy()
@@ -213,7 +220,7 @@ def threshold_rdp_data_dependent(log_pr_answered: float, threshold_sigma: float)
     outcome is nearly certain when the top count is far from T, and q is the less likely outcome's probability.
     The check sees the top count, which moves by 1 when one teacher changes its vote (GNMax's histogram moves by
     √2), so the bound is GNMax's at σ = √2·σ₁; where it does not apply, the data-independent λ/(2σ₁²)."""
-    log_q = min(log_pr_answered, _log1mexp(log_pr_answered))
+    log_q = min(log_pr_answered, log1mexp(log_pr_answered))
     return gnmax_rdp_data_dependent(log_q, SQRT2 * threshold_sigma)
 
 

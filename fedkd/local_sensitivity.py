@@ -40,20 +40,16 @@ import numpy as np
 import scipy.optimize
 import scipy.special
 
-from fedkd.accounting import log_normal_sf, threshold_log_pr_answered
-
-SQRT2 = math.sqrt(2.0)
-LOG2 = math.log(2.0)
-
+from fedkd.accounting import (
+    LOG2,
+    SQRT2,
+    gnmax_log_q_of_gaps,
+    log1mexp,
+    log_normal_sf,
+    threshold_log_pr_answered,
+)
 
 # ------------------------------------------------------------------------------------ Theorem 6 at a fixed order
-
-
-def _log1mexp(x: np.ndarray) -> np.ndarray:
-    """log(1 − e^x) for x ≤ 0, stable at both ends (−∞ at 0)."""
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.where(x < -LOG2, np.log1p(-np.exp(np.minimum(x, -LOG2))), np.log(-np.expm1(np.minimum(x, 0.0))))
 
 
 def _theorem6(log_q: np.ndarray, sigma: float, order: float) -> np.ndarray:
@@ -68,8 +64,8 @@ def _theorem6(log_q: np.ndarray, sigma: float, order: float) -> np.ndarray:
     mu1 = mu2 + 1.0
     eps1, eps2 = mu1 / variance, mu2 / variance
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_1mq = _log1mexp(lq)
-        log_a = (order - 1) * (log_1mq - _log1mexp(np.minimum((lq + eps2) * (1 - 1 / mu2), 0.0)))
+        log_1mq = log1mexp(lq)
+        log_a = (order - 1) * (log_1mq - log1mexp(np.minimum((lq + eps2) * (1 - 1 / mu2), 0.0)))
         log_b = (order - 1) * (eps1 - lq / (mu1 - 1))
         bound = np.logaddexp(log_1mq + log_a, lq + log_b) / (order - 1)
     out[finite] = bound[finite]
@@ -107,7 +103,7 @@ def threshold_rdp_at_order(log_pr_answered: float | np.ndarray, threshold_sigma:
     """Data-dependent RDP of one threshold check at one order: Theorem 6 at σ = √2·σ₁ with q the less likely
     outcome's probability (as ``fedkd.accounting.threshold_rdp_data_dependent``)."""
     lp = np.asarray(log_pr_answered, dtype=np.float64)
-    log_q = np.minimum(lp, _log1mexp(lp))
+    log_q = np.minimum(lp, log1mexp(lp))
     return gnmax_rdp_at_order(log_q if log_q.ndim else float(log_q), SQRT2 * threshold_sigma, order)
 
 
@@ -119,13 +115,9 @@ def _check_order(order: float) -> None:
 # --------------------------------------------------------------------------- GNMax: Algorithm 3, Proposition 13
 
 
-def _log_q_sorted(votes: np.ndarray, sigma: float) -> float:
-    """Proposition 7's ln q for votes sorted in decreasing order (``fedkd.accounting.gnmax_log_q``, without the
-    argmax: the walks below keep the top class first)."""
-    terms = scipy.special.log_ndtr(-(votes[0] - votes[1:]) / (SQRT2 * sigma))
-    top = terms.max()
-    log_q = top + math.log(np.exp(terms - top).sum()) if np.isfinite(top) else -math.inf
-    return min(log_q, math.log(1.0 - 1.0 / len(votes)))
+def _sorted_log_q(votes: np.ndarray, sigma: float) -> float:
+    """Proposition 7's ln q for votes sorted in decreasing order: the walks below keep the top class first."""
+    return gnmax_log_q_of_gaps(votes[0] - votes[1:], sigma)
 
 
 def gnmax_log_q0(sigma: float, order: float) -> float:
@@ -227,7 +219,7 @@ def gnmax_local_sensitivity_bounds(votes: np.ndarray, num_teachers: int, sigma: 
     plateau = float(curve.local_sensitivity(np.array(curve.log_q1)))
     out = np.full(num_teachers, plateau)
     v = np.sort(np.asarray(votes, dtype=np.float64))[::-1].copy()
-    log_q = _log_q_sorted(v, sigma)
+    log_q = _sorted_log_q(v, sigma)
     if curve.log_q1 <= log_q <= curve.log_q0:
         return out
     walk = [log_q]
@@ -235,14 +227,14 @@ def gnmax_local_sensitivity_bounds(votes: np.ndarray, num_teachers: int, sigma: 
         while log_q > curve.log_q0 and v[1] > 0 and len(walk) < num_teachers:
             v[0] += 1
             v[1 + np.flatnonzero(v[1:] == v[1])[-1]] -= 1  # the last of the tied runners-up keeps v sorted
-            log_q = _log_q_sorted(v, sigma)
+            log_q = _sorted_log_q(v, sigma)
             walk.append(log_q)
     else:  # toward a tie: the top class gives a vote to the runner-up
         while log_q < curve.log_q1 and len(walk) < num_teachers:
             v[0] -= 1
             v[1] += 1
             v = np.sort(v)[::-1].copy()
-            log_q = _log_q_sorted(v, sigma)
+            log_q = _sorted_log_q(v, sigma)
             walk.append(log_q)
     out[: len(walk)] = curve.local_sensitivity(np.array(walk))
     return np.maximum.accumulate(out)
@@ -317,7 +309,7 @@ def gnmax_data_independent_always(num_teachers: int, num_classes: int, sigma: fl
     λ/σ², of local sensitivity 0 (np.isclose, as the authors)."""
     unanimous = np.zeros(num_classes)
     unanimous[0] = num_teachers
-    dependent = gnmax_rdp_at_order(_log_q_sorted(unanimous, sigma), sigma, order)
+    dependent = gnmax_rdp_at_order(_sorted_log_q(unanimous, sigma), sigma, order)
     return bool(np.isclose(dependent, order / sigma**2))
 
 
@@ -386,7 +378,7 @@ def data_dependent_cost(votes: np.ndarray, sigma: float, order: float, *, answer
                                  "β(bu(q)) − β(q) is not non-decreasing in q below bl(q₀)")
         curve = _GNMaxCurve.at(sigma, order, num_classes)
         for i in asked:
-            log_q = _log_q_sorted(np.sort(votes[i])[::-1], sigma)
+            log_q = _sorted_log_q(np.sort(votes[i])[::-1], sigma)
             rdp += weights[i] * float(curve.beta(np.array(log_q)))
             ls += weights[i] * gnmax_local_sensitivity_bounds(votes[i], num_teachers, sigma, order)
     return float(rdp), ls

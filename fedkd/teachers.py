@@ -85,8 +85,9 @@ class TeacherObjective(ABC):
 
 
 def fit_on(model: nn.Module, shard: Split, loss_fn: Callable, cfg: TeacherConfig,
-           generator: np.random.Generator) -> float:
-    """``cfg.epochs`` epochs of SGD on ``loss_fn(logits, y, g)``; returns the last epoch's mean loss."""
+           generator: np.random.Generator, epoch_end: Callable[[], None] | None = None) -> float:
+    """``cfg.epochs`` epochs of SGD on ``loss_fn(logits, y, g)`` (``epoch_end`` called after each); returns the
+    last epoch's mean loss."""
     optimizer = sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     device = model_device(model)
     x, y, g = (torch.from_numpy(a).to(device) for a in (shard.x, shard.y, shard.g))
@@ -94,7 +95,7 @@ def fit_on(model: nn.Module, shard: Split, loss_fn: Callable, cfg: TeacherConfig
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
         return loss_fn(model(x[idx]), y[idx], g[idx])
 
-    return run_epochs(model, optimizer, len(shard), batch_loss, cfg.epochs, cfg.batch_size, generator)
+    return run_epochs(model, optimizer, len(shard), batch_loss, cfg.epochs, cfg.batch_size, generator, epoch_end)
 
 
 @TEACHER_OBJECTIVES.register("erm")

@@ -25,8 +25,10 @@ def run_epochs(
     epochs: int,
     batch_size: int,
     generator: np.random.Generator,
+    epoch_end: Callable[[], None] | None = None,
 ) -> float:
-    """Shuffle, batch and step; ``batch_loss(indices)`` returns the loss of one minibatch.
+    """Shuffle, batch and step; ``batch_loss(indices)`` returns the loss of one minibatch; ``epoch_end``, when
+    given, is called after each epoch (model selection).
 
     Returns the mean minibatch loss of the last epoch.
     """
@@ -42,6 +44,9 @@ def run_epochs(
             optimizer.step()
             losses.append(loss.item())
         last = float(np.mean(losses))
+        if epoch_end is not None:
+            epoch_end()
+            model.train()
     return last
 
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from clients.app import app as client_app
-from fedkd.baselines import ensemble_report
+from fedkd.baselines import _group_dro_selected_on_val, _trained_model, ensemble_report
 from fedkd.data import Split, federated_data
 from fedkd.distill import ReliabilitySoftened, kd_per_example, precision, recall
-from fedkd.metrics import group_report
+from fedkd.metrics import group_report, worst_group_accuracy
 from fedkd.models import build_model
 from fedkd.results import read_metrics, read_summary
+from fedkd.training import predict_logits
 from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
@@ -177,3 +178,20 @@ def test_kd_labeled_adds_the_weighted_cross_entropy_of_a_labeled_minibatch(balan
     assert float(got.detach()) == pytest.approx(want, rel=1e-5)
     if balance == "groups":  # the draw holds images of groups of different sizes, so the weights matter
         assert len(set(w.tolist())) > 1
+
+
+def test_centralized_group_dro_keeps_the_epoch_of_best_validation_worst_group_accuracy():
+    """The kept model is the first epoch whose validation WGA no later epoch beats, and equals (bit for bit, one
+    machine) group DRO trained from scratch for exactly that many epochs: the selection neither changes the
+    trajectory nor keeps another epoch's weights."""
+    cfg = load_run_config(["teacher.lr=0.05"])
+    bench = federated_data(cfg.dataset, cfg.partition, 10, cfg.seed).benchmark
+    val = bench["val"]
+    epochs, seed = 4, 7
+    selected, epoch = _group_dro_selected_on_val(cfg, bench, epochs, seed)
+    rerun = [_trained_model(cfg, bench, "pool", "group_dro", e, seed) for e in range(1, epochs + 1)]
+    val_wga = [worst_group_accuracy(predict_logits(m, val.x).argmax(1).numpy(), val.y, val.g) for m in rerun]
+    assert epoch == 1 + int(np.argmax(val_wga))  # np.argmax: the first of equals
+    for p, q in zip(selected.state_dict().values(), rerun[epoch - 1].state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    assert len(set(val_wga)) > 1  # the epochs differ on validation, so a wrong epoch would be seen
