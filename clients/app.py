@@ -24,7 +24,7 @@ from fedkd.console import flower_records_once
 from fedkd.data.cache import DATA_CACHE_ENV
 from fedkd.local import query_local_teacher, train_local_teacher
 from fedkd.protocol import STATE_PREFIX, TeacherReport
-from fedkd.teacher_store import TeacherStore, answer_identity, teacher_identity
+from fedkd.teacher_store import TeacherStore, answer_identity, erm_twin, teacher_identity
 
 app = ClientApp()
 STORED_TEACHER = "teacher-store"  # context.state: the store identity of the teacher this node holds, if any
@@ -112,14 +112,26 @@ def train_teacher(msg: Message, context: Context) -> Message:
     request = protocol.parse_train_request(msg.content)
     pid = partition_id(context, request.job.num_clients)
 
+    shared = TeacherStore.for_node(context.node_config)
+
     def train() -> tuple[dict, TeacherReport]:
         state = _load_state(context)
         if not state and request.round > 1:
             state = _saved_state(context, request, pid)
+        twin = erm_twin(request.job) if shared is not None and (not state or "base" in state) else None
         with client_threads(request.job.threads):
-            return train_local_teacher(request.job, pid, request.round, state, data_cache_dir(context))
+            if twin is None:
+                return train_local_teacher(request.job, pid, request.round, state, data_cache_dir(context))
 
-    shared = TeacherStore.for_node(context.node_config)
+            def train_base() -> tuple[dict, TeacherReport]:  # the twin's previous teacher is this job's base
+                previous = {"teacher": state["base"], "extra": {}} if state else None
+                return train_local_teacher(twin, pid, request.round, previous, data_cache_dir(context))
+
+            base, base_report, _ = shared.trained(teacher_identity(twin, pid, request.round), train_base,
+                                                  dataclasses.asdict, lambda fields: TeacherReport(**fields))
+            return train_local_teacher(request.job, pid, request.round, state, data_cache_dir(context),
+                                       trained_base=(base["teacher"], base_report.train_loss))
+
     if STORED_TEACHER in context.state:
         del context.state[STORED_TEACHER]
     if shared is None:

@@ -4,7 +4,6 @@ oracles trained on the pooled client data (the server-only references: ``fedkd.s
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ from fedkd.device import resolve_device
 from fedkd.dfr import deep_feature_reweighting
 from fedkd.metrics import worst_group_accuracy
 from fedkd.models import build_model
-from fedkd.teachers import TEACHER_OBJECTIVES, TeacherModels, fit_on, train_teacher
+from fedkd.teachers import TEACHER_OBJECTIVES, TeacherModels, as_objective, fit_on, train_teacher
 from fedkd.training import predict_logits
 
 
@@ -46,9 +45,7 @@ def student_network(cfg: RunConfig, bench: Benchmark, seed: int) -> torch.nn.Mod
 def teachers_schedule(cfg: RunConfig, objective: str, **changes: object) -> TeacherConfig:
     """The run's teacher settings (SGD schedule included) as ``objective``'s parameters, with ``changes``: the
     references train on the teachers' budget."""
-    params = TEACHER_OBJECTIVES.params(objective)
-    shared = {f.name: getattr(cfg.teacher, f.name) for f in dataclasses.fields(params) if hasattr(cfg.teacher, f.name)}
-    return params(**{**shared, "objective": objective, **changes})
+    return as_objective(cfg.teacher, objective, **changes)
 
 
 def _trained_model(cfg: RunConfig, bench: Benchmark, split: str, objective: str, epochs: int,

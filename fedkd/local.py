@@ -17,7 +17,7 @@ from fedkd.metrics import accuracy, group_counts, worst_group_accuracy
 from fedkd.models import build_model
 from fedkd.noise import local_noise, noisy_class_counts
 from fedkd.protocol import TeacherReport
-from fedkd.teachers import DPSGD_HISTORY, TeacherModels, train_teacher
+from fedkd.teachers import DPSGD_HISTORY, TeacherModels, refit_on_trained_base, train_teacher
 from fedkd.training import predict_logits
 
 RELEASED_COUNTS = "released_class_counts"
@@ -50,11 +50,14 @@ def _state(models: TeacherModels) -> LocalState:
 
 
 def train_local_teacher(
-    job: ClientJob, partition_id: int, server_round: int, state: LocalState | None, data_cache: Path | None = None
+    job: ClientJob, partition_id: int, server_round: int, state: LocalState | None, data_cache: Path | None = None,
+    trained_base: tuple[dict[str, torch.Tensor], float] | None = None,
 ) -> tuple[LocalState, TeacherReport]:
     """One round of local training for ``partition_id``; the teacher is evaluated on its shard and on the test
     split (an evaluation-only view every node can build). ``data_cache``: the node's folder for its built data
-    (``fedkd.data.cache``), None to build it in memory."""
+    (``fedkd.data.cache``), None to build it in memory. ``trained_base``: for a DFR teacher on public data, its
+    ERM base already trained this round (its ERM twin's teacher, ``fedkd.teacher_store.erm_twin``) and that
+    training's loss: only the head is refitted, with the same result."""
     if not 0 <= partition_id < job.num_clients:
         raise ValueError(
             f"this node's partition-id {partition_id} is outside 0..{job.num_clients - 1}: a federation of "
@@ -65,8 +68,14 @@ def train_local_teacher(
     models = _restore(job, bench, partition_id, state)
     generator = np.random.default_rng([job.seed, partition_id, server_round])
     torch.manual_seed(job.seed * 7919 + partition_id * 104729 + server_round)
-    loss = train_teacher(models, shard, bench.num_classes, bench.num_groups, job.teacher, job.erm_base, generator,
-                         lambda: _new_model(job, bench, partition_id), job.privacy, public=bench["val"])
+    if trained_base is None:
+        loss = train_teacher(models, shard, bench.num_classes, bench.num_groups, job.teacher, job.erm_base,
+                             generator, lambda: _new_model(job, bench, partition_id), job.privacy, public=bench["val"])
+    else:
+        models.base = _new_model(job, bench, partition_id)
+        models.base.load_state_dict(trained_base[0])
+        loss = refit_on_trained_base(models, shard, bench.num_classes, bench.num_groups, job.teacher, trained_base[1],
+                                     generator, bench["val"])
     class_counts = np.bincount(shard.y, minlength=bench.num_classes)
     group_counts_ = group_counts(shard.g, bench.num_groups)
     if job.privacy.withhold_statistics:

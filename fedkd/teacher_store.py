@@ -12,7 +12,8 @@ its full identity text, and is never trusted when either does not match (it is t
 ``filelock`` per entry lets parallel jobs (joblib workers, several ``fedkd`` processes) wait for the one that
 trains it instead of training it twice. A stored teacher's answers to soft-label queries are kept the same way
 (they are a function of the teacher and the request), so a job whose teachers come from the store skips their
-inference too.
+inference too. A DFR teacher on public data stores its ERM base as its ERM twin's entry (``erm_twin``), so the
+base is trained once for ERM and DFR teachers and for DFR at every labeled budget.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from filelock import FileLock
 
 from fedkd.config import ClientJob
-from fedkd.teachers import TEACHER_OBJECTIVES
+from fedkd.teachers import TEACHER_OBJECTIVES, as_objective
 
 TEACHER_STORE_ENV = "FEDKD_TEACHER_STORE_DIR"
 TEACHER_STORE_NODE_KEY = "teacher-store-dir"
@@ -64,6 +65,18 @@ def training_job(job: ClientJob) -> ClientJob:
     if reserve and not objective.uses_labeled_split(job.teacher):
         job = dataclasses.replace(job, dataset=dataclasses.replace(job.dataset, val_per_class=reserve))
     return job
+
+
+def erm_twin(job: ClientJob) -> ClientJob | None:
+    """The ERM job whose teacher is, round by round, this job's ERM base bit for bit, or None. A DFR teacher on
+    public data trains its base as ERM trains its teacher (the same shard, initialisation, loss, schedule and data
+    order: the head's refit draws from the round's generator only after) and refits only the head, so a study that
+    runs both, or DFR at several labeled budgets, trains each base once. Not under DP-SGD or withheld statistics,
+    where the client's state carries more than the weights."""
+    if (job.teacher.objective != "dfr" or job.teacher.dfr_data != "public" or job.privacy.dp_sgd
+            or job.privacy.withhold_statistics):
+        return None
+    return dataclasses.replace(job, teacher=as_objective(job.teacher, "erm"), erm_base=False)
 
 
 def teacher_identity(job: ClientJob, partition_id: int, server_round: int) -> str:

@@ -9,6 +9,7 @@ from its base; the other objectives train a separate ERM base only when asked.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from fedkd.data import Split
 from fedkd.device import model_device
 from fedkd.dfr import DFR_BALANCING, deep_feature_reweighting, held_out_split
 from fedkd.registry import Registry
-from fedkd.training import run_epochs, sgd
+from fedkd.training import epoch_orders, run_epochs, sgd
 
 TEACHER_OBJECTIVES = Registry("teacher objective", section="teacher", key="objective", params=TeacherConfig)
 DPSGD_HISTORY = "dpsgd_history"  # Opacus RDP accountant history [k, 3]: (noise multiplier, sample rate, steps)
@@ -255,6 +256,19 @@ class DFR(ERM):
         return loss
 
 
+    def fit_on_trained_base(self, models: TeacherModels, shard: Split, base_loss: float,
+                            generator: np.random.Generator) -> float:
+        """``fit`` on public data with ``models.base`` already trained this round (its ERM twin's teacher, which
+        ``fit`` would train bit for bit: the same shard, initialisation, loss, schedule and data order): the
+        generator drawn past the base's epochs as ``fit_on`` draws them, then the head refitted, so the teacher is
+        ``fit``'s. Returns the base's training loss."""
+        for _ in epoch_orders(generator, len(shard), self.cfg.epochs):
+            pass
+        public = self._public()
+        self._refit_head(models, public, public, generator)
+        return base_loss
+
+
 def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: ClientPrivacy) -> float:
     """One round of DP-SGD on cross-entropy (Abadi et al. 2016) through Opacus: Poisson-sampled minibatches of
     expected size ``cfg.batch_size``, per-sample gradients clipped to ``privacy.clip``, Gaussian noise σ·clip. σ is
@@ -296,6 +310,13 @@ def fit_dpsgd(models: TeacherModels, shard: Split, cfg: TeacherConfig, privacy: 
     return last
 
 
+def as_objective(cfg: TeacherConfig, objective: str, **changes: object) -> TeacherConfig:
+    """``cfg``'s settings (SGD schedule included) as ``objective``'s parameters, with ``changes``."""
+    params = TEACHER_OBJECTIVES.params(objective)
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(params) if hasattr(cfg, f.name)}
+    return params(**{**shared, "objective": objective, **changes})
+
+
 def train_teacher(models: TeacherModels, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
                   keep_base: bool, generator: np.random.Generator, new_model: Callable[[], nn.Module],
                   privacy: ClientPrivacy | None = None, public: Split | None = None) -> float:
@@ -305,3 +326,12 @@ def train_teacher(models: TeacherModels, shard: Split, num_classes: int, num_gro
     if privacy is not None and privacy.dp_sgd:
         return objective.fit_private(models, shard, privacy, generator)
     return objective.fit(models, shard, keep_base, generator, new_model)
+
+
+def refit_on_trained_base(models: TeacherModels, shard: Split, num_classes: int, num_groups: int,
+                          cfg: TeacherConfig, base_loss: float, generator: np.random.Generator,
+                          public: Split) -> float:
+    """One round of a DFR teacher on public data whose ERM base this round is already trained, in
+    ``models.base`` (``DFR.fit_on_trained_base``); the same teacher ``train_teacher`` gives."""
+    objective = TEACHER_OBJECTIVES[cfg.objective](shard, num_classes, num_groups, cfg, public)
+    return objective.fit_on_trained_base(models, shard, base_loss, generator)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -15,6 +15,13 @@ BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def epoch_orders(generator: np.random.Generator, num_examples: int, epochs: int) -> Iterator[np.ndarray]:
+    """Each epoch's shuffled order, drawn as ``run_epochs`` draws it: drawing them without training leaves the
+    generator where training would have left it."""
+    for _ in range(epochs):
+        yield generator.permutation(num_examples)
 
 
 def run_epochs(
@@ -34,8 +41,7 @@ def run_epochs(
     """
     model.train()
     last = 0.0
-    for _ in range(epochs):
-        order = generator.permutation(num_examples)
+    for order in epoch_orders(generator, num_examples, epochs):
         losses = []
         for start in range(0, num_examples, batch_size):
             loss = batch_loss(order[start : start + batch_size])

@@ -12,9 +12,9 @@ import torch
 from conftest import FAST
 
 from clients.app import app as client_app
-from fedkd.config import ClientJob
+from fedkd.config import ClientJob, ClientPrivacy
 from fedkd.results import read_metrics
-from fedkd.teacher_store import TeacherStore, teacher_identity
+from fedkd.teacher_store import TeacherStore, erm_twin, teacher_identity
 from fedkd.validation import load_run_config
 from server.app import run_federation
 from server.inprocess import InProcessGrid
@@ -127,3 +127,33 @@ def test_runs_that_differ_on_the_server_reuse_teachers_and_answers_and_get_the_s
     assert {p: p.stat().st_mtime_ns for p in store.iterdir() if not p.name.endswith(".lock")} == written
     assert _strip(read_metrics(reused["run_dir"])) == _strip(read_metrics(alone["run_dir"]))
     assert reused["test"] == alone["test"]
+
+
+def test_dfr_teachers_on_public_data_share_their_erm_bases_and_get_the_same_bits(tmp_path, monkeypatch):
+    """A DFR teacher's base is its ERM twin's teacher (``erm_twin``): with a store, DFR trains the twin once,
+    an ERM run then trains nothing, and DFR at another labeled budget refits only the heads; every run gives the
+    bits it gives without a store."""
+    store = tmp_path / "store"
+    reserve = "dataset.val_reserve_per_class=20"
+
+    def teachers() -> set[Path]:
+        return set(store.glob("*.teacher"))
+
+    def same(a: dict, b: dict) -> bool:
+        return _strip(read_metrics(a["run_dir"])) == _strip(read_metrics(b["run_dir"])) and a["test"] == b["test"]
+
+    dfr = ["teacher=dfr", reserve, "dataset.val_per_class=20"]
+    assert same(_run(dfr, store, tmp_path, monkeypatch), _run(dfr, None, tmp_path, monkeypatch))
+    first = teachers()
+    assert len(first) == 2 * 3 * 2  # a DFR entry and its ERM twin's, for 3 clients x 2 rounds
+    erm = ["teacher=erm", reserve, "dataset.val_per_class=20"]
+    assert same(_run(erm, store, tmp_path, monkeypatch), _run(erm, None, tmp_path, monkeypatch))
+    assert teachers() == first  # the ERM run found every teacher it trains: DFR's bases
+    fewer_labels = ["teacher=dfr", reserve, "dataset.val_per_class=5"]
+    _run(fewer_labels, store, tmp_path, monkeypatch)
+    assert len(teachers() - first) == 3 * 2  # only the refitted teachers are new
+    assert erm_twin(load_run_config([*FAST, *fewer_labels]).client_job()) is not None
+    local, erm = (load_run_config([*FAST, *o]).client_job() for o in (["teacher=dfr", "teacher.dfr_data=local"], erm))
+    dp_sgd = dataclasses.replace(load_run_config([*FAST, *dfr]).client_job(),
+                                 privacy=ClientPrivacy(dp_sgd=True, withhold_statistics=True))
+    assert erm_twin(local) is None and erm_twin(erm) is None and erm_twin(dp_sgd) is None
