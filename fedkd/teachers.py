@@ -255,7 +255,6 @@ class DFR(ERM):
         self._refit_head(models, public, public, generator)
         return loss
 
-
     def fit_on_trained_base(self, models: TeacherModels, shard: Split, base_loss: float,
                             generator: np.random.Generator) -> float:
         """``fit`` on public data with ``models.base`` already trained this round (its ERM twin's teacher, which
