@@ -68,13 +68,13 @@ def training_job(job: ClientJob) -> ClientJob:
 
 
 def erm_twin(job: ClientJob) -> ClientJob | None:
-    """The ERM job whose teacher is, round by round, this job's ERM base bit for bit, or None. A DFR teacher on
-    public data trains its base as ERM trains its teacher (the same shard, initialisation, loss, schedule and data
-    order: the head's refit draws from the round's generator only after) and refits only the head, so a study that
-    runs both, or DFR at several labeled budgets, trains each base once. Not under DP-SGD or withheld statistics,
-    where the client's state carries more than the weights."""
-    if (job.teacher.objective != "dfr" or job.teacher.dfr_data != "public" or job.privacy.dp_sgd
-            or job.privacy.withhold_statistics):
+    """The ERM job whose teacher is, round by round, this job's ERM base bit for bit, or None. An objective that
+    refits an ERM base (a DFR teacher on public data) trains its base as ERM trains its teacher (the same shard,
+    initialisation, loss, schedule and data order: the head's refit draws from the round's generator only after)
+    and refits only the head, so a study that runs both, or DFR at several labeled budgets, trains each base once.
+    Not under DP-SGD or withheld statistics, where the client's state carries more than the weights."""
+    objective = TEACHER_OBJECTIVES[job.teacher.objective]
+    if not objective.refits_an_erm_base(job.teacher) or job.privacy.dp_sgd or job.privacy.withhold_statistics:
         return None
     return dataclasses.replace(job, teacher=as_objective(job.teacher, "erm"), erm_base=False)
 

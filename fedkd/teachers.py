@@ -59,6 +59,12 @@ class TeacherObjective(ABC):
         """Whether this objective, so configured, trains on the server's public labeled split."""
         return False
 
+    @classmethod
+    def refits_an_erm_base(cls, cfg: TeacherConfig) -> bool:
+        """Whether this objective, so configured, trains its base exactly as ERM trains its teacher and then
+        refits only the head, on public data (``fit_on_trained_base``): its base can be an ERM job's teacher."""
+        return False
+
     def __init__(self, shard: Split, num_classes: int, num_groups: int, cfg: TeacherConfig,
                  public: Split | None = None) -> None:
         self.cfg = cfg
@@ -217,6 +223,10 @@ class DFR(ERM):
     def covered_by_dpsgd(cls, cfg: TeacherConfig) -> bool:
         """The public variant refits the head on public data only, its standardisation included: post-processing
         of the DP-SGD base."""
+        return cfg.dfr_data == "public"
+
+    @classmethod
+    def refits_an_erm_base(cls, cfg: TeacherConfig) -> bool:
         return cfg.dfr_data == "public"
 
     def fit_private(self, models: TeacherModels, shard: Split, privacy: ClientPrivacy,
