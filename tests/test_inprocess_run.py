@@ -59,6 +59,17 @@ def test_long_tailed_dirichlet_federation(tmp_path):
     assert summary["test"]["accuracy"] > 0.5  # 10 balanced classes: chance is 0.1
 
 
+def test_colored_mnist_default_run_is_non_degenerate(tmp_path):
+    # the default pipeline; its server-only references are tested in tests/test_server_only.py and by the demo
+    cfg = load_run_config(["federation.num_clients=4", "federation.num_rounds=2", "baselines.server_only=false",
+                           f"runs_dir={tmp_path}"])
+    summary = _run(cfg)
+    assert [r["round"] for r in read_metrics(summary["run_dir"])] == [1, 2]
+    assert summary["test"]["accuracy"] > 0.3  # chance 0.1
+    assert len(summary["test"]["group_counts"]) == 20
+    assert summary["aggregator"] == "agre"  # the default pipeline: AGRE-KD with the federated options
+
+
 def test_same_config_and_seed_same_metrics(fast_config):
     first = read_metrics(_run(fast_config)["run_dir"])
     second = read_metrics(_run(fast_config)["run_dir"])
