@@ -28,6 +28,7 @@ def _process_tree(pid: int) -> list:
     return [parent, *parent.children(recursive=True)]
 
 
+@pytest.mark.serial  # it kills the run once round 2 is checkpointed: 3.8 min beside the other workers, 1.5 min alone
 def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(tmp_path):
     """SIGKILL of `fedkd` and its whole process tree (Ray included) once round 2 of 4 is checkpointed, then
     `fedkd resume=<run dir>`: the metrics equal, bit for bit, those of the uninterrupted job on the in-process
@@ -119,6 +120,8 @@ def _query(msg, context):
     return query_softlabels(msg, context)
 
 
+@pytest.mark.serial  # Ray restarts the worker within the retries' 63 s alone (1 retry); beside other workers' load
+# the test took 5.5 min (46 s alone)
 def test_a_killed_ray_worker_takes_no_healthy_client_with_it(tmp_path, monkeypatch):
     """A Ray worker dies while a client trains: Ray restarts it, the round loop asks the client again, and the
     run finishes with every client and the metrics of the run without the kill (on the in-process grid, which
