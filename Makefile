@@ -25,10 +25,10 @@ demo: $(INSTALLED)
 ## the linters (ruff; import-linter's layer contracts in pyproject.toml) and the test suite (unit, contract,
 ## in-process and Flower end-to-end runs, README.md's expected results against a fresh demo run; three pytest-xdist
 ## workers of one thread each on the two cores, whose runs wait on process starts and Ray, tests/conftest.py, then
-## the timing-sensitive ones alone, collected from the files that mark them; the 15 slowest tests are listed)
+## the timing-sensitive ones alone, collected from the files that mark them; the slowest tests are listed)
 test: lint
 	$(BIN)/pytest -q -n 3 --dist worksteal -m "not serial" --durations=15
-	$(BIN)/pytest -q -m serial $$(grep -l "mark.serial" tests/*.py)
+	$(BIN)/pytest -q -m serial --durations=5 $$(grep -l "mark.serial" tests/*.py)
 
 ## rewrite README.md's expected-results block from a fresh demo run
 expected-results: $(INSTALLED)
