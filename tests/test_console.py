@@ -12,9 +12,7 @@ import pytest
 
 from fedkd.console import FLOWER_LOG_ENV, RUN_SIMULATION_DEPRECATION
 
-# serial: a Ray cluster started beside two busy workers took 3.7 and 1.6 min to run these (36 s each alone);
-# `make test` runs them after the parallel part, alone
-pytestmark = [pytest.mark.e2e, pytest.mark.serial]
+pytestmark = pytest.mark.e2e
 
 TINY = ["aggregator=mean", "teacher=erm", "federation.num_clients=2", "federation.num_rounds=1", "teacher.epochs=1",
         "student.epochs=1", "teacher.arch=mlp", "student.arch=mlp", "baselines.ensemble=false",

@@ -132,7 +132,7 @@ def test_a_killed_ray_worker_takes_no_healthy_client_with_it(tmp_path, monkeypat
     from server.inprocess import InProcessGrid
 
     overrides = ["aggregator=mean", "teacher=erm", "baselines.server_only=false", "federation.num_clients=3",
-                 "federation.num_rounds=3",
+                 "federation.num_rounds=2",
                  "federation.min_clients=2", "teacher.epochs=1", "student.epochs=1"]
     whole = run_federation(InProcessGrid(client_app, 3),
                            load_run_config([*overrides, f"runs_dir={tmp_path / 'inprocess'}"]))
