@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -271,8 +272,7 @@ class DFR(ERM):
         ``fit`` would train bit for bit: the same shard, initialisation, loss, schedule and data order): the
         generator drawn past the base's epochs as ``fit_on`` draws them, then the head refitted, so the teacher is
         ``fit``'s. Returns the base's training loss."""
-        for _ in epoch_orders(generator, len(shard), self.cfg.epochs):
-            pass
+        deque(epoch_orders(generator, len(shard), self.cfg.epochs), maxlen=0)  # drawn, not kept
         public = self._public()
         self._refit_head(models, public, public, generator)
         return base_loss
