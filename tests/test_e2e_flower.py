@@ -1,9 +1,12 @@
-"""End-to-end runs of the `fedkd` command through Flower's simulation engine (Ray), as a user types them."""
+"""End-to-end runs of the `fedkd` command through Flower's simulation engine (Ray), as a user types them, and
+their console: no Flower DEBUG lines and no `run_simulation` deprecation warning by default, both back with
+FEDKD_FLOWER_LOG=debug, and Flower's lines once each either way."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +21,20 @@ from clients.app import app as client_app
 from clients.app import query_softlabels, train_teacher
 from fedkd import protocol
 from fedkd.checkpoint import CLIENT_STATE_ENV, SERVER_CHECKPOINT, load
+from fedkd.console import FLOWER_LOG_ENV, RUN_SIMULATION_DEPRECATION
 from fedkd.results import read_metrics, read_summary
 
 pytestmark = pytest.mark.e2e
+
+FLOWER_DEBUG = re.compile(r"^(\x1b\[\d+m)?DEBUG\b", re.MULTILINE)  # Flower's console handler (colours or not)
+ROOT_DEBUG = ":DEBUG:"  # the root handler's format (logging.basicConfig, which opacus calls at import)
+
+
+def _flower_log_env(flower_log: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (FLOWER_LOG_ENV, "FLWR_LOG_LEVEL")}
+    if flower_log is not None:
+        env[FLOWER_LOG_ENV] = flower_log
+    return env
 
 
 def _process_tree(pid: int) -> list:
@@ -33,7 +47,8 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
     """SIGKILL of `fedkd` and its whole process tree (Ray included) once round 2 of 4 is checkpointed, then
     `fedkd resume=<run dir>`: the metrics equal, bit for bit, those of the uninterrupted job on the in-process
     grid (which the Ray engine reproduces: clients run on federation.client_cpus threads everywhere), so one
-    comparison checks the resume and the engines' agreement."""
+    comparison checks the resume and the engines' agreement. The killed run has FEDKD_FLOWER_LOG=debug: Flower's
+    DEBUG lines and its deprecation warning (once); the resumed run has the default console: neither."""
     overrides = ["teacher=erm", "baselines.server_only=false", "federation.num_clients=2", "federation.num_rounds=4",
                  "teacher.epochs=1",
                  "student.epochs=1", "query=random", "query.per_round=300"]
@@ -44,9 +59,11 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
     whole = read_summary(run_federation(InProcessGrid(client_app, 2),
                                         load_run_config([*overrides, f"runs_dir={tmp_path / 'inprocess'}"]))["run_dir"])
 
-    runs = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "fedkd", *overrides, f"runs_dir={runs}"], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs, log = tmp_path / "killed", tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fedkd", *overrides, f"runs_dir={runs}"],
+                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
+                                env=_flower_log_env("debug"))
     tree = []
     try:
         deadline = time.monotonic() + 300
@@ -66,14 +83,20 @@ def test_a_killed_simulation_resumed_gives_the_metrics_of_the_uninterrupted_run(
         proc.wait(timeout=30)
     psutil.wait_procs(tree, timeout=30)
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    debug = log.read_text()
+    assert FLOWER_DEBUG.search(debug) and ROOT_DEBUG not in debug, debug[-3000:]
+    assert debug.count(RUN_SIMULATION_DEPRECATION) == 1, debug[-3000:]
 
     (run_dir,) = [p for p in runs.glob("*/*") if p.is_dir()]
     assert not (run_dir / "summary.json").exists()
     done = load(run_dir / SERVER_CHECKPOINT)["round"]
     assert 2 <= done < 4
     resumed = subprocess.run([sys.executable, "-m", "fedkd", f"resume={run_dir}"], capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+                             timeout=600, env=_flower_log_env(None))
+    console = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, console[-3000:]
+    assert not FLOWER_DEBUG.search(console) and ROOT_DEBUG not in console, console[-3000:]
+    assert "DEPRECATED FEATURE" not in console and RUN_SIMULATION_DEPRECATION not in console
     assert f"resuming after round {done}" in resumed.stdout
     summary = read_summary(run_dir)
     assert summary["resumed_after_rounds"] == [done]
