@@ -208,7 +208,7 @@ def _study_job(study: StudyConfig, cell: str | None, cfg: RunConfig, console: Co
         with contextlib.suppress(OSError):
             folder.rmdir()  # the empty folder Hydra made for the job
         return None, None, False
-    state = job_state(folder, cfg.to_dict())
+    state = job_state(folder, cfg)
     if state == "finished":
         console.print(f"fedkd: study {study.name}: {label}: finished before, skipped ({folder})", soft_wrap=True)
         return None, None, False

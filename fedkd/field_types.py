@@ -21,6 +21,15 @@ class UnsupportedType(TypeError):
     """A parameter's annotation is not one the validator can check (a component author's error, not a user's)."""
 
 
+def declared_default(spec: dataclasses.Field) -> Any:
+    """A dataclass field's default (its factory's value), or ``dataclasses.MISSING`` for a field without one."""
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return dataclasses.MISSING
+
+
 @cache
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved type of every dataclass field of ``cls``, each one checked to be supported."""

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from fedkd.checkpoint import SERVER_CHECKPOINT
+from fedkd.field_types import declared_default
 from fedkd.results import CONFIG_FILE, SUMMARY_FILE
 
 STUDY_FILE = "study.yaml"  # the study section, beside its jobs' folders (what `fedkd report` reads)
@@ -293,10 +294,29 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NOT_IN_RESULTS}
 
 
-def job_state(folder: Path, config: dict) -> str:
+def with_added_defaults(written: Any, current: Any) -> Any:
+    """``written`` (a run's config as its folder holds it) completed with the fields of ``current`` (the config
+    dataclass of the rerun) that it lacks, where ``current`` holds them at their declared default: fields added to
+    the code after that run, whose defaults keep the behaviour of the runs made before them (the rule for every
+    new field). A lacking field at any other value stays lacking, and the configs differ."""
+    if not (dataclasses.is_dataclass(current) and isinstance(written, dict)):
+        return written
+    out = dict(written)
+    for spec in dataclasses.fields(current):
+        value = getattr(current, spec.name)
+        if spec.name in out:
+            out[spec.name] = with_added_defaults(out[spec.name], value)
+        elif declared_default(spec) == value:
+            out[spec.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def job_state(folder: Path, config: Any) -> str:
     """What a rerun does with a job's folder: ``new`` (empty or absent), ``finished`` (a summary: skip it),
     ``resume`` (a checkpoint: continue it), ``restart`` (a config but no finished round: run it again in place).
-    A folder holding a run of another config is refused: a study never overwrites a result."""
+    ``config`` is the job's run config (a dataclass). A folder holding a run of another config is refused: a study
+    never overwrites a result. Fields added to the config since the folder's run, at their defaults, do not count
+    as another config."""
     if not folder.exists() or not any(folder.iterdir()):
         return "new"
     try:
@@ -304,7 +324,9 @@ def job_state(folder: Path, config: dict) -> str:
     except (OSError, yaml.YAMLError) as err:
         raise StudyError(f"the job folder {folder} holds files but no readable {CONFIG_FILE} ({type(err).__name__}): "
                          "move it away to run the job again") from None
-    if not isinstance(written, dict) or _comparable(written) != _comparable(yaml.safe_load(yaml.safe_dump(config))):
+    wanted = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(config)))
+    completed = yaml.safe_load(yaml.safe_dump(with_added_defaults(written, config)))
+    if not isinstance(written, dict) or _comparable(completed) != _comparable(wanted):
         raise StudyError(f"the job folder {folder} holds a run of another config (the study's settings changed "
                          "since it ran): give the study a new name, or move the folder away to run it again")
     if (folder / SUMMARY_FILE).exists():

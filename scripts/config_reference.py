@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedkd.conf_dir import CONF_DIR  # noqa: E402
 from fedkd.config import DEVICE_PATTERN, ENGINES, RUN_SECTIONS, RunConfig  # noqa: E402
-from fedkd.field_types import field_types, spell  # noqa: E402
+from fedkd.field_types import declared_default, field_types, spell  # noqa: E402
 from fedkd.validation import COMPONENTS, MAX_SEED, NAME_PATTERN, REFERENCED  # noqa: E402
 
 GROUPS = (*COMPONENTS, *(s for s in RUN_SECTIONS if (CONF_DIR / s).is_dir()))  # baselines is a section only
@@ -187,14 +187,6 @@ def rule_text(metadata: Any) -> str:
     return ""
 
 
-def default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
 def key_table(cls: type, composed: dict[str, Any], yaml_notes: dict[str, str], skip: tuple[str, ...] = ()) -> list[str]:
     """One row per field of ``cls``: key, type, default (composed, else the dataclass's), rule, meaning."""
     hints, notes = field_types(cls), field_comments(cls)
@@ -203,7 +195,7 @@ def key_table(cls: type, composed: dict[str, Any], yaml_notes: dict[str, str], s
         return ["No keys" + (f" besides `{skip[0]}`." if skip else ".")]
     rows = ["| key | type | default | rule | meaning |", "|---|---|---|---|---|"]
     for f in fields:
-        default = composed[f.name] if f.name in composed else default_of(f)
+        default = composed[f.name] if f.name in composed else declared_default(f)
         meaning = yaml_notes.get(f.name) or notes.get(f.name, "")
         rows.append(f"| `{f.name}` | `{cell(spell(hints[f.name]))}` | {cell(value_text(default))} | "
                     f"{cell(rule_text(f.metadata))} | {cell(meaning)} |")
@@ -281,7 +273,7 @@ def top_level_section(defaults: dict[str, str], composed: dict[str, Any]) -> lis
     bhints = field_types(baselines)
     for f in dataclasses.fields(baselines):
         key = f"baselines.{f.name}"
-        row(key, f"`{spell(bhints[f.name])}`", composed["baselines"].get(f.name, default_of(f)),
+        row(key, f"`{spell(bhints[f.name])}`", composed["baselines"].get(f.name, declared_default(f)),
             rule_text(f.metadata), comments.get(key) or notes.get(f.name, ""))
     missing = set(TOP_LEVEL_NOTES) - {r.split("`")[1] for r in rows[2:]}
     if missing:

@@ -230,12 +230,17 @@ def test_a_job_folder_name_fits_the_file_system_and_stays_one_per_job(tmp_path):
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
-    config = {"seed": 0, "aggregator": {"name": "mean"}, "teacher_store_dir": "a"}
+    import dataclasses
+
+    from fedkd.validation import load_run_config
+
+    config = load_run_config(["teacher_store_dir=a"])
+    written = yaml.safe_load(yaml.safe_dump(config.to_dict()))
     folder = tmp_path / "job"
     assert job_state(folder, config) == "new"
     folder.mkdir()
     assert job_state(folder, config) == "new"
-    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "teacher_store_dir": "elsewhere"}))
+    (folder / "config.yaml").write_text(yaml.safe_dump({**written, "teacher_store_dir": "elsewhere"}))
     assert job_state(folder, config) == "restart"  # where teachers are shared from changes no result
     (folder / "checkpoints").mkdir()
     (folder / "checkpoints" / "server.pt").write_bytes(b"")
@@ -243,7 +248,34 @@ def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten
     (folder / "summary.json").write_text("{}")
     assert job_state(folder, config) == "finished"
     with pytest.raises(StudyError, match="another config"):
-        job_state(folder, {**config, "seed": 1})
+        job_state(folder, dataclasses.replace(config, seed=1))
+
+
+def test_a_job_written_before_a_field_existed_is_the_same_job_while_the_field_keeps_its_default(tmp_path):
+    """A run written by code without ``student.unlabeled`` and ``dataset.val_reserve_per_class`` (fields whose
+    defaults keep the old behaviour) is skipped when rerun at those defaults, and refused at any other value; a
+    field without a default is never filled in."""
+    import dataclasses
+
+    from fedkd.validation import load_run_config
+
+    config = load_run_config([])
+    older = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    del older["student"]["unlabeled"], older["dataset"]["val_reserve_per_class"]
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(older))
+    (folder / "summary.json").write_text("{}")
+    assert job_state(folder, config) == "finished"
+    for changed in (dataclasses.replace(config, student=dataclasses.replace(config.student, unlabeled="vat")),
+                    dataclasses.replace(config, dataset=dataclasses.replace(config.dataset,
+                                                                            val_reserve_per_class=500))):
+        with pytest.raises(StudyError, match="another config"):
+            job_state(folder, changed)
+    del older["student"]["lr"]  # no default: a run without it is not this job
+    (folder / "config.yaml").write_text(yaml.safe_dump(older))
+    with pytest.raises(StudyError, match="another config"):
+        job_state(folder, config)
 
 
 def test_the_confidence_interval_and_the_paired_differences_by_hand():
