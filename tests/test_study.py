@@ -4,6 +4,7 @@ uninterrupted one's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -32,7 +33,7 @@ from fedkd.study_runs import (
     reference_of,
 )
 from fedkd.subpop_metrics import subpopulation_metrics
-from fedkd.validation import validate
+from fedkd.validation import load_run_config, validate
 from hydra_plugins.fedkd_study_sweeper.study_sweeper import cell_arguments
 
 FEDKD = str(Path(sys.executable).parent / "fedkd")
@@ -230,10 +231,6 @@ def test_a_job_folder_name_fits_the_file_system_and_stays_one_per_job(tmp_path):
 
 
 def test_a_job_folder_is_new_finished_resumed_or_restarted_and_never_overwritten(tmp_path):
-    import dataclasses
-
-    from fedkd.validation import load_run_config
-
     config = load_run_config(["teacher_store_dir=a"])
     written = yaml.safe_load(yaml.safe_dump(config.to_dict()))
     folder = tmp_path / "job"
@@ -255,10 +252,6 @@ def test_a_job_written_before_a_field_existed_is_the_same_job_while_the_field_ke
     """A run written by code without ``student.unlabeled`` and ``dataset.val_reserve_per_class`` (fields whose
     defaults keep the old behaviour) is skipped when rerun at those defaults, and refused at any other value; a
     field without a default is never filled in."""
-    import dataclasses
-
-    from fedkd.validation import load_run_config
-
     config = load_run_config([])
     older = yaml.safe_load(yaml.safe_dump(config.to_dict()))
     del older["student"]["unlabeled"], older["dataset"]["val_reserve_per_class"]
