@@ -73,6 +73,7 @@ def test_a_secure_deployment_runs_and_a_killed_supernode_drops_out(tmp_path):
             if metrics and metrics[0].read_text().strip():
                 break
             time.sleep(0.5)
+        assert proc.poll() is None, "the deployment ended before round 1's metrics: " + proc.communicate()[0][-4000:]
         victim = _started_pids(home)["supernode-2"]
         psutil.Process(victim).kill()  # SIGKILL: the SuperLink notices when its heartbeats stop
         output, _ = proc.communicate(timeout=600)
@@ -169,3 +170,27 @@ def test_stopping_a_deployment_stops_what_its_processes_started(tmp_path):
     psutil.wait_procs([child], timeout=10)
     assert parent.poll() is not None
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_fab_ships_the_apps_and_no_study_results(tmp_path):
+    """`flwr run` builds the FAB from the checkout: a study's committed job folders (named by overrides with commas,
+    which Flower's hash list cannot hold) stay out of it; the apps and their config go in."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    study_file = ROOT / "studies" / "fab-check" / "a=1,b=2" / "summary.json"
+    created = not study_file.exists()
+    study_file.parent.mkdir(parents=True, exist_ok=True)
+    study_file.write_text("{}")
+    try:
+        names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(ROOT))).namelist()
+    finally:
+        if created:
+            study_file.unlink()
+            study_file.parent.rmdir()
+            with contextlib.suppress(OSError):
+                study_file.parent.parent.rmdir()
+    assert not [n for n in names if n.startswith("studies/") or "," in n]
+    assert {"server/app.py", "clients/app.py", "fedkd/cli.py", "conf/config.yaml"} <= set(names)
