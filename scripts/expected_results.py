@@ -56,14 +56,16 @@ BAND = ROOT / "docs" / "expected_results_band.jsonl"
 # How far outside the measured band a figure may lie before --check fails: for figures over the whole test split
 # (1000 images: accuracy, mean-group accuracy, the teachers' means; also the 900 bias-conflicting images), and for
 # figures over one group or class (90 or 100 images: worst-group, worst-class, per-group extremes, the 100
-# bias-aligned images). Chosen by leaving each kernel out in turn (docs/reproducibility.md#the-demos-figures): the
-# left-out run lay outside the band of the other six by at most 0.012 (whole-split) and 0.044 (one-group) on seeds
-# 0 and 1; half as much again, rounded up. A one-group figure over a 10-image group moves far more: the margins
-# assume the demo's worst group is one of its 90-image groups (the block names it).
-MARGIN_SPLIT = 0.02
-MARGIN_GROUP = 0.07
+# bias-aligned images). Chosen from how far a run lay outside a band it was not part of
+# (docs/reproducibility.md#the-demos-figures): leaving each kernel out in turn on the CPU that measured the band, at
+# most 0.012 (whole-split) and 0.044 (one-group) on seeds 0 and 1; the seven kernels of a second CPU (AMD EPYC,
+# docs/expected_results_band_amd_epyc.jsonl) against that band, at most 0.023 and 0.056; half as much again,
+# rounded up. A one-group figure over a 10-image group moves far more: the margins assume the demo's worst group is
+# one of its 90-image groups (the block names it).
+MARGIN_SPLIT = 0.04
+MARGIN_GROUP = 0.09
 # The server-only references' rows move more: their recipe is chosen by cross-validation on 200 images, and a
-# different kernel can tip the choice (left out: 0.008 whole-split, 0.1 one-group).
+# different kernel can tip the choice (left out: 0.008 whole-split, 0.1 one-group; the second CPU: 0.015, 0.1).
 REFERENCE_ROWS = "server only"
 MARGIN_REFERENCE_SPLIT = 0.03
 MARGIN_REFERENCE_GROUP = 0.15
