@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,13 @@ import yaml
 from scipy import stats
 
 from fedkd.audit import AUDIT_FILE
-from fedkd.results import read_predictions, read_probabilities
+from fedkd.results import PREDICTIONS_FILE, read_predictions, read_probabilities, writing
 from fedkd.run_groups import Run, find_run_dirs, load_runs, mean_std
 from fedkd.study import JOB_FILE, REFERENCE_FREE, StudyConfig, read_study_file
 from fedkd.subpop_metrics import subpopulation_metrics
 
 CONFIDENCE = 0.95
+SUBPOPULATION_FILE = "subpopulation.json"  # a job's metrics from its predictions, kept where its large files are not
 RUN_TIME = "run time (s)"
 DESIGN_NOTE = "(design seeds: no evidence)"
 HEADLINE = ("accuracy", "worst_group_accuracy", "two_group_worst_group_accuracy")
@@ -120,6 +122,21 @@ def setting_references(study: StudyConfig, groups: Sequence[MethodGroup]) -> dic
 def study_run(run: Run, job: dict) -> StudyRun:
     overrides = {str(k): str(v) for k, v in job["overrides"].items() if not str(k).startswith(REFERENCE_FREE)}
     seed = int(overrides.pop("seed", run.config["seed"]))
+    metrics = job_metrics(run)
+    two_group = run.summary["test"].get("two_group_worst_group_accuracy")
+    if two_group is not None:
+        metrics["two_group_worst_group_accuracy"] = two_group
+    return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary), job.get("cell"),
+                    _costs(run.summary, run.path))
+
+
+def job_metrics(run: Run) -> dict[str, float]:
+    """SubpopBench's metric set of a finished job, from its test predictions and probabilities, and written beside
+    them to ``subpopulation.json``; a job folder without its predictions (as a study keeps it in git: they are
+    large) reports what that file says."""
+    kept = run.path / SUBPOPULATION_FILE
+    if not (run.path / PREDICTIONS_FILE).is_file() and kept.is_file():
+        return json.loads(kept.read_text())
     pred = read_predictions(run.path)
     probabilities = read_probabilities(run.path)
     num_classes = probabilities.shape[1] if probabilities is not None else int(max(pred["y"].max(),
@@ -127,11 +144,13 @@ def study_run(run: Run, job: dict) -> StudyRun:
     teachers = run.records[-1].get("teachers", []) if run.records else []
     counts = np.sum([t["group_counts"] for t in teachers], axis=0) if teachers else None
     metrics = subpopulation_metrics(pred["y"], pred["g"], pred["pred"], probabilities, num_classes, counts)
-    two_group = run.summary["test"].get("two_group_worst_group_accuracy")
-    if two_group is not None:
-        metrics["two_group_worst_group_accuracy"] = two_group
-    return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary), job.get("cell"),
-                    _costs(run.summary, run.path))
+    text = json.dumps(metrics, indent=1) + "\n"
+    if not kept.is_file() or kept.read_text() != text:
+        partial = kept.with_name(f".{SUBPOPULATION_FILE}.{os.getpid()}")
+        with writing(partial):
+            partial.write_text(text)
+        os.replace(partial, kept)
+    return metrics
 
 
 def _costs(summary: dict, path: Path) -> dict[str, float]:

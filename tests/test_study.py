@@ -380,3 +380,15 @@ def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_num
     assert "<!-- study:aggregators:begin -->" in results.read_text() and "(killed/report.md)" in results.read_text()
     assert report_main([str(killed_dir / "nope"), "--results", str(results)]) == 2  # a section is a study's
     assert "(reference)" in text.split("`reference`", 1)[1].splitlines()[0]
+    # a fresh clone holds only the files .gitignore keeps of a study: its report is the same
+    kept = [line.split("/")[-1] for line in (Path(__file__).parent.parent / ".gitignore").read_text().splitlines()
+            if line.startswith(("!studies/*/*/", "!studies/*/study.yaml"))]
+    assert {"summary.json", "subpopulation.json", "study.yaml"} <= set(kept)
+    from_git = tmp_path / "from_git"
+    for path in (tmp_path / "whole").rglob("*"):
+        if path.is_file() and path.name in kept:
+            (from_git / path.relative_to(tmp_path / "whole")).parent.mkdir(parents=True, exist_ok=True)
+            (from_git / path.relative_to(tmp_path / "whole")).write_bytes(path.read_bytes())
+    assert not list(from_git.rglob("predictions.csv"))
+    _, git_files = build_study_report(from_git, tmp_path / "from_git_report")
+    assert git_files[1].read_text() == whole_files[1].read_text()
