@@ -135,8 +135,12 @@ def job_metrics(run: Run) -> dict[str, float]:
     them to ``subpopulation.json``; a job folder without its predictions (as a study keeps it in git: they are
     large) reports what that file says."""
     kept = run.path / SUBPOPULATION_FILE
-    if not (run.path / PREDICTIONS_FILE).is_file() and kept.is_file():
-        return json.loads(kept.read_text())
+    if not (run.path / PREDICTIONS_FILE).is_file():
+        if kept.is_file():
+            return json.loads(kept.read_text())
+        raise FileNotFoundError(f"{run.path} holds neither {PREDICTIONS_FILE} nor {SUBPOPULATION_FILE}: run "
+                                "`fedkd report` on the study where its jobs ran, before keeping their folders without "
+                                "predictions")
     pred = read_predictions(run.path)
     probabilities = read_probabilities(run.path)
     num_classes = probabilities.shape[1] if probabilities is not None else int(max(pred["y"].max(),
