@@ -392,3 +392,6 @@ def test_a_killed_study_reruns_only_its_unfinished_jobs_and_reports_the_same_num
     assert not list(from_git.rglob("predictions.csv"))
     _, git_files = build_study_report(from_git, tmp_path / "from_git_report")
     assert git_files[1].read_text() == whole_files[1].read_text()
+    next(from_git.glob("*/subpopulation.json")).unlink()  # a folder kept before the report ran
+    with pytest.raises(FileNotFoundError, match="holds neither predictions.csv nor subpopulation.json"):
+        build_study_report(from_git, tmp_path / "from_git_report")
