@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +39,15 @@ def writing(path: Path) -> Iterator[Path]:
         if err.filename:
             raise
         raise OSError(err.errno, err.strerror, str(path)) from err
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` (named by this process: parallel jobs may write the same
+    file) and rename it into place, so that a reader sees the old file or the new one, never a cut one."""
+    with writing(path):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 class RunDirectory:
@@ -121,10 +131,7 @@ class RunDirectory:
 
     def write_summary(self, summary: dict) -> None:
         """Written last and renamed into place whole: a run directory with a summary is a finished run."""
-        with writing(self.path / SUMMARY_FILE) as path:
-            tmp = self.path / f".{SUMMARY_FILE}.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            tmp.replace(path)
+        write_text_whole(self.path / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 
 from fedkd.checkpoint import SERVER_CHECKPOINT
 from fedkd.field_types import declared_default
-from fedkd.results import CONFIG_FILE, SUMMARY_FILE
+from fedkd.results import CONFIG_FILE, SUMMARY_FILE, write_text_whole
 
 STUDY_FILE = "study.yaml"  # the study section, beside its jobs' folders (what `fedkd report` reads)
 JOB_DIR_RESOLVER = "fedkd_job_dir"  # ${fedkd_job_dir:${hydra.job.override_dirname}}: conf/study/_sweep.yaml
@@ -265,9 +264,7 @@ def write_study_file(folder: Path, study: StudyConfig, grid: dict[str, Any], cel
     path = folder / STUDY_FILE
     if path.exists() and path.read_text() == text:
         return
-    tmp = path.with_name(f".{STUDY_FILE}.{os.getpid()}")  # parallel jobs write the same text, each its own file
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_whole(path, text)
 
 
 def read_study_file(folder: Path) -> tuple[StudyConfig, dict, dict] | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 from scipy import stats
 
 from fedkd.audit import AUDIT_FILE
-from fedkd.results import PREDICTIONS_FILE, read_predictions, read_probabilities, writing
+from fedkd.results import PREDICTIONS_FILE, read_predictions, read_probabilities, write_text_whole
 from fedkd.run_groups import Run, find_run_dirs, load_runs, mean_std
 from fedkd.study import JOB_FILE, REFERENCE_FREE, StudyConfig, read_study_file
 from fedkd.subpop_metrics import subpopulation_metrics
@@ -150,10 +149,7 @@ def job_metrics(run: Run) -> dict[str, float]:
     metrics = subpopulation_metrics(pred["y"], pred["g"], pred["pred"], probabilities, num_classes, counts)
     text = json.dumps(metrics, indent=1) + "\n"
     if not kept.is_file() or kept.read_text() != text:
-        partial = kept.with_name(f".{SUBPOPULATION_FILE}.{os.getpid()}")
-        with writing(partial):
-            partial.write_text(text)
-        os.replace(partial, kept)
+        write_text_whole(kept, text)
     return metrics
 
 
