@@ -100,9 +100,7 @@ class RunDirectory:
             return
         with open(self.path / DISCARDED_METRICS_FILE, "a") as f:
             f.write("".join(line + "\n" for line in later))
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        write_text_whole(path, "".join(line + "\n" for line in kept))
 
     def write_predictions(self, split: str, y: np.ndarray, g: np.ndarray, pred: np.ndarray) -> None:
         with writing(self.path / PREDICTIONS_FILE) as path, open(path, "w", newline="") as f:

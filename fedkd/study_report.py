@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedkd.results import write_text_whole
 from fedkd.run_groups import mean_std
 from fedkd.study import Curve, StudyConfig
 from fedkd.study_runs import (
@@ -345,8 +346,6 @@ def write_results_section(results: Path, report_md: Path, command: str) -> None:
         new = head + section + rest.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = results.with_name(f".{results.name}.tmp")
-    tmp.write_text(new)
-    tmp.replace(results)
+    write_text_whole(results, new)
 
 
