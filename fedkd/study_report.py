@@ -17,6 +17,7 @@ from fedkd.run_groups import mean_std
 from fedkd.study import Curve, StudyConfig
 from fedkd.study_runs import (
     HEADLINE,
+    REFERENCE_METRIC,
     RUN_TIME,
     SELECTIONS,
     SUBPOPULATION,
@@ -27,6 +28,7 @@ from fedkd.study_runs import (
     paired,
     paper_rows,
     reference_of,
+    server_only_pairs,
     setting_references,
 )
 
@@ -145,6 +147,13 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                  _paired_cell(result)])
         lines += [f"## Paired differences against `{reference}` in the same setting", "",
                   *_table(["group", "metric", "per seed", "mean [95 % CI]"], rows), ""]
+    rows = [[f"`{g.label}`", f"`{name}`", *(_paired_cell(by_metric.get(m)) for m in REFERENCE_METRIC)]
+            for g in groups for name, by_metric in server_only_pairs(study, groups, g).items()]
+    if rows:
+        lines += ["## Against the server-only model (trained on the server's labeled split alone)", "",
+                  "paired: the per-seed difference student − that model on the same seeds and labeled split, "
+                  "its mean and 95 % t interval; positive where the clients add what the server cannot get alone.",
+                  "", *_table(["group", "server-only model", *(title[m] for m in REFERENCE_METRIC)], rows), ""]
     metrics = [m for m in SUBPOPULATION if any(g.by_seed(m) for g in groups)]
     lines += ["## Subpopulation metrics (SubpopBench's set; see docs/studies.md for each definition)", "",
               *_table(["group", *(title[m] for m in metrics)],
@@ -318,7 +327,8 @@ def build_study_report(folder: Path, out: Path) -> tuple[list[MethodGroup], list
     return groups, files
 
 
-SUMMARY_SECTIONS = ("Final students", "References", "Cost and privacy", "The paper")
+SUMMARY_SECTIONS = ("Final students", "Against the server-only model", "References", "Cost and privacy",
+                    "The paper")
 
 
 def write_results_section(results: Path, report_md: Path, command: str) -> None:

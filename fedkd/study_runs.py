@@ -253,7 +253,28 @@ class Paired:
 
 def paired(group: MethodGroup, reference: MethodGroup, metric: str) -> Paired | None:
     """Per-seed differences on the seeds both ran (and that shared teachers)."""
-    ours, theirs = group.by_seed(metric), reference.by_seed(metric)
+    return paired_values(group.by_seed(metric), reference.by_seed(metric))
+
+
+def server_only_pairs(study: StudyConfig, groups: Sequence[MethodGroup], group: MethodGroup
+                      ) -> dict[str, dict[str, Paired]]:
+    """``group`` against each model the server trains on its labeled split alone (the references named
+    ``server_only*``, computed once per setting and seed): per reference, per metric, the per-seed differences
+    student − that model. Positive: the clients added something the server could not get on its own."""
+    refs = setting_references(study, groups)[tuple(study.setting_of(group.runs[0].overrides).items())]
+    out: dict[str, dict[str, Paired]] = {}
+    for metric, suffix in REFERENCE_METRIC.items():
+        for key, by_seed in refs.items():
+            name = key.removesuffix(f" {suffix}")
+            if name.startswith("server_only") and name != key and " " not in name:
+                result = paired_values(group.by_seed(metric), by_seed)
+                if result is not None:
+                    out.setdefault(name, {})[metric] = result
+    return out
+
+
+def paired_values(ours: dict[int, float], theirs: dict[int, float]) -> Paired | None:
+    """Per-seed differences ``ours − theirs`` on the seeds both have, their mean and 95 % t interval."""
     seeds = sorted(set(ours) & set(theirs))
     if not seeds:
         return None

@@ -31,6 +31,7 @@ from fedkd.study_runs import (
     paper_rows,
     planned_jobs,
     reference_of,
+    server_only_pairs,
 )
 from fedkd.subpop_metrics import subpopulation_metrics
 from fedkd.validation import load_run_config, validate
@@ -291,6 +292,33 @@ def test_the_confidence_interval_and_the_paired_differences_by_hand():
     half = 4.302652729749462 * 0.05 / math.sqrt(3)  # the differences' sample std is 0.05
     assert (result.low, result.high) == pytest.approx((0.05 - half, 0.05 + half))
 
+
+def test_each_method_is_paired_with_the_server_only_models_of_its_own_setting_seed_by_seed():
+    """The server-only models sit on the reference method's jobs, once per setting and seed; every method of that
+    setting is compared with them on the seeds both have, and another setting's are never used."""
+    study = parse_study({"name": "s", "reference": "mean", "references": [{"where": {}, "baselines":
+                                                                            {"server_only": True}}]})
+
+    def run(aggregator, bias, seed, wga, references):
+        return StudyRun(None, {"aggregator": aggregator, "bias": bias}, seed,
+                        {"two_group_worst_group_accuracy": wga}, {}, references)
+
+    refs = {0: {"server_only two-group WGA": 0.80, "server_only_balanced two-group WGA": 0.70,
+                "ensemble two-group WGA": 0.99},
+            1: {"server_only two-group WGA": 0.90, "server_only_balanced two-group WGA": 0.75}}
+    mean = MethodGroup("mean", {}, [run("mean", "0.95", s, 0.85, refs[s]) for s in (0, 1)])
+    agre = MethodGroup("agre", {}, [run("agre", "0.95", 0, 0.86, {}), run("agre", "0.95", 1, 0.84, {}),
+                                    run("agre", "0.95", 2, 0.99, {})])
+    other = MethodGroup("mean", {}, [run("mean", "0.99", 0, 0.5, {"server_only two-group WGA": 0.1})])
+    pairs = server_only_pairs(study, [agre, mean, other], agre)
+    assert set(pairs) == {"server_only", "server_only_balanced"}  # not the ensemble: it is no server-only model
+    plain = pairs["server_only"]["two_group_worst_group_accuracy"]
+    assert plain.seeds == [0, 1] and plain.differences == pytest.approx([0.86 - 0.80, 0.84 - 0.90])
+    balanced = pairs["server_only_balanced"]["two_group_worst_group_accuracy"]
+    assert balanced.differences == pytest.approx([0.16, 0.09]) and balanced.mean == pytest.approx(0.125)
+    assert set(pairs["server_only"]) == {"two_group_worst_group_accuracy"}  # no accuracy reference, no pair
+    assert server_only_pairs(study, [agre, mean, other], other)["server_only"][
+        "two_group_worst_group_accuracy"].differences == pytest.approx([0.4])  # its own setting's model
 
 def test_the_subpopulation_metrics_by_hand():
     y = np.array([0, 0, 1, 1, 1, 2])
