@@ -126,6 +126,9 @@ def select_and_fit(candidates: dict[str, Recipe], labeled: Split, test: Split, b
     return chosen, scores, folds, candidates[chosen](labeled, test, balanced)
 
 
+SERVER_ONLY_MODELS = {"server_only": False, "server_only_balanced": True}  # name: selected and weighted by group
+
+
 def server_only_reports(cfg: RunConfig, bench: Benchmark) -> dict[str, dict]:
     """``server_only`` and ``server_only_balanced``: each the test report of the recipe its cross-validation chose,
     with the choice, every recipe's cross-validated score and the labeled split's size beside."""
@@ -134,7 +137,7 @@ def server_only_reports(cfg: RunConfig, bench: Benchmark) -> dict[str, dict]:
         raise ValueError(f"the server-only references need labeled images of two classes or more; the labeled split "
                          f"has {len(labeled)} images of classes {np.unique(labeled.y).tolist()}")
     out = {}
-    for name, balanced in (("server_only", False), ("server_only_balanced", True)):
+    for name, balanced in SERVER_ONLY_MODELS.items():
         chosen, scores, folds, pred = select_and_fit(candidates, labeled, bench["test"], balanced, cfg.seed)
         out[name] = {**bench.report(pred), "recipe": chosen, "folds": folds, "labeled": len(labeled),
                      "selected_by": "worst_group_accuracy" if balanced else "accuracy",

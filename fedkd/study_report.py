@@ -147,8 +147,9 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                                  _paired_cell(result)])
         lines += [f"## Paired differences against `{reference}` in the same setting", "",
                   *_table(["group", "metric", "per seed", "mean [95 % CI]"], rows), ""]
+    references = setting_references(study, groups)
     rows = [[f"`{g.label}`", f"`{name}`", *(_paired_cell(by_metric.get(m)) for m in REFERENCE_METRIC)]
-            for g in groups for name, by_metric in server_only_pairs(study, groups, g).items()]
+            for g in groups for name, by_metric in server_only_pairs(study, references, g).items()]
     if rows:
         lines += ["## Against the server-only model (trained on the server's labeled split alone)", "",
                   "paired: the per-seed difference student − that model on the same seeds and labeled split, "
@@ -165,7 +166,7 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
     names = list(dict.fromkeys(k for g in groups for r in g.runs for k in r.references))
     if names:
         rows = []
-        for setting, by_seed in setting_references(study, groups).items():
+        for setting, by_seed in references.items():
             label = " ".join(f"{k}={v}" for k, v in setting) or "every job"
             rows.append([f"`{label}`", *(_cell(list(by_seed.get(n, {}).values())) for n in names)])
         lines += ["## References (the teachers, their ensemble; the server-only model; centralized = NON-FEDERATED)",

@@ -18,6 +18,7 @@ from scipy import stats
 from fedkd.audit import AUDIT_FILE
 from fedkd.results import PREDICTIONS_FILE, read_predictions, read_probabilities, write_text_whole
 from fedkd.run_groups import Run, find_run_dirs, load_runs, mean_std
+from fedkd.server_only import SERVER_ONLY_MODELS
 from fedkd.study import JOB_FILE, REFERENCE_FREE, StudyConfig, read_study_file
 from fedkd.subpop_metrics import subpopulation_metrics
 
@@ -256,20 +257,18 @@ def paired(group: MethodGroup, reference: MethodGroup, metric: str) -> Paired | 
     return paired_values(group.by_seed(metric), reference.by_seed(metric))
 
 
-def server_only_pairs(study: StudyConfig, groups: Sequence[MethodGroup], group: MethodGroup
-                      ) -> dict[str, dict[str, Paired]]:
-    """``group`` against each model the server trains on its labeled split alone (the references named
-    ``server_only*``, computed once per setting and seed): per reference, per metric, the per-seed differences
-    student − that model. Positive: the clients added something the server could not get on its own."""
-    refs = setting_references(study, groups)[tuple(study.setting_of(group.runs[0].overrides).items())]
+def server_only_pairs(study: StudyConfig, references: dict[tuple, dict[str, dict[int, float]]],
+                      group: MethodGroup) -> dict[str, dict[str, Paired]]:
+    """``group`` against each model the server trains on its labeled split alone (computed once per setting and
+    seed; ``references``: ``setting_references``): per model, per metric, the per-seed differences student − that
+    model. Positive: the clients added something the server could not get on its own."""
+    refs = references[tuple(study.setting_of(group.runs[0].overrides).items())]
     out: dict[str, dict[str, Paired]] = {}
-    for metric, suffix in REFERENCE_METRIC.items():
-        for key, by_seed in refs.items():
-            name = key.removesuffix(f" {suffix}")
-            if name.startswith("server_only") and name != key and " " not in name:
-                result = paired_values(group.by_seed(metric), by_seed)
-                if result is not None:
-                    out.setdefault(name, {})[metric] = result
+    for name in SERVER_ONLY_MODELS:
+        for metric, suffix in REFERENCE_METRIC.items():
+            result = paired_values(group.by_seed(metric), refs.get(f"{name} {suffix}", {}))
+            if result is not None:
+                out.setdefault(name, {})[metric] = result
     return out
 
 

@@ -32,6 +32,7 @@ from fedkd.study_runs import (
     planned_jobs,
     reference_of,
     server_only_pairs,
+    setting_references,
 )
 from fedkd.subpop_metrics import subpopulation_metrics
 from fedkd.validation import load_run_config, validate
@@ -310,14 +311,15 @@ def test_each_method_is_paired_with_the_server_only_models_of_its_own_setting_se
     agre = MethodGroup("agre", {}, [run("agre", "0.95", 0, 0.86, {}), run("agre", "0.95", 1, 0.84, {}),
                                     run("agre", "0.95", 2, 0.99, {})])
     other = MethodGroup("mean", {}, [run("mean", "0.99", 0, 0.5, {"server_only two-group WGA": 0.1})])
-    pairs = server_only_pairs(study, [agre, mean, other], agre)
+    references = setting_references(study, [agre, mean, other])
+    pairs = server_only_pairs(study, references, agre)
     assert set(pairs) == {"server_only", "server_only_balanced"}  # not the ensemble: it is no server-only model
     plain = pairs["server_only"]["two_group_worst_group_accuracy"]
     assert plain.seeds == [0, 1] and plain.differences == pytest.approx([0.86 - 0.80, 0.84 - 0.90])
     balanced = pairs["server_only_balanced"]["two_group_worst_group_accuracy"]
     assert balanced.differences == pytest.approx([0.16, 0.09]) and balanced.mean == pytest.approx(0.125)
     assert set(pairs["server_only"]) == {"two_group_worst_group_accuracy"}  # no accuracy reference, no pair
-    assert server_only_pairs(study, [agre, mean, other], other)["server_only"][
+    assert server_only_pairs(study, references, other)["server_only"][
         "two_group_worst_group_accuracy"].differences == pytest.approx([0.4])  # its own setting's model
 
 def test_the_subpopulation_metrics_by_hand():
