@@ -44,9 +44,15 @@ def check_stop() -> None:
 def finish() -> None:
     """Run the command's finish once (from whichever thread gets here first); it ends the process."""
     if _FINISHING.acquire(blocking=False):
+        threading.excepthook = _quiet_while_finishing
         _FINISH[0]()
         os._exit(EXIT_CODE)
     threading.Event().wait()  # another thread is finishing; it ends the process
+
+
+def _quiet_while_finishing(args: threading.ExceptHookArgs) -> None:
+    """A library's background thread (Ray's log and error subscribers) fails once ``finish`` stops the processes
+    it talks to: a consequence of the stop, not news, so no traceback is printed for it."""
 
 
 def _watchdog() -> None:

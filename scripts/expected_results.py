@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure how far the figures move across kernels and seeds (runs appended to JSONL)")
     parser.add_argument("--readme", type=Path, default=README, help="the file holding the markers (default README.md)")
     parser.add_argument("--band", type=Path, default=BAND, help=f"the measured band (default {BAND.relative_to(ROOT)})")
+    parser.add_argument("--teacher-store", type=Path, metavar="DIR",
+                        help="share the demo's trained teachers through this store (teacher_store_dir): a second "
+                             "check of the same clients trains none")
     args = parser.parse_args(argv)
     if args.measure_band:
         band = measure_band(args.measure_band)
@@ -339,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"expected_results: {err}", file=sys.stderr)
             return 2
     try:
-        block = render_block(*run_demo())
+        store = (f"teacher_store_dir={args.teacher_store}",) if args.teacher_store else ()
+        block = render_block(*run_demo(overrides=store))
     except RuntimeError as err:
         print(f"expected_results: {err}", file=sys.stderr)
         return 1

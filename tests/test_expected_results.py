@@ -1,6 +1,6 @@
 """scripts/expected_results.py: the README block is rendered from summary.json and metrics.jsonl, replaced in
 place; the check passes a figure that moved within its band, and fails on one that moved beyond it or on any
-changed count or label. Hand-written summaries, no run, except the last two tests: the real demo must pass the
+changed count or label. Hand-written summaries, no run, except the last test: the real demo must pass the
 check against README.md, and with a broken aggregator fail it."""
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ def test_check_exits_1_naming_the_figure_out_of_band_with_the_diff(tmp_path, mon
     readme = tmp_path / "README.md"
     readme.write_text(er.replace_block(README, er.render_block(SUMMARY, ROUNDS)))
     band = _band(tmp_path, er.render_block(SUMMARY, ROUNDS))
-    monkeypatch.setattr(er, "run_demo", lambda: (SUMMARY, ROUNDS))
+    monkeypatch.setattr(er, "run_demo", lambda overrides: (SUMMARY, ROUNDS))
     assert er.main(["--check", "--readme", str(readme), "--band", str(band)]) == 0
     changed = copy.deepcopy(SUMMARY)
     changed["test"]["accuracy"] = 0.7
-    monkeypatch.setattr(er, "run_demo", lambda: (changed, ROUNDS))
+    monkeypatch.setattr(er, "run_demo", lambda overrides: (changed, ROUNDS))
     assert er.main(["--check", "--readme", str(readme), "--band", str(band)]) == 1
     err = capsys.readouterr().err
     assert "student accuracy · value: 0.7000 against 0.5910 committed, outside 0.5910" in err
@@ -122,7 +122,7 @@ def test_check_exits_1_naming_the_figure_out_of_band_with_the_diff(tmp_path, mon
 def test_check_refuses_a_band_measured_for_another_block(tmp_path, monkeypatch, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(er.replace_block(README, er.render_block(SUMMARY, ROUNDS)))
-    monkeypatch.setattr(er, "run_demo", lambda: pytest.fail("the demo runs only once the band is known good"))
+    monkeypatch.setattr(er, "run_demo", lambda overrides: pytest.fail("the demo runs only once the band is known good"))
     other = _band(tmp_path, _moved(("test", "accuracy"), 0.6))
     assert er.main(["--check", "--readme", str(readme), "--band", str(other)]) == 2
     assert "no native seed-0 run equal to the committed block" in capsys.readouterr().err
@@ -196,7 +196,7 @@ def test_check_passes_within_the_band_and_rewrites_nothing(tmp_path, monkeypatch
     band = _band(tmp_path, er.render_block(SUMMARY, ROUNDS))
     nearby = copy.deepcopy(SUMMARY)
     nearby["test"]["accuracy"] = 0.592
-    monkeypatch.setattr(er, "run_demo", lambda: (nearby, ROUNDS))
+    monkeypatch.setattr(er, "run_demo", lambda overrides: (nearby, ROUNDS))
     assert er.main(["--check", "--readme", str(readme), "--band", str(band)]) == 0
     assert "within the band" in capsys.readouterr().out
     assert readme.read_text() == before
@@ -240,16 +240,15 @@ agre.cosine = lambda a, b: -_cosine(a, b)
 '''
 
 
-def test_the_readme_block_matches_a_fresh_demo_run(capsys):
-    """`make test`'s check of README.md's expected results: the demo now, against the committed block."""
-    assert er.main(["--check"]) == 0, capsys.readouterr().err
-
-
-def test_a_broken_aggregator_fails_the_check(tmp_path, monkeypatch, capsys):
-    """The demo itself, with AGRE-KD's similarity sign flipped by a sitecustomize module the demo's process imports:
-    the committed README block must no longer match."""
+def test_the_readme_block_matches_a_fresh_demo_run_and_a_broken_aggregator_fails_it(tmp_path, monkeypatch, capsys):
+    """`make test`'s check of README.md's expected results: the demo now, against the committed block; then the
+    demo with AGRE-KD's similarity sign flipped by a sitecustomize module the demo's process imports, on the same
+    stored teachers (the flip is on the server): the committed block must no longer match."""
+    store = ("--teacher-store", str(tmp_path / "teachers"))
+    assert er.main(["--check", *store]) == 0, capsys.readouterr().err
+    assert any((tmp_path / "teachers").iterdir())
     (tmp_path / "sitecustomize.py").write_text(BREAK_AGGREGATOR)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
-    assert er.main(["--check"]) == 1
+    assert er.main(["--check", *store]) == 1
     err = capsys.readouterr().err
     assert "does not match a fresh run" in err and "student accuracy" in err
