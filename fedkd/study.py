@@ -68,8 +68,8 @@ class ReferenceRule:
 @dataclass(frozen=True)
 class Curve:
     """A study's curve plot: each metric against ``x`` (a sweep axis with numeric values, or a cost the report
-    reads, e.g. ``soft labels / teacher``, ``ε spent``), one line per value of the ``series`` axes, one panel per
-    value of the ``panels`` axes; jobs without ``x`` (no privacy, say) as a dashed level per series."""
+    reads, e.g. ``soft labels / teacher``, ``ε spent (guarantee)``), one line per value of the ``series`` axes, one
+    panel per value of the ``panels`` axes; jobs without ``x`` (no privacy, say) as a dashed level per series."""
 
     x: str
     series: list[str]

@@ -177,6 +177,7 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
         lines += ["## Cost and privacy (mean ± sample std over seeds; MIA: `fedkd audit`, 0.5 = nothing seen)", "",
                   *_table(["group", *names], [[f"`{g.label}`", *(_spread([r.costs[n] for r in g.runs if n in r.costs])
                                                                 for n in names)] for g in groups]), ""]
+    lines += answered_lines(groups)
     if study.paper:
         rows, not_run = [], 0
         for where, value, ours, _ in paper_rows(study, groups):
@@ -191,6 +192,28 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
     if skipped:
         lines += ["Left out:", "", *(f"- `{p}`: {why}" for p, why in skipped), ""]
     return "\n".join(lines)
+
+
+def answered_lines(groups: Sequence[MethodGroup]) -> list[str]:
+    """Who a threshold refuses (Confident GNMax): per group of the transfer points, the share of its queries
+    answered and of the answers that are its true label, the counts pooled over the method's seeds."""
+    refusing = [g for g in groups if any(r.answered for r in g.runs)]
+    if not refusing:
+        return []
+    names = list(dict.fromkeys(k for g in refusing for r in g.runs for k in r.answered))
+    rows = []
+    for g in refusing:
+        cells = []
+        for name in names:
+            asked, answered, correct = (sum(r.answered[name][i] for r in g.runs if name in r.answered)
+                                        for i in range(3))
+            cells.append("–" if not asked else f"{answered / asked:.2f} · " + (f"{correct / answered:.2f}"
+                                                                                if answered else "–"))
+        rows.append([f"`{g.label}`", *cells])
+    return ["## Queries answered, per group (the threshold refuses the rest)", "",
+            "Per group of the queried transfer points, counts pooled over the method's seeds: the share of its "
+            "queries answered · the share of those answers that are its true label.", "",
+            *_table(["group", *names], rows), ""]
 
 
 def write_csv(groups: Sequence[MethodGroup], path: Path) -> None:
@@ -329,7 +352,7 @@ def build_study_report(folder: Path, out: Path) -> tuple[list[MethodGroup], list
 
 
 SUMMARY_SECTIONS = ("Final students", "Against the server-only model", "References", "Cost and privacy",
-                    "The paper")
+                    "Queries answered", "The paper")
 
 
 def write_results_section(results: Path, report_md: Path, command: str) -> None:

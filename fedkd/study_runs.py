@@ -46,6 +46,7 @@ class StudyRun:
     references: dict[str, float]
     cell: str | None = None  # the study sweeper's cell that made the job
     costs: dict[str, float] = field(default_factory=dict)
+    answered: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # per group: asked, answered, correct
 
 
 @dataclass
@@ -127,7 +128,7 @@ def study_run(run: Run, job: dict) -> StudyRun:
     if two_group is not None:
         metrics["two_group_worst_group_accuracy"] = two_group
     return StudyRun(run, overrides, seed, metrics, _selected(run.records), _references(run.summary), job.get("cell"),
-                    _costs(run.summary, run.path))
+                    run_costs(run.summary, run.path, run.records), answered_by_group(run.records))
 
 
 def job_metrics(run: Run) -> dict[str, float]:
@@ -154,20 +155,48 @@ def job_metrics(run: Run) -> dict[str, float]:
     return metrics
 
 
-def _costs(summary: dict, path: Path) -> dict[str, float]:
-    """What a run spent: soft labels and uplink bytes (against FedAvg of the student), privacy and what a
-    membership-inference audit saw (``fedkd audit``), run time."""
+def answered_by_group(records: Sequence[dict]) -> dict[str, tuple[int, int, int]]:
+    """Per group of the transfer points, summed over rounds: the queries asked, answered (a threshold refuses the
+    rest: Confident GNMax) and answered with the true label; empty where no round refused a query."""
+    if not any(r.get("query", {}).get("refused") for r in records):
+        return {}
+    out: dict[str, tuple[int, int, int]] = {}
+    for record in records:
+        for group, counts in record.get("query", {}).get("per_group", {}).items():
+            asked, answered, correct = out.get(group, (0, 0, 0))
+            out[group] = (asked + counts["asked"], answered + counts["answered"], correct + counts["correct"])
+    return out
+
+
+def run_costs(summary: dict, path: Path, records: Sequence[dict] = ()) -> dict[str, float]:
+    """What a run spent: soft labels and uplink bytes (against FedAvg of the student), the share of its queries
+    answered, privacy (each ε named for what it is) and what a membership-inference audit saw (``fedkd audit``),
+    run time."""
     out = {}
     communication = summary.get("communication") or {}
     if "soft_labels_queried" in communication:
         out["soft labels / teacher"] = communication["soft_labels_queried"]
         out["uplink bytes / FedAvg's"] = communication["uplink_ratio_to_fedavg"]
+    asked = sum(r.get("query", {}).get("soft_labels_queried") or 0 for r in records)
+    if asked and any("answered" in r.get("query", {}) for r in records):
+        out["answered / asked"] = sum(r["query"].get("answered", 0) for r in records) / asked
+    privacy = summary.get("privacy") or {}
     if summary.get("epsilon_spent") is not None:
-        out["ε spent"] = summary["epsilon_spent"]
+        out["ε spent (guarantee)"] = summary["epsilon_spent"]
+    if privacy.get("epsilon_data_dependent_classic") is not None:
+        out["ε data-dependent, classic (not releasable)"] = privacy["epsilon_data_dependent_classic"]
+    release = privacy.get("smooth_sensitivity") or {}
+    if release.get("epsilon_released") is not None:
+        out["ε released (smooth sensitivity)"] = release["epsilon_released"]
+        out["ε released: expected"] = release["epsilon_expected"]
+        out["ε released: noise std"] = release["noise_std"]
     if (path / AUDIT_FILE).is_file():
         audit = json.loads((path / AUDIT_FILE).read_text())
         out["MIA AUC, teachers"] = audit["teacher_auc"]
         out["MIA AUC, student"] = audit["student_auc"]
+        if "lira" in audit:
+            out["LiRA AUC, teachers"] = audit["lira"]["auc"]
+            out["LiRA TPR at 0.1 % FPR"] = audit["lira"]["tpr_at_fpr_0.001"]
     if "wall_seconds" in summary:
         out[RUN_TIME] = summary["wall_seconds"]
     return out

@@ -22,15 +22,17 @@ from hydra.errors import HydraException
 from fedkd.conf_dir import CONF_DIR, compose
 from fedkd.report import main as report_main
 from fedkd.study import Curve, StudyError, job_state, parse_study
-from fedkd.study_report import build_study_report, curve_x, plot_curve, write_results_section
+from fedkd.study_report import answered_lines, build_study_report, curve_x, plot_curve, write_results_section
 from fedkd.study_runs import (
     MethodGroup,
     StudyRun,
+    answered_by_group,
     confidence_interval,
     paired,
     paper_rows,
     planned_jobs,
     reference_of,
+    run_costs,
     server_only_pairs,
     setting_references,
 )
@@ -321,6 +323,33 @@ def test_each_method_is_paired_with_the_server_only_models_of_its_own_setting_se
     assert set(pairs["server_only"]) == {"two_group_worst_group_accuracy"}  # no accuracy reference, no pair
     assert server_only_pairs(study, references, other)["server_only"][
         "two_group_worst_group_accuracy"].differences == pytest.approx([0.4])  # its own setting's model
+
+def test_who_a_threshold_refuses_is_counted_per_group_over_rounds_and_seeds_and_every_epsilon_named(tmp_path):
+    def record(aligned, conflicting, refused=1):
+        return {"query": {"soft_labels_queried": 10, "answered": aligned[1] + conflicting[1], "refused": refused,
+                          "per_group": {"aligned": dict(zip(("asked", "answered", "correct"), aligned, strict=True)),
+                                        "conflicting": dict(zip(("asked", "answered", "correct"), conflicting,
+                                                                strict=True))}}}
+
+    seed0 = [record((6, 5, 5), (4, 1, 0)), record((7, 6, 6), (3, 0, 0))]
+    assert answered_by_group(seed0) == {"aligned": (13, 11, 11), "conflicting": (7, 1, 0)}
+    assert answered_by_group([record((6, 6, 5), (4, 4, 1), refused=0)]) == {}  # nothing refused: no view
+    seed1 = [record((5, 3, 2), (5, 1, 1))]
+    runs = [StudyRun(None, {"privacy": "gnmax"}, seed, {}, {}, {}, answered=answered_by_group(r))
+            for seed, r in enumerate((seed0, seed1))]
+    lines = answered_lines([MethodGroup("gnmax", {}, runs), MethodGroup("none", {}, [StudyRun(None, {}, 0, {}, {},
+                                                                                                {})])])
+    # pooled: aligned 14 of 18 answered, 13 of them right; conflicting 2 of 12, 1 right
+    assert "| `gnmax` | 0.78 · 0.93 | 0.17 · 0.50 |" in lines and not any("`none`" in line for line in lines)
+    summary = {"epsilon_spent": 3.0, "privacy": {"epsilon_data_dependent_classic": 1.6, "smooth_sensitivity": {
+        "epsilon_released": 2.1, "epsilon_expected": 2.2, "noise_std": 0.2}}}
+    costs = run_costs(summary, tmp_path, seed0)
+    assert costs["answered / asked"] == pytest.approx(12 / 20)
+    assert (costs["ε spent (guarantee)"], costs["ε data-dependent, classic (not releasable)"],
+            costs["ε released (smooth sensitivity)"], costs["ε released: expected"],
+            costs["ε released: noise std"]) == (3.0, 1.6, 2.1, 2.2, 0.2)
+    assert set(run_costs({}, tmp_path)) == set()
+
 
 def test_the_subpopulation_metrics_by_hand():
     y = np.array([0, 0, 1, 1, 1, 2])
