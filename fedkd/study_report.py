@@ -196,24 +196,31 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
 
 def answered_lines(groups: Sequence[MethodGroup]) -> list[str]:
     """Who a threshold refuses (Confident GNMax): per group of the transfer points, the share of its queries
-    answered and of the answers that are its true label, the counts pooled over the method's seeds."""
-    refusing = [g for g in groups if any(r.answered for r in g.runs)]
-    if not refusing:
+    answered and of the answers that are its true label, the counts pooled over the method's seeds; one table per
+    set of groups (a dataset)."""
+    tables: dict[tuple[str, ...], list[MethodGroup]] = {}
+    for g in groups:
+        names = tuple(sorted({k for r in g.runs for k in r.answered}))
+        if names:
+            tables.setdefault(names, []).append(g)
+    if not tables:
         return []
-    names = list(dict.fromkeys(k for g in refusing for r in g.runs for k in r.answered))
-    rows = []
-    for g in refusing:
-        cells = []
-        for name in names:
-            asked, answered, correct = (sum(r.answered[name][i] for r in g.runs if name in r.answered)
-                                        for i in range(3))
-            cells.append("–" if not asked else f"{answered / asked:.2f} · " + (f"{correct / answered:.2f}"
-                                                                                if answered else "–"))
-        rows.append([f"`{g.label}`", *cells])
-    return ["## Queries answered, per group (the threshold refuses the rest)", "",
-            "Per group of the queried transfer points, counts pooled over the method's seeds: the share of its "
-            "queries answered · the share of those answers that are its true label.", "",
-            *_table(["group", *names], rows), ""]
+    lines = ["## Queries answered, per group (the threshold refuses the rest)", "",
+             "Per group of the queried transfer points, counts pooled over the method's seeds: the share of its "
+             "queries answered · the share of those answers that are its true label (– where none was asked or "
+             "answered).", ""]
+    for names, refusing in tables.items():
+        rows = []
+        for g in refusing:
+            cells = []
+            for name in names:
+                asked, answered, correct = (sum(r.answered[name][i] for r in g.runs if name in r.answered)
+                                            for i in range(3))
+                cells.append("–" if not asked else f"{answered / asked:.2f} · " + (f"{correct / answered:.2f}"
+                                                                                    if answered else "–"))
+            rows.append([f"`{g.label}`", *cells])
+        lines += [*_table(["group", *names], rows), ""]
+    return lines
 
 
 def write_csv(groups: Sequence[MethodGroup], path: Path) -> None:

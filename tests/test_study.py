@@ -337,10 +337,14 @@ def test_who_a_threshold_refuses_is_counted_per_group_over_rounds_and_seeds_and_
     seed1 = [record((5, 3, 2), (5, 1, 1))]
     runs = [StudyRun(None, {"privacy": "gnmax"}, seed, {}, {}, {}, answered=answered_by_group(r))
             for seed, r in enumerate((seed0, seed1))]
+    other_data = StudyRun(None, {}, 0, {}, {}, {}, answered={"class0": (4, 0, 0)})
     lines = answered_lines([MethodGroup("gnmax", {}, runs), MethodGroup("none", {}, [StudyRun(None, {}, 0, {}, {},
-                                                                                                {})])])
+                                                                                                {})]),
+                            MethodGroup("lt", {}, [other_data])])
     # pooled: aligned 14 of 18 answered, 13 of them right; conflicting 2 of 12, 1 right
     assert "| `gnmax` | 0.78 · 0.93 | 0.17 · 0.50 |" in lines and not any("`none`" in line for line in lines)
+    assert "| group | aligned | conflicting |" in lines and "| group | class0 |" in lines  # a table per dataset
+    assert "| `lt` | 0.00 · – |" in lines
     summary = {"epsilon_spent": 3.0, "privacy": {"epsilon_data_dependent_classic": 1.6, "smooth_sensitivity": {
         "epsilon_released": 2.1, "epsilon_expected": 2.2, "noise_std": 0.2}}}
     costs = run_costs(summary, tmp_path, seed0)
