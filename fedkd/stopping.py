@@ -28,6 +28,7 @@ GRACE_SECONDS = 2.0
 _AT_STOP: list[psutil.Process] = []  # this process's descendants when the first signal came
 _FINISH: list[Callable[[], None]] = []  # the command's finish while stop_on_signals is active
 _FINISHING = threading.Lock()
+_FINISHER: list[threading.Thread] = []  # the thread running the finish
 
 
 class StopRequested(BaseException):
@@ -44,6 +45,7 @@ def check_stop() -> None:
 def finish() -> None:
     """Run the command's finish once (from whichever thread gets here first); it ends the process."""
     if _FINISHING.acquire(blocking=False):
+        _FINISHER[:] = [threading.current_thread()]
         threading.excepthook = _quiet_while_finishing
         _FINISH[0]()
         os._exit(EXIT_CODE)
@@ -52,7 +54,10 @@ def finish() -> None:
 
 def _quiet_while_finishing(args: threading.ExceptHookArgs) -> None:
     """A library's background thread (Ray's log and error subscribers) fails once ``finish`` stops the processes
-    it talks to: a consequence of the stop, not news, so no traceback is printed for it."""
+    it talks to: a consequence of the stop, not news, so no traceback is printed for it. The finishing thread's own
+    failure is still printed."""
+    if args.thread in _FINISHER:
+        threading.__excepthook__(args)
 
 
 def _watchdog() -> None:
