@@ -177,9 +177,10 @@ def run_costs(summary: dict, path: Path, records: Sequence[dict] = ()) -> dict[s
     if "soft_labels_queried" in communication:
         out["soft labels / teacher"] = communication["soft_labels_queried"]
         out["uplink bytes / FedAvg's"] = communication["uplink_ratio_to_fedavg"]
-    asked = sum(r.get("query", {}).get("soft_labels_queried") or 0 for r in records)
-    if asked and any("answered" in r.get("query", {}) for r in records):
-        out["answered / asked"] = sum(r["query"].get("answered", 0) for r in records) / asked
+    released = [r["query"] for r in records if "answered" in r.get("query", {})]
+    asked = sum(q["answered"] + q.get("refused", 0) for q in released)  # this round's votes, not the pool's count
+    if asked:
+        out["answered / asked"] = sum(q["answered"] for q in released) / asked
     privacy = summary.get("privacy") or {}
     if summary.get("epsilon_spent") is not None:
         out["ε spent (guarantee)"] = summary["epsilon_spent"]

@@ -325,13 +325,15 @@ def test_each_method_is_paired_with_the_server_only_models_of_its_own_setting_se
         "two_group_worst_group_accuracy"].differences == pytest.approx([0.4])  # its own setting's model
 
 def test_who_a_threshold_refuses_is_counted_per_group_over_rounds_and_seeds_and_every_epsilon_named(tmp_path):
-    def record(aligned, conflicting, refused=1):
-        return {"query": {"soft_labels_queried": 10, "answered": aligned[1] + conflicting[1], "refused": refused,
+    def record(aligned, conflicting, refused=None, pool=10):  # 10 votes a round; the pool's count is cumulative
+        answered = aligned[1] + conflicting[1]
+        return {"query": {"soft_labels_queried": pool, "answered": answered,
+                          "refused": 10 - answered if refused is None else refused,
                           "per_group": {"aligned": dict(zip(("asked", "answered", "correct"), aligned, strict=True)),
                                         "conflicting": dict(zip(("asked", "answered", "correct"), conflicting,
                                                                 strict=True))}}}
 
-    seed0 = [record((6, 5, 5), (4, 1, 0)), record((7, 6, 6), (3, 0, 0))]
+    seed0 = [record((6, 5, 5), (4, 1, 0)), record((7, 6, 6), (3, 0, 0), pool=20)]
     assert answered_by_group(seed0) == {"aligned": (13, 11, 11), "conflicting": (7, 1, 0)}
     assert answered_by_group([record((6, 6, 5), (4, 4, 1), refused=0)]) == {}  # nothing refused: no view
     seed1 = [record((5, 3, 2), (5, 1, 1))]
@@ -348,7 +350,7 @@ def test_who_a_threshold_refuses_is_counted_per_group_over_rounds_and_seeds_and_
     summary = {"epsilon_spent": 3.0, "privacy": {"epsilon_data_dependent_classic": 1.6, "smooth_sensitivity": {
         "epsilon_released": 2.1, "epsilon_expected": 2.2, "noise_std": 0.2}}}
     costs = run_costs(summary, tmp_path, seed0)
-    assert costs["answered / asked"] == pytest.approx(12 / 20)
+    assert costs["answered / asked"] == pytest.approx(12 / 20)  # the votes of both rounds, not the pool's 10 + 20
     assert (costs["ε spent (guarantee)"], costs["ε data-dependent, classic (not releasable)"],
             costs["ε released (smooth sensitivity)"], costs["ε released: expected"],
             costs["ε released: noise std"]) == (3.0, 1.6, 2.1, 2.2, 0.2)
