@@ -15,6 +15,7 @@ import numpy as np
 from fedkd.results import write_text_whole
 from fedkd.run_groups import mean_std
 from fedkd.study import Curve, StudyConfig
+from fedkd.study_groups import group_change_lines
 from fedkd.study_runs import (
     HEADLINE,
     REFERENCE_METRIC,
@@ -110,7 +111,8 @@ def _provenance_lines(study: StudyConfig, groups: Sequence[MethodGroup], planned
 def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequence[tuple[Path, str]],
              planned: int) -> str:
     """report.md."""
-    num_groups = len(groups[0].runs[0].run.summary["test"].get("per_group_accuracy", {})) if groups else 0
+    counts = {len(r.run.summary["test"].get("per_group_accuracy", {})) for g in groups for r in g.runs}
+    num_groups = counts.pop() if len(counts) == 1 else "all"  # datasets of different group counts: no one number
     title = {k: v.format(groups=num_groups) for k, v in TITLES.items()}
     reference = study.reference_text()
     lines = [f"# Study `{study.name}`", "", *_provenance_lines(study, groups, planned), "",
@@ -146,7 +148,8 @@ def markdown(study: StudyConfig, groups: Sequence[MethodGroup], skipped: Sequenc
                     rows.append([f"`{g.label}`", title[m], " ".join(f"{d:+.3f}" for d in result.differences),
                                  _paired_cell(result)])
         lines += [f"## Paired differences against `{reference}` in the same setting", "",
-                  *_table(["group", "metric", "per seed", "mean [95 % CI]"], rows), ""]
+                  *_table(["group", "metric", "per seed", "mean [95 % CI]"], rows), "",
+                  *group_change_lines(study, groups)]
     references = setting_references(study, groups)
     rows = [[f"`{g.label}`", f"`{name}`", *(_paired_cell(by_metric.get(m)) for m in REFERENCE_METRIC)]
             for g in groups for name, by_metric in server_only_pairs(study, references, g).items()]

@@ -15,7 +15,7 @@ import studies  # noqa: E402
 
 
 def test_each_new_row_carries_commit_command_date_and_machine(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [str(studies.ROOT / "bench" / "privacy_study.py"), "--threads", "1"])
+    monkeypatch.setattr(sys, "argv", [str(studies.ROOT / "bench" / "label_skew_study.py"), "--threads", "1"])
     rows = tmp_path / "study.jsonl"
     args = argparse.Namespace(threads=0, reverse=False, seeds=None, max_cells=0, match="")
     studies.run_missing("study", rows, ["a", "b"], (0,),
@@ -28,6 +28,6 @@ def test_each_new_row_carries_commit_command_date_and_machine(tmp_path, monkeypa
         p = row["provenance"]
         assert p["commit"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", p["commit"])
         assert p["uncommitted_code_changes"] in (True, False, None)
-        assert p["command"] == "python bench/privacy_study.py --threads 1"
+        assert p["command"] == "python bench/label_skew_study.py --threads 1"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", p["date"])
         assert {"hostname", "cpu", "cores", "torch_threads", "platform", "python", "torch", "flwr"} <= set(p["machine"])
